@@ -1,0 +1,173 @@
+"""Compute backends: NumPy on the CPU, CuPy on an NVIDIA GPU.
+
+Physics modules never import CuPy: they ask :func:`get_backend` for a :class:`Backend` and use
+its ``xp`` namespace (``numpy`` or ``cupy``) plus the few helpers here. Voxel data are processed
+in bounded chunks (:func:`chunk_slices`) so that a whole-brain series never has to fit in device
+memory at once; every algorithm is per-voxel, so results do not depend on the chunk size.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from gpuperf.errors import GpuperfError, GPUUnavailableError
+
+#: Devices accepted by every public function and CLI command.
+DEVICES = ("auto", "cpu", "gpu")
+
+#: Default host-memory budget for one chunk on the NumPy backend (bytes). Laptop friendly.
+DEFAULT_CPU_BUDGET_BYTES = 512 * 2**20
+#: Fraction of the free device memory a chunk may use on the CuPy backend.
+GPU_BUDGET_FRACTION = 0.5
+
+
+@dataclass(frozen=True)
+class Backend:
+    """A compute backend.
+
+    Attributes
+    ----------
+    name : {'numpy', 'cupy'}
+    xp : module
+        ``numpy`` or ``cupy``.
+    device_name : str
+        Human-readable device ("CPU (NumPy)" or the GPU's name), recorded in sidecars.
+    """
+
+    name: str
+    xp: ModuleType
+    device_name: str
+
+    @property
+    def is_gpu(self) -> bool:
+        return self.name == "cupy"
+
+    def asarray(self, a: Any, dtype: Any = None) -> Any:
+        """Move ``a`` to this backend (no copy when it is already there with that dtype)."""
+        return self.xp.asarray(a, dtype=dtype)
+
+    def to_host(self, a: Any) -> np.ndarray:
+        """Return ``a`` as a NumPy array on the host."""
+        if self.is_gpu and not isinstance(a, np.ndarray):
+            return a.get()
+        return np.asarray(a)
+
+    def free_memory_bytes(self) -> int:
+        """Free memory a chunk may draw on: device memory for CuPy, a fixed budget for NumPy."""
+        if self.is_gpu:
+            free, _total = self.xp.cuda.Device().mem_info
+            return int(free)
+        return DEFAULT_CPU_BUDGET_BYTES
+
+    def synchronize(self) -> None:
+        """Wait for queued device work (no-op on the CPU); needed for honest timings."""
+        if self.is_gpu:
+            self.xp.cuda.get_current_stream().synchronize()
+
+    def as_dict(self) -> dict[str, str]:
+        return {"Backend": self.name, "Device": self.device_name}
+
+
+NUMPY_BACKEND = Backend("numpy", np, "CPU (NumPy)")
+
+
+@functools.lru_cache(maxsize=1)
+def gpu_status() -> tuple[bool, str]:
+    """Whether a CUDA device is usable through CuPy.
+
+    Returns
+    -------
+    (usable, detail) : (bool, str)
+        ``detail`` is the GPU name and free memory when usable, else the reason it is not.
+        Setting ``GPUPERF_DISABLE_GPU=1`` reports the GPU as unusable (for tests and CI).
+    """
+    if os.environ.get("GPUPERF_DISABLE_GPU", "") not in ("", "0"):
+        return False, "disabled by GPUPERF_DISABLE_GPU"
+    try:
+        import cupy
+    except ImportError as exc:  # the common case on a laptop
+        return False, f"CuPy is not installed ({exc.msg}); install gpuperf[cuda12] or [cuda13]"
+    try:
+        n = cupy.cuda.runtime.getDeviceCount()
+        if n < 1:
+            return False, "CuPy found no CUDA device"
+        props = cupy.cuda.runtime.getDeviceProperties(0)
+        name = props["name"]
+        name = name.decode() if isinstance(name, bytes) else str(name)
+        free, total = cupy.cuda.Device(0).mem_info
+        cc = f"{props['major']}.{props['minor']}"
+        return True, f"{name} (compute {cc}, {free / 2**30:.1f} of {total / 2**30:.1f} GiB free)"
+    except Exception as exc:  # driver missing, no device, broken install: all mean "no GPU"
+        return False, f"CUDA device unusable: {type(exc).__name__}: {exc}"
+
+
+def get_backend(device: str = "auto") -> Backend:
+    """Return the backend for ``device``.
+
+    Parameters
+    ----------
+    device : {'auto', 'cpu', 'gpu'}
+        ``auto`` takes the GPU when one is usable and NumPy otherwise; ``gpu`` without a usable
+        GPU raises :class:`GPUUnavailableError` (never a silent fallback); ``cpu`` is NumPy.
+    """
+    if device not in DEVICES:
+        raise GpuperfError(f"device must be one of {', '.join(DEVICES)}; got {device!r}")
+    if device == "cpu":
+        return NUMPY_BACKEND
+    usable, detail = gpu_status()
+    if not usable:
+        if device == "gpu":
+            raise GPUUnavailableError(f"--device gpu asked for, but no GPU is usable: {detail}")
+        return NUMPY_BACKEND
+    import cupy
+
+    return Backend("cupy", cupy, detail.split(" (compute")[0])
+
+
+def chunk_slices(
+    n_voxels: int,
+    bytes_per_voxel: int,
+    memory_budget: int | None = None,
+    backend: Backend | None = None,
+) -> list[slice]:
+    """Split ``n_voxels`` into contiguous chunks that fit a memory budget.
+
+    Parameters
+    ----------
+    n_voxels : int
+        Number of voxels to process.
+    bytes_per_voxel : int
+        Peak working memory one voxel needs (inputs, temporaries and outputs), in bytes.
+    memory_budget : int, optional
+        Bytes a chunk may use. Default: half the free GPU memory on CuPy,
+        :data:`DEFAULT_CPU_BUDGET_BYTES` on NumPy.
+    backend : Backend, optional
+        Used for the automatic budget (NumPy when omitted).
+
+    Returns
+    -------
+    list of slice
+        Covering ``range(n_voxels)`` in order; at least one voxel per chunk.
+    """
+    if n_voxels <= 0:
+        return []
+    if memory_budget is None:
+        backend = backend or NUMPY_BACKEND
+        free = backend.free_memory_bytes()
+        memory_budget = int(free * GPU_BUDGET_FRACTION) if backend.is_gpu else free
+    if memory_budget <= 0:
+        raise GpuperfError(f"memory budget must be positive; got {memory_budget} bytes")
+    per_chunk = max(1, int(memory_budget // max(1, int(bytes_per_voxel))))
+    return [slice(s, min(s + per_chunk, n_voxels)) for s in range(0, n_voxels, per_chunk)]
+
+
+def iter_chunks(n_voxels: int, bytes_per_voxel: int, **kw: Any) -> Iterator[slice]:
+    """Iterator form of :func:`chunk_slices`."""
+    yield from chunk_slices(n_voxels, bytes_per_voxel, **kw)

@@ -1,0 +1,44 @@
+"""Exceptions raised by gpuperf.
+
+Library code raises subclasses of :class:`GpuperfError`; the command line prints their message
+(without a traceback) and exits with status 2.
+"""
+
+from __future__ import annotations
+
+from os import PathLike
+
+
+class GpuperfError(Exception):
+    """Base class of every error gpuperf reports to the user."""
+
+    exit_code = 2
+
+
+class InputError(GpuperfError):
+    """Bad input: names the file and the field (or property) that is wrong.
+
+    Parameters
+    ----------
+    path : path-like or None
+        The file the problem was found in (None for in-memory arrays).
+    field : str
+        The sidecar field, column, dimension or option concerned.
+    message : str
+        What was expected and what was found.
+    """
+
+    def __init__(self, path: str | PathLike | None, field: str, message: str) -> None:
+        self.path = None if path is None else str(path)
+        self.field = field
+        self.message = message
+        where = f"{self.path}: " if self.path else ""
+        super().__init__(f"{where}{field}: {message}")
+
+
+class GPUUnavailableError(GpuperfError):
+    """``device='gpu'`` was asked for but no usable CUDA device/CuPy is present."""
+
+
+class OutputExistsError(GpuperfError):
+    """An output file exists and ``overwrite`` was not given."""

@@ -1,0 +1,172 @@
+"""Reading NIfTI images and masks; gathering masked voxels into a voxel x time block and back.
+
+Data are never changed silently: NIfTI scaling (scl_slope/scl_inter) is applied as the format
+defines, orientation is kept as stored, and the only conversion is to float32 (or bool for masks).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from os import PathLike
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gpuperf.errors import InputError
+
+#: Largest affine difference (mm) still treated as the same grid.
+AFFINE_ATOL_MM = 1e-3
+
+_NIFTI_SUFFIXES = (".nii", ".nii.gz")
+
+
+def _strip_nifti_suffix(path: Path) -> str:
+    name = path.name
+    for suffix in (".nii.gz", ".nii"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
+def sidecar_path(path: str | PathLike) -> Path:
+    """The BIDS JSON sidecar next to an image: ``x.nii.gz`` -> ``x.json``."""
+    p = Path(path)
+    return p.with_name(_strip_nifti_suffix(p) + ".json")
+
+
+def read_sidecar(path: str | PathLike, required: bool = False) -> dict[str, Any]:
+    """Read the JSON sidecar of an image (``{}`` when absent and not ``required``)."""
+    sc = sidecar_path(path)
+    if not sc.exists():
+        if required:
+            raise InputError(sc, "file", f"the JSON sidecar of {Path(path).name} does not exist")
+        return {}
+    try:
+        with open(sc, encoding="utf-8") as fh:
+            meta = json.load(fh)
+    except json.JSONDecodeError as exc:
+        raise InputError(sc, "JSON", f"not valid JSON ({exc})") from exc
+    if not isinstance(meta, dict):
+        raise InputError(
+            sc, "JSON", f"expected an object at top level, found {type(meta).__name__}"
+        )
+    return meta
+
+
+@dataclass
+class LoadedImage:
+    """An image as read from disk.
+
+    Attributes
+    ----------
+    path : Path
+    data : ndarray, float32, shape (X, Y, Z) or (X, Y, Z, T)
+    affine : ndarray (4, 4)
+    header : nibabel.Nifti1Header
+        A copy of the file's header, used as the template for output maps.
+    """
+
+    path: Path
+    data: np.ndarray
+    affine: np.ndarray
+    header: Any
+
+    @property
+    def shape3d(self) -> tuple[int, int, int]:
+        return tuple(self.data.shape[:3])  # type: ignore[return-value]
+
+    @property
+    def n_frames(self) -> int:
+        return 1 if self.data.ndim == 3 else int(self.data.shape[3])
+
+    def zooms(self) -> tuple[float, ...]:
+        return tuple(float(z) for z in self.header.get_zooms())
+
+
+def load_image(
+    path: str | PathLike, ndim: tuple[int, ...] = (3, 4), role: str = "image"
+) -> LoadedImage:
+    """Load a 3D or 4D NIfTI file as float32.
+
+    Parameters
+    ----------
+    path : path-like
+        ``.nii`` or ``.nii.gz``.
+    ndim : tuple of int
+        Accepted dimensionalities; trailing singleton dimensions beyond 3 are dropped first.
+    role : str
+        What the file is for ("series", "mask", ...), used in error messages.
+    """
+    import nibabel as nib
+
+    p = Path(path)
+    if not p.exists():
+        raise InputError(p, "file", f"{role} file does not exist")
+    if not p.name.endswith(_NIFTI_SUFFIXES):
+        raise InputError(p, "format", f"expected a NIfTI file (.nii or .nii.gz) for the {role}")
+    try:
+        img = nib.load(str(p))
+        data = np.asarray(img.get_fdata(dtype=np.float32))
+    except Exception as exc:  # nibabel raises many types for corrupt files
+        raise InputError(p, "format", f"cannot read {role} as NIfTI: {exc}") from exc
+    while data.ndim > 3 and data.shape[-1] == 1:
+        data = data[..., 0]
+    if data.ndim not in ndim:
+        want = " or ".join(f"{d}D" for d in ndim)
+        raise InputError(p, "dim", f"expected a {want} {role}, found shape {data.shape}")
+    return LoadedImage(p, data, np.asarray(img.affine, dtype=np.float64), img.header.copy())
+
+
+def check_same_grid(a: LoadedImage, b: LoadedImage) -> None:
+    """Raise :class:`InputError` naming both files unless ``a`` and ``b`` share one voxel grid."""
+    if a.shape3d != b.shape3d:
+        raise InputError(
+            b.path,
+            "shape",
+            f"grid {b.shape3d} does not match {a.path.name} {a.shape3d}: both images must share "
+            f"one voxel grid (resample {b.path.name} to {a.path} first)",
+        )
+    if not np.allclose(a.affine, b.affine, atol=AFFINE_ATOL_MM):
+        raise InputError(
+            b.path,
+            "affine",
+            f"affine differs from that of {a.path} (max difference "
+            f"{np.abs(a.affine - b.affine).max():.4g} mm): both images must share one voxel grid",
+        )
+
+
+def load_mask(path: str | PathLike, reference: LoadedImage, role: str = "mask") -> np.ndarray:
+    """Load a 3D mask on the grid of ``reference``; voxels > 0 are inside (NaN is outside).
+
+    Returns
+    -------
+    ndarray of bool, shape reference.shape3d
+    """
+    m = load_image(path, ndim=(3,), role=role)
+    check_same_grid(reference, m)
+    mask = np.nan_to_num(m.data, nan=0.0) > 0
+    if not mask.any():
+        raise InputError(m.path, "voxels", f"{role} is empty (no voxel > 0)")
+    return mask
+
+
+def gather(data: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Masked voxels of a 3D/4D array as a C-contiguous block.
+
+    Returns
+    -------
+    ndarray, shape (V,) for 3D input or (V, T) for 4D input, in ``np.flatnonzero(mask)`` order.
+    """
+    if data.shape[:3] != mask.shape:
+        raise ValueError(f"data shape {data.shape} does not match mask shape {mask.shape}")
+    return np.ascontiguousarray(data[mask])
+
+
+def scatter(values: np.ndarray, mask: np.ndarray, fill: float = np.nan) -> np.ndarray:
+    """Put per-voxel ``values`` (V,) or (V, K) back on the grid; outside the mask is ``fill``."""
+    values = np.asarray(values)
+    out = np.full(mask.shape + values.shape[1:], fill, dtype=np.float32)
+    out[mask] = values
+    return out

@@ -1,0 +1,1 @@
+# CUDA sources of gpuperf, shipped as package data ``gpuperf.kernels``.

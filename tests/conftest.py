@@ -1,0 +1,48 @@
+"""Shared test configuration.
+
+- ``gpu`` marker: the test needs CuPy and a CUDA device; skipped (with the reason) elsewhere.
+- ``shared_data`` fixture: the project's reference data in ``../shared/data``; a user's clone
+  without it skips those tests, CI (``CI=true``) fails instead, since there it must be present.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def pytest_collection_modifyitems(config, items):
+    from gpuperf.backend import gpu_status
+
+    usable, detail = gpu_status()
+    if usable:
+        return
+    skip_gpu = pytest.mark.skip(reason=f"needs a CUDA GPU with CuPy: {detail}")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip_gpu)
+
+
+def require_shared(*parts: str) -> Path:
+    """Path under ../shared/data, skipping (or failing in CI) when it is absent."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        msg = f"reference data {path} is absent (it ships beside the repo as ../shared/data)"
+        if in_ci():
+            pytest.fail(msg + "; CI must have it")
+        pytest.skip(msg)
+    return path
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    return require_shared()

@@ -1,0 +1,182 @@
+"""I/O: loading, grid checks, gather/scatter, atomic outputs with provenance."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from gpuperf.backend import NUMPY_BACKEND, chunk_slices, get_backend
+from gpuperf.errors import GPUUnavailableError, InputError, OutputExistsError
+from gpuperf.io import OutputWriter, gather, load_image, load_mask, read_sidecar, scatter
+from gpuperf.provenance import provenance
+
+
+def _save(path, data, affine=None):
+    nib.save(nib.Nifti1Image(np.asarray(data), np.eye(4) if affine is None else affine), str(path))
+    return path
+
+
+@pytest.fixture
+def series(tmp_path):
+    rng = np.random.default_rng(0)
+    data = rng.random((4, 5, 3, 7)).astype(np.float32) + 1
+    return _save(tmp_path / "s.nii.gz", data), data
+
+
+def test_load_gather_scatter_roundtrip(series, tmp_path):
+    path, data = series
+    img = load_image(path, ndim=(4,))
+    np.testing.assert_array_equal(img.data, data)
+    mask = np.zeros(img.shape3d, bool)
+    mask[1:3, 2:4, 1] = True
+    block = gather(img.data, mask)
+    assert block.shape == (mask.sum(), 7) and block.flags.c_contiguous
+    np.testing.assert_array_equal(block, data[mask])
+    back = scatter(block[:, 2], mask)
+    assert np.isnan(back[~mask]).all()
+    np.testing.assert_array_equal(back[mask], data[mask][:, 2])
+
+
+def test_scaling_is_applied_not_dropped(tmp_path):
+    img = nib.Nifti1Image(np.arange(8, dtype=np.int16).reshape(2, 2, 2), np.eye(4))
+    img.header.set_slope_inter(2.0, 1.0)
+    nib.save(img, str(tmp_path / "x.nii"))
+    loaded = load_image(tmp_path / "x.nii", ndim=(3,))
+    np.testing.assert_allclose(loaded.data.ravel(), np.arange(8) * 2 + 1)
+
+
+def test_errors_name_file_and_field(series, tmp_path):
+    path, _ = series
+    with pytest.raises(InputError, match="does not exist") as e:
+        load_image(tmp_path / "missing.nii.gz")
+    assert "missing.nii.gz" in str(e.value)
+    with pytest.raises(InputError, match=r"dim: expected a 3D"):
+        load_image(path, ndim=(3,))
+    bad = tmp_path / "bad.nii.gz"
+    bad.write_bytes(b"not a nifti")
+    with pytest.raises(InputError, match="format"):
+        load_image(bad)
+
+
+def test_mask_on_other_grid_names_both_files(series, tmp_path):
+    path, _ = series
+    img = load_image(path)
+    other_shape = _save(tmp_path / "m1.nii.gz", np.ones((4, 5, 2), np.uint8))
+    with pytest.raises(InputError) as e:
+        load_mask(other_shape, img)
+    assert "m1.nii.gz" in str(e.value) and "s.nii.gz" in str(e.value) and "shape" in str(e.value)
+    aff = np.eye(4)
+    aff[0, 3] = 2.0
+    other_affine = _save(tmp_path / "m2.nii.gz", np.ones((4, 5, 3), np.uint8), aff)
+    with pytest.raises(InputError, match="affine") as e:
+        load_mask(other_affine, img)
+    assert "s.nii.gz" in str(e.value)
+    empty = _save(tmp_path / "m3.nii.gz", np.zeros((4, 5, 3), np.uint8))
+    with pytest.raises(InputError, match="empty"):
+        load_mask(empty, img)
+
+
+def test_sidecar_errors(tmp_path, series):
+    path, _ = series
+    assert read_sidecar(path) == {}
+    (tmp_path / "s.json").write_text("{not json")
+    with pytest.raises(InputError, match="JSON"):
+        read_sidecar(path)
+
+
+def test_output_writer_atomic_and_provenance(series, tmp_path):
+    path, data = series
+    img = load_image(path)
+    out = tmp_path / "out"
+    prov = provenance(NUMPY_BACKEND, {"method": "x"}, sources=[path])
+    with OutputWriter(out, "sub-01", reference=img, provenance=prov, inputs=[path]) as w:
+        w.expect(["cbf"])
+        w.add_map("cbf", data[..., 0] * 10, units="ml/100g/min", description="CBF")
+        w.add_tsv("aif", {"time_s": [0.0, 1.5], "curve": [0.0, np.nan]})
+        assert not (out / "sub-01_cbf.nii.gz").exists()  # nothing final before commit
+        paths = w.commit(elapsed_s=1.25)
+    assert {p.name for p in paths} == {"sub-01_cbf.nii.gz", "sub-01_cbf.json", "sub-01_aif.tsv"}
+    m = nib.load(str(out / "sub-01_cbf.nii.gz"))
+    assert m.get_data_dtype() == np.float32
+    np.testing.assert_allclose(m.affine, img.affine)
+    np.testing.assert_allclose(np.asarray(m.dataobj), data[..., 0] * 10, rtol=1e-6)
+    side = json.loads((out / "sub-01_cbf.json").read_text())
+    for key in (
+        "Units",
+        "Description",
+        "SoftwareVersion",
+        "Backend",
+        "Device",
+        "ElapsedSeconds",
+        "Parameters",
+        "Sources",
+    ):
+        assert key in side
+    assert side["ElapsedSeconds"] == 1.25 and side["Units"] == "ml/100g/min"
+    assert (out / "sub-01_aif.tsv").read_text().splitlines()[2].endswith("n/a")
+    assert not [p for p in out.iterdir() if p.name.startswith(".gpuperf-tmp")]
+
+    # existing output: refused before anything is staged, untouched
+    before = (out / "sub-01_cbf.nii.gz").read_bytes()
+    with pytest.raises(OutputExistsError, match="--overwrite"):
+        OutputWriter(out, "sub-01", reference=img).expect(["cbf"])
+    with OutputWriter(out, "sub-01", reference=img, overwrite=True) as w:
+        w.add_map("cbf", data[..., 1], units="a", description="b")
+        w.commit()
+    assert (out / "sub-01_cbf.nii.gz").read_bytes() != before
+
+
+def test_failure_leaves_no_partial_output(series, tmp_path):
+    path, data = series
+    img = load_image(path)
+    out = tmp_path / "out"
+    with pytest.raises(RuntimeError):
+        with OutputWriter(out, "p", reference=img) as w:
+            w.add_map("cbf", data[..., 0], units="a", description="b")
+            raise RuntimeError("boom mid-run")
+    assert list(out.iterdir()) == []
+
+
+def test_never_writes_over_inputs(series, tmp_path):
+    path, data = series
+    img = load_image(path)
+    with pytest.raises(Exception, match="input"):
+        OutputWriter(tmp_path, "", reference=img, inputs=[path], overwrite=True).add_file(
+            "s.nii.gz", lambda p: p.write_bytes(b""), ext=".nii.gz"
+        )
+
+
+def test_backend_selection(monkeypatch):
+    assert get_backend("cpu").name == "numpy"
+    monkeypatch.setenv("GPUPERF_DISABLE_GPU", "1")
+    from gpuperf import backend
+
+    backend.gpu_status.cache_clear()
+    try:
+        assert get_backend("auto").name == "numpy"
+        with pytest.raises(GPUUnavailableError, match="no GPU is usable"):
+            get_backend("gpu")
+    finally:
+        backend.gpu_status.cache_clear()
+    with pytest.raises(Exception, match="device must be one of"):
+        get_backend("tpu")
+
+
+@pytest.mark.parametrize("n,bpv,budget", [(10, 4, 8), (10, 4, 1000), (7, 100, 1), (0, 1, 1)])
+def test_chunk_slices_cover_in_order(n, bpv, budget):
+    sl = chunk_slices(n, bpv, memory_budget=budget)
+    covered = [i for s in sl for i in range(s.start, s.stop)]
+    assert covered == list(range(n))
+    assert all(s.stop - s.start >= 1 for s in sl)
+
+
+def test_inputs_not_modified(series, tmp_path):
+    path, _ = series
+    before = (os.stat(path).st_mtime_ns, path.read_bytes())
+    img = load_image(path)
+    img.data[:] = 0  # the loaded copy is ours to change
+    assert (os.stat(path).st_mtime_ns, path.read_bytes()) == before
