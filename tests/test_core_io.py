@@ -180,3 +180,14 @@ def test_inputs_not_modified(series, tmp_path):
     img = load_image(path)
     img.data[:] = 0  # the loaded copy is ours to change
     assert (os.stat(path).st_mtime_ns, path.read_bytes()) == before
+
+
+def test_atomic_write_has_normal_permissions(tmp_path):
+    from gpuperf.io.outputs import atomic_write_json
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_json(tmp_path / "x.json", {"a": 1})
+    finally:
+        os.umask(old)
+    assert (tmp_path / "x.json").stat().st_mode & 0o777 == 0o644

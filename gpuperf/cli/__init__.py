@@ -53,6 +53,18 @@ try:
 except ImportError:  # pragma: no cover
     pass
 
+for _module, _name, _attr in (
+    ("gpuperf.cli.cohort", "run", "run_command"),
+    ("gpuperf.cli.report", "report", "report_command"),
+    ("gpuperf.cli.bench", "bench", "bench_command"),
+):
+    try:
+        import importlib
+
+        app.command(_name)(getattr(importlib.import_module(_module), _attr))
+    except ImportError:  # pragma: no cover
+        pass
+
 
 def main() -> None:
     """Console-script entry point."""

@@ -31,6 +31,9 @@ DeviceOption = typer.Option(
 )
 QuietOption = typer.Option(False, "--quiet", "-q", help="No progress bars or log lines.")
 OverwriteOption = typer.Option(False, "--overwrite", help="Replace existing outputs.")
+ReportOption = typer.Option(
+    True, "--report/--no-report", help="Write <prefix>_report.html, the visual QC page."
+)
 MemoryOption = typer.Option(
     None, "--memory-budget-mb", help="Memory a chunk of voxels may use (default: automatic)."
 )

@@ -66,6 +66,9 @@ def demo_command(
     from rich.console import Console
     from rich.table import Table
 
+    from gpuperf.backend import get_backend
+
+    get_backend(device.value)  # --device gpu without a GPU fails here, before any work
     from gpuperf.asl.demo import run_demo as run_asl_demo
     from gpuperf.dsc.demo import run_demo as run_dsc_demo
 

@@ -1,0 +1,5 @@
+"""``python -m gpuperf`` runs the command line."""
+
+from gpuperf.cli import main
+
+main()

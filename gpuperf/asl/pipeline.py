@@ -1,0 +1,464 @@
+"""The ASL file pipeline: BIDS series -> validated inputs -> samples -> fit -> maps with provenance.
+
+``run_asl`` is what ``gpuperf asl`` calls; every CLI option is one of its arguments.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from os import PathLike
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gpuperf.asl import constants as K
+from gpuperf.asl.bids import ASLSeries, read_asl_series
+from gpuperf.asl.model import STATUS_MEANINGS, ASLFit, ASLModel
+from gpuperf.asl.preprocess import (
+    REFERENCE_TISSUES,
+    difference_samples,
+    reference_region_m0_blood,
+    short_tr_factor,
+)
+from gpuperf.backend import get_backend
+from gpuperf.errors import InputError
+from gpuperf.io.nifti import gather, load_mask, scatter, sidecar_path
+from gpuperf.io.outputs import OutputWriter
+from gpuperf.progress import ensure_reporter
+from gpuperf.provenance import provenance
+
+MODELS = ("auto", "whitepaper", "gkm")
+#: Automatic mask: voxels whose M0 exceeds this fraction of the 99th M0 percentile.
+AUTO_MASK_FRACTION = 0.1
+
+
+@dataclass
+class ASLRunResult:
+    """What :func:`run_asl` produced.
+
+    Attributes
+    ----------
+    outputs : dict of str -> Path
+        Map name -> written NIfTI path.
+    summary : dict
+        Voxel counts, method, median CBF/ATT, timings, constants.
+    fit : ASLFit
+    """
+
+    outputs: dict[str, Path]
+    summary: dict[str, Any]
+    fit: ASLFit | None = None
+    constants: dict[str, Any] = field(default_factory=dict)
+
+
+def _default_prefix(asl_path: Path) -> str:
+    name = asl_path.name
+    for ext in (".nii.gz", ".nii"):
+        if name.endswith(ext):
+            name = name[: -len(ext)]
+    return name[: -len("_asl")] if name.endswith("_asl") else name
+
+
+def _voxel_m0(series: ASLSeries, t1_tissue_s: float) -> tuple[np.ndarray | None, dict]:
+    """Voxelwise equilibrium M0 (3D) from the m0scan volumes, short-TR corrected."""
+    if series.m0_image is not None:
+        m0 = series.m0_image.data
+        m0 = m0 if m0.ndim == 3 else m0.mean(axis=3)
+    elif series.m0_type == "Included":
+        m0 = series.image.data[..., series.indices("m0scan")].mean(axis=3)
+    else:
+        return None, {}
+    factor = short_tr_factor(series.m0_tr_s, t1_tissue_s)
+    info = {
+        "M0Source": "m0scan volumes (averaged)",
+        "M0RepetitionTimeSeconds": series.m0_tr_s,
+        "ShortTRFactor": factor,
+        "ShortTRT1Seconds": t1_tissue_s,
+    }
+    return (m0 / factor).astype(np.float32), info
+
+
+def run_asl(
+    asl_path: str | PathLike,
+    out_dir: str | PathLike,
+    *,
+    m0_path: str | PathLike | None = None,
+    m0_ref_mask: str | PathLike | None = None,
+    m0_ref_tissue: str | None = None,
+    mask_path: str | PathLike | None = None,
+    model: str = "auto",
+    t1_tissue_s: float | None = None,
+    t1_blood_s: float | None = None,
+    lambda_: float | None = None,
+    alpha: float | None = None,
+    arterial: bool = False,
+    prefix: str | None = None,
+    device: str = "auto",
+    overwrite: bool = False,
+    memory_budget: int | None = None,
+    reporter: Any = None,
+    report: bool = True,
+) -> ASLRunResult:
+    """Quantify CBF (and ATT) from a BIDS ASL series and write the maps.
+
+    Parameters
+    ----------
+    asl_path : path-like
+        ``*_asl.nii.gz`` with ``*_asl.json`` and ``*_aslcontext.tsv`` beside it.
+    out_dir : path-like
+        Output folder.
+    m0_path : path-like, optional
+        M0 image overriding the sidecar's M0Type.
+    m0_ref_mask : path-like, optional
+        Reference-region mask: calibrate with one M0 of blood from this region instead of
+        voxelwise (needs ``m0_ref_tissue``).
+    m0_ref_tissue : {'csf', 'wm', 'gm'}, optional
+        Tissue of the reference region (T1, T2 and partition coefficient in
+        :data:`gpuperf.asl.preprocess.REFERENCE_TISSUES`).
+    mask_path : path-like, optional
+        Brain mask; default: voxels with M0 above 10 % of its 99th percentile (all voxels when
+        there is no voxelwise M0).
+    model : {'auto', 'whitepaper', 'gkm'}
+        ``auto``: consensus formula for one PLD, kinetic-model fit for several.
+    t1_tissue_s, t1_blood_s, lambda_, alpha : float, optional
+        Override defaults and sidecar values (T1 of blood defaults from MagneticFieldStrength,
+        alpha from LabelingEfficiency, else 0.85 pCASL / 0.68 CASL / 0.98 PASL).
+    arterial : bool
+        Fit the macrovascular component (aBV, aBAT) too ((p)CASL kinetic model).
+    prefix : str, optional
+        Output prefix (default: the series name without ``_asl``).
+    device : {'auto', 'cpu', 'gpu'}
+    overwrite : bool
+    memory_budget : int, optional
+        Bytes per chunk.
+    reporter : gpuperf.progress.Reporter, optional
+    report : bool
+        Also write ``<prefix>_report.html``, the visual QC page (:mod:`gpuperf.report`).
+
+    Returns
+    -------
+    ASLRunResult
+    """
+    t_start = time.perf_counter()
+    rep = ensure_reporter(reporter)
+    asl_path = Path(asl_path)
+    if model not in MODELS:
+        raise InputError(None, "model", f"expected one of {', '.join(MODELS)}, found {model!r}")
+    if (m0_ref_mask is None) != (m0_ref_tissue is None):
+        raise InputError(
+            m0_ref_mask,
+            "m0_ref_tissue",
+            "reference-region calibration needs both --m0-ref-mask and --m0-ref-tissue",
+        )
+    backend = get_backend(device)
+    series = read_asl_series(asl_path, m0_path)
+    js = sidecar_path(asl_path)
+    prefix = _default_prefix(asl_path) if prefix is None else prefix
+
+    t1_tissue = K.T1_TISSUE_S if t1_tissue_s is None else float(t1_tissue_s)
+    t1_blood = (
+        K.t1_blood_for_field(series.field_strength_t, js)
+        if t1_blood_s is None
+        else float(t1_blood_s)
+    )
+    lam = K.LAMBDA_ML_G if lambda_ is None else float(lambda_)
+    if alpha is not None:
+        alpha_v, alpha_src = float(alpha), "command line"
+    elif series.labeling_efficiency is not None:
+        alpha_v, alpha_src = series.labeling_efficiency, "LabelingEfficiency"
+    else:
+        alpha_v, alpha_src = K.ALPHA_BY_TYPE[series.labeling_type], "default (Alsop 2015)"
+    bs = K.background_suppression_factor(series.background_suppression, series.bs_pulses)
+    if series.background_suppression and not series.bs_pulses:
+        rep.warn(
+            f"{js.name}: BackgroundSuppression is true but BackgroundSuppressionNumberPulses"
+            " is missing: no background-suppression correction applied"
+        )
+
+    # ---- M0 --------------------------------------------------------------------------------
+    m0_vox, m0_info = _voxel_m0(series, t1_tissue)
+    if m0_vox is not None and series.m0_tr_s is None:
+        rep.warn(
+            "the M0 sidecar has no RepetitionTimePreparation/RepetitionTime: M0 is used without "
+            "a short-TR correction"
+        )
+    image = series.image
+    if mask_path is not None:
+        mask = load_mask(mask_path, image)
+    elif m0_vox is not None:
+        finite = np.isfinite(m0_vox)
+        top = np.percentile(m0_vox[finite], 99) if finite.any() else 0.0
+        mask = finite & (m0_vox > AUTO_MASK_FRACTION * top)
+        if not mask.any():
+            raise InputError(
+                series.m0_image.path if series.m0_image else asl_path,
+                "M0",
+                "no voxel has a positive M0: cannot build a mask",
+            )
+    else:
+        mask = np.isfinite(image.data).all(axis=3)
+    if m0_ref_mask is not None:
+        if m0_vox is None:
+            raise InputError(
+                js,
+                "M0Type",
+                "reference-region calibration needs an M0 image (M0Type Separate/Included or --m0)",
+            )
+        ref = load_mask(m0_ref_mask, image, role="M0 reference mask")
+        m0b, ref_info = reference_region_m0_blood(
+            m0_vox[ref] * short_tr_factor(series.m0_tr_s, t1_tissue),
+            m0_ref_tissue,
+            tr_s=series.m0_tr_s,
+            te_s=series.m0_te_s,
+            path=m0_ref_mask,
+        )
+        m0_for_fit: Any = lam * m0b  # the model divides by lambda: M0b = M0 / lambda
+        m0_info = {
+            "M0Source": "reference region",
+            **ref_info,
+            "ReferenceTissueTable": REFERENCE_TISSUES,
+        }
+    elif m0_vox is not None:
+        m0_for_fit = gather(m0_vox, mask)
+    elif series.m0_type == "Estimate":
+        # BIDS: M0Estimate is the M0 of blood, so tissue-equivalent M0 = lambda * M0Estimate.
+        m0_for_fit = lam * float(series.m0_estimate)
+        m0_info = {"M0Source": "M0Estimate (M0 of blood)", "M0Estimate": series.m0_estimate}
+    else:
+        m0_for_fit = None  # M0Type Absent: only a series of cbf volumes can be used
+
+    # ---- samples ---------------------------------------------------------------------------
+    types = series.volume_types
+    has_diff = any(t in ("control", "label", "deltam") for t in types)
+    with rep.status("gathering voxels"):
+        data = gather(image.data, mask)
+    if not has_diff:
+        return _precomputed_cbf(series, data, mask, out_dir, prefix, overwrite, backend, t_start)
+    if m0_for_fit is None:
+        raise InputError(
+            js,
+            "M0Type",
+            f"is {series.m0_type}: there is no M0 to calibrate with; pass --m0 or --m0-ref-mask",
+        )
+    samples = difference_samples(data, types, series.pld_s, series.tau_s, series.path)
+    if np.any(~np.isfinite(samples.tau_s)):
+        raise InputError(js, "LabelingDuration", "missing for some control/label volumes")
+
+    asl_model = ASLModel(
+        series.labeling_type,
+        samples.pld_s,
+        samples.tau_s,
+        method=model,
+        t1_tissue_s=t1_tissue,
+        t1_blood_s=t1_blood,
+        lambda_=lam,
+        alpha=alpha_v,
+        bs_factor=bs,
+        arterial=arterial,
+        device=device,
+        memory_budget=memory_budget,
+    )
+    names = ["cbf", "status"]
+    if asl_model.method == "gkm":
+        names += ["att", "cbf_stderr", "att_stderr", "residual"]
+        if arterial:
+            names += ["abv", "abat", "abv_stderr", "abat_stderr"]
+    elif samples.pld_s.size > 1:
+        names += ["cbf_stderr"]
+    sources = [series.path] + ([series.m0_image.path] if series.m0_image is not None else [])
+    writer = OutputWriter(
+        out_dir,
+        prefix,
+        reference=image,
+        overwrite=overwrite,
+        inputs=sources + ([Path(mask_path)] if mask_path else []),
+    )
+    writer.expect(names)
+    if asl_model.method == "gkm":
+        writer.expect(["qc"], ext=".npz")
+    if report:
+        writer.expect(["report"], ext=".html")
+    try:
+        rep.log(
+            f"ASL: {series.labeling_type}, {asl_model.method}, {int(mask.sum())} voxels, "
+            f"{samples.deltam.shape[1]} samples, backend {backend.name}"
+        )
+        t_fit = time.perf_counter()
+        fit = asl_model.fit(samples.deltam, m0_for_fit, reporter=reporter)
+        fit_s = time.perf_counter() - t_fit
+
+        constants = {
+            **asl_model.constants(),
+            "LabelingEfficiencySource": alpha_src,
+            "T1BloodSource": "command line" if t1_blood_s is not None else "MagneticFieldStrength",
+            "MagneticFieldStrength": series.field_strength_t,
+            "BackgroundSuppression": series.background_suppression,
+            "BackgroundSuppressionNumberPulses": series.bs_pulses,
+            "BackgroundSuppressionEfficiencyPerPulse": K.BS_EFFICIENCY_PER_PULSE,
+            "M0Type": series.m0_type,
+            # informational: scanners may average pairs before export, so no check against it
+            "TotalAcquiredPairs": series.sidecar.get("TotalAcquiredPairs"),
+            **m0_info,
+            "Samples": int(samples.deltam.shape[1]),
+            "Voxels": int(mask.sum()),
+            "StatusCodes": STATUS_MEANINGS,
+        }
+        if series.is_pasl:
+            constants["BolusCutOffTechnique"] = series.bolus_cutoff_technique
+        writer.provenance = provenance(backend, constants, sources=sources)
+        descr = {
+            "cbf": ("ml/100g/min", "Cerebral blood flow"),
+            "att": ("s", "Arterial transit time"),
+            "cbf_stderr": ("ml/100g/min", "Standard error of CBF"),
+            "att_stderr": ("s", "Standard error of ATT"),
+            "residual": ("a.u.", "RMS fit residual in signal units of the ASL series"),
+            "abv": ("%", "Arterial blood volume (macrovascular component)"),
+            "abat": ("s", "Arterial bolus arrival time (macrovascular component)"),
+            "abv_stderr": ("%", "Standard error of aBV"),
+            "abat_stderr": ("s", "Standard error of aBAT"),
+        }
+        outputs: dict[str, Path] = {}
+        for name in names:
+            if name == "status":
+                status = np.full(mask.shape, -1, dtype=np.int16)
+                status[mask] = fit.status
+                outputs[name] = writer.add_map(
+                    "status",
+                    status,
+                    units="code",
+                    dtype=np.int16,
+                    description="Fit status: "
+                    + "; ".join(f"{k} {v}" for k, v in STATUS_MEANINGS.items()),
+                )
+                continue
+            arr = getattr(fit, name)
+            if arr is None:
+                continue
+            units, desc = descr[name]
+            full = np.full(mask.shape, np.nan, dtype=np.float32)
+            full[mask] = arr
+            outputs[name] = writer.add_map(name, full, units=units, description=desc)
+        qc = _qc_curves(asl_model, fit, samples.deltam, m0_for_fit, mask)
+        if qc is not None:
+            try:
+                from gpuperf.report.collect import stage_extra
+            except ImportError:  # pragma: no cover - the report package is optional here
+                stage_extra = None
+            if stage_extra is not None:
+                qc["timings"] = {"fit": fit_s, "total_before_write": time.perf_counter() - t_start}
+                outputs["qc"] = stage_extra(writer, qc)
+        elapsed = time.perf_counter() - t_start
+        writer.commit(elapsed_s=elapsed)
+        ok = (fit.status == 0) | (fit.status == 4)
+        summary = {
+            "method": asl_model.method,
+            "labeling_type": series.labeling_type,
+            "voxels": int(mask.sum()),
+            "samples": int(samples.deltam.shape[1]),
+            "converged": int(ok.sum()),
+            "median_cbf": float(np.nanmedian(fit.cbf[ok])) if ok.any() else float("nan"),
+            "fit_seconds": fit_s,
+            "elapsed_seconds": elapsed,
+            "backend": backend.name,
+        }
+        if fit.att is not None and ok.any():
+            summary["median_att_s"] = float(np.nanmedian(fit.att[ok]))
+        result = ASLRunResult(outputs, summary, fit, constants)
+    except BaseException:
+        writer.abort()  # nothing staged survives a failure or an interruption
+        raise
+    if report:
+        from gpuperf.report import publish_run_report
+
+        for path in publish_run_report(
+            out_dir, prefix, "asl", mask=mask_path, overwrite=overwrite, reporter=rep
+        ):
+            result.outputs["report"] = path
+    return result
+
+
+#: CBF percentiles of the voxels whose curves go into ``<prefix>_qc.npz`` for the QC report.
+QC_PERCENTILES = (10, 50, 90)
+
+
+def _qc_curves(model: ASLModel, fit: ASLFit, deltam, m0, mask) -> dict[str, Any] | None:
+    """A few voxels' measured dM/M0 and fitted curves (``gpuperf.report`` EXTRA_FORMAT)."""
+    if model.method != "gkm":
+        return None
+    ok = np.flatnonzero(np.isin(fit.status, (0, 4)) & np.isfinite(fit.cbf))
+    if ok.size == 0:
+        return None
+    picks = []
+    for q in QC_PERCENTILES:
+        target = np.percentile(fit.cbf[ok], q)
+        i = int(ok[np.argmin(np.abs(fit.cbf[ok] - target))])
+        if i not in picks:
+            picks.append(i)
+    picks = np.array(picks)
+    m0v = np.broadcast_to(np.asarray(m0, dtype=np.float64), (deltam.shape[0],))[picks]
+    order = np.argsort(model.pld_s, kind="stable")
+    measured = (deltam[picks] / m0v[:, None])[:, order]
+    fine_pld = np.linspace(0.0, float(model.pld_s.max()) * 1.1, 100)
+    fine_tau = np.full(fine_pld.size, float(np.median(model.tau_s)))
+    fine = ASLModel(
+        model.labeling_type,
+        fine_pld,
+        fine_tau,
+        t1_tissue_s=model.t1_tissue_s,
+        t1_blood_s=model.t1_blood_s,
+        lambda_=model.lambda_,
+        alpha=model.alpha,
+        bs_factor=model.bs_factor,
+        arterial=model.arterial,
+        method="gkm",
+    )
+    cols = [fit.cbf[picks], fit.att[picks]]
+    if model.arterial:
+        cols += [np.nan_to_num(fit.abv[picks]), np.nan_to_num(fit.abat[picks], nan=99.0)]
+    fitted, _ = fine.kinetic_model.evaluate(
+        np, np.stack(cols, 1).astype(np.float64), fine.sample_times(), fine.consts()
+    )
+    vox = np.argwhere(mask)[picks]
+    return {
+        "curves": {
+            "time_s": model.pld_s[order],
+            "measured": measured,
+            "fitted": fitted,
+            "fit_time_s": fine_pld,
+            "voxels": vox,
+            "labels": [f"CBF {fit.cbf[i]:.0f}, ATT {fit.att[i]:.2f} s" for i in picks],
+            "units": "dM/M0",
+        }
+    }
+
+
+def _precomputed_cbf(series, data, mask, out_dir, prefix, overwrite, backend, t_start):
+    """A series of ``cbf`` volumes only: their mean is written as the CBF map (no model)."""
+    idx = series.indices("cbf")
+    if idx.size == 0:
+        raise InputError(series.path, "volume_type", "no control, label, deltam or cbf volume")
+    cbf = data[:, idx].mean(axis=1)
+    writer = OutputWriter(
+        out_dir, prefix, reference=series.image, overwrite=overwrite, inputs=[series.path]
+    )
+    writer.expect(["cbf"])
+    writer.provenance = provenance(
+        backend,
+        {"Method": "mean of cbf volumes (precomputed)", "CBFVolumes": idx.tolist()},
+        sources=[series.path],
+    )
+    out = {
+        "cbf": writer.add_map(
+            "cbf",
+            scatter(cbf, mask),
+            units="ml/100g/min",
+            description="Mean of the series' precomputed cbf volumes",
+        )
+    }
+    elapsed = time.perf_counter() - t_start
+    writer.commit(elapsed_s=elapsed)
+    return ASLRunResult(
+        out, {"method": "precomputed", "voxels": int(mask.sum()), "elapsed_seconds": elapsed}
+    )

@@ -1,0 +1,232 @@
+"""From ASL volumes to the samples a model sees: control - label differences and M0.
+
+Steps (each a function, all vectorised over voxels):
+
+1. :func:`difference_samples` -- pairwise control - label subtraction in acquisition order within
+   each (PLD, tau) group, plus ``deltam`` volumes used as they are.
+2. :func:`average_per_pld` -- mean over repeats of each (PLD, tau) (single-PLD quantification);
+   the kinetic-model fit keeps the repeats, so its residual-based noise estimate has more
+   degrees of freedom.
+3. :func:`short_tr_factor`, :func:`reference_region_m0_blood` -- M0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from os import PathLike
+
+import numpy as np
+
+from gpuperf.errors import InputError
+
+#: Tissue properties for reference-region calibration (3 T). T1 and T2 in s; ``pc`` is the
+#: tissue/blood water partition coefficient (water content of the tissue over that of blood,
+#: 0.87 ml/ml), as used by BASIL/oxford_asl ``asl_calib`` (Chappell et al., MRM 2010; Herscovitch
+#: and Raichle, JCBFM 1985 for the partition coefficients). Literature approximations: override
+#: them when your protocol has better values.
+REFERENCE_TISSUES: dict[str, dict[str, float]] = {
+    "csf": {"t1_s": 4.3, "t2_s": 0.750, "pc": 1.15},
+    "wm": {"t1_s": 1.0, "t2_s": 0.050, "pc": 0.82},
+    "gm": {"t1_s": 1.3, "t2_s": 0.100, "pc": 0.98},
+}
+#: T2 of arterial blood at 3 T (s), for the echo-time correction of reference-region M0.
+T2_BLOOD_S = 0.150
+
+
+@dataclass
+class DifferenceSamples:
+    """Difference signals and their timing.
+
+    Attributes
+    ----------
+    deltam : ndarray (V, K)
+        Control - label (or deltam volumes), signal units of the series.
+    pld_s : ndarray (K,)
+    tau_s : ndarray (K,)
+    source_volumes : list of tuple
+        Volume indices each sample comes from ((control, label) or (deltam,)).
+    """
+
+    deltam: np.ndarray
+    pld_s: np.ndarray
+    tau_s: np.ndarray
+    source_volumes: list[tuple[int, ...]]
+
+
+def pair_control_label(
+    volume_types: list[str], pld_s: np.ndarray, tau_s: np.ndarray, path: str | PathLike | None
+) -> list[tuple[int, int]]:
+    """Pair control and label volumes in acquisition order.
+
+    Within each (PLD, tau) group the k-th control is paired with the k-th label, which handles
+    control-first and label-first interleaving as well as blocked orders (all labels, then all
+    controls). A group with unequal numbers of controls and labels is an error.
+
+    Returns
+    -------
+    list of (control_index, label_index), ordered by the earlier volume of each pair.
+    """
+    pld_s = np.asarray(pld_s, dtype=np.float64)
+    tau_s = np.asarray(tau_s, dtype=np.float64)
+    groups: dict[tuple[float, float], dict[str, list[int]]] = {}
+    for i, v in enumerate(volume_types):
+        if v not in ("control", "label"):
+            continue
+        key = (round(float(pld_s[i]), 6), round(float(np.nan_to_num(tau_s[i], nan=-1.0)), 6))
+        groups.setdefault(key, {"control": [], "label": []})[v].append(i)
+    pairs = []
+    for (pld, tau), g in groups.items():
+        nc, nl = len(g["control"]), len(g["label"])
+        if nc != nl:
+            raise InputError(
+                path,
+                "volume_type",
+                f"PLD {pld:g} s (tau {tau:g} s) has {nc} "
+                f"control and {nl} label volumes; they must pair up",
+            )
+        pairs.extend(zip(g["control"], g["label"], strict=True))
+    return sorted(pairs, key=lambda cl: min(cl))
+
+
+def difference_samples(
+    data: np.ndarray,
+    volume_types: list[str],
+    pld_s: np.ndarray,
+    tau_s: np.ndarray,
+    path: str | PathLike | None = None,
+) -> DifferenceSamples:
+    """Control - label differences and deltam volumes of gathered voxels.
+
+    Parameters
+    ----------
+    data : ndarray (V, T)
+        Gathered series (one row per voxel).
+    volume_types : list of str (T,)
+    pld_s, tau_s : ndarray (T,)
+        Per-volume PLD (TI for PASL) and labelling/bolus duration, s.
+    path : path-like, optional
+        Named in errors.
+
+    Returns
+    -------
+    DifferenceSamples
+        Samples in acquisition order (of the pair's first volume).
+    """
+    pairs = pair_control_label(volume_types, pld_s, tau_s, path)
+    entries: list[tuple[int, tuple[int, ...]]] = [(min(c, lab), (c, lab)) for c, lab in pairs]
+    entries += [(i, (i,)) for i, v in enumerate(volume_types) if v == "deltam"]
+    entries.sort()
+    if not entries:
+        raise InputError(
+            path, "volume_type", "no control/label pair and no deltam volume: nothing to quantify"
+        )
+    cols = []
+    plds, taus, src = [], [], []
+    for _, vols in entries:
+        if len(vols) == 2:
+            cols.append(data[:, vols[0]] - data[:, vols[1]])
+        else:
+            cols.append(data[:, vols[0]])
+        plds.append(pld_s[vols[0]])
+        taus.append(tau_s[vols[0]])
+        src.append(vols)
+    return DifferenceSamples(
+        np.ascontiguousarray(np.stack(cols, axis=1), dtype=np.float32),
+        np.asarray(plds, dtype=np.float64),
+        np.asarray(taus, dtype=np.float64),
+        src,
+    )
+
+
+def average_per_pld(
+    deltam: np.ndarray, pld_s: np.ndarray, tau_s: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Mean of the repeats of each (PLD, tau).
+
+    Returns
+    -------
+    mean : ndarray (V, U)
+    pld_s, tau_s : ndarray (U,), sorted by PLD
+    n_repeats : ndarray (U,) int
+    """
+    keys = np.round(np.stack([pld_s, np.nan_to_num(tau_s, nan=-1.0)], axis=1), 6)
+    uniq, inverse, counts = np.unique(keys, axis=0, return_inverse=True, return_counts=True)
+    inverse = inverse.reshape(-1)
+    onehot = np.zeros((deltam.shape[1], uniq.shape[0]), dtype=np.float64)
+    onehot[np.arange(deltam.shape[1]), inverse] = 1.0 / counts[inverse]
+    mean = (deltam.astype(np.float64) @ onehot).astype(np.float32)
+    first = [int(np.flatnonzero(inverse == u)[0]) for u in range(uniq.shape[0])]
+    return mean, pld_s[first], tau_s[first], counts
+
+
+def short_tr_factor(tr_s: float | None, t1_s: float) -> float:
+    """Saturation-recovery factor ``1 - exp(-TR/T1)`` of an M0 scan (1 when TR is unknown).
+
+    An M0 scan with repetition time TR recovers to ``M0 (1 - e^{-TR/T1})`` (Alsop et al. 2015,
+    "M0 acquired with short TR"); dividing by this factor restores the equilibrium M0. Applied for
+    every known TR: for TR > 5 T1 the factor is > 0.993 and the correction is harmless.
+    """
+    if tr_s is None:
+        return 1.0
+    return float(-np.expm1(-tr_s / t1_s))
+
+
+def reference_region_m0_blood(
+    m0_ref_values: np.ndarray,
+    tissue: str,
+    *,
+    tr_s: float | None,
+    te_s: float | None,
+    tissues: dict[str, dict[str, float]] | None = None,
+    t2_blood_s: float = T2_BLOOD_S,
+    path: str | PathLike | None = None,
+) -> tuple[float, dict[str, float]]:
+    """M0 of arterial blood from a reference region (Chappell et al. 2010; Alsop et al. 2015).
+
+    ``M0b = mean(M0_ref) / (1 - e^{-TR/T1_ref}) * e^{TE/T2_ref} / pc_ref * e^{-TE/T2_blood}``
+
+    Parameters
+    ----------
+    m0_ref_values : ndarray (R,)
+        M0 in the reference-region voxels (signal units).
+    tissue : {'csf', 'wm', 'gm'}
+    tr_s, te_s : float or None
+        Repetition and echo time of the M0 scan (corrections skipped when None).
+    tissues : dict, optional
+        Overrides :data:`REFERENCE_TISSUES`.
+
+    Returns
+    -------
+    m0_blood : float
+    constants : dict
+        Every value used (for the sidecars).
+    """
+    table = {**REFERENCE_TISSUES, **(tissues or {})}
+    key = tissue.lower()
+    if key not in table:
+        raise InputError(
+            path, "m0_ref_tissue", f"expected one of {', '.join(table)}, found {tissue!r}"
+        )
+    props = table[key]
+    vals = np.asarray(m0_ref_values, dtype=np.float64)
+    vals = vals[np.isfinite(vals)]
+    if vals.size == 0 or not vals.mean() > 0:
+        raise InputError(
+            path, "m0_ref_mask", "the reference region has no voxel with a positive finite M0"
+        )
+    tr_corr = short_tr_factor(tr_s, props["t1_s"])
+    te_corr = 1.0 if te_s is None else float(np.exp(te_s / props["t2_s"] - te_s / t2_blood_s))
+    m0b = float(vals.mean() / tr_corr * te_corr / props["pc"])
+    used = {
+        "ReferenceTissue": key,
+        "ReferenceMeanM0": float(vals.mean()),
+        "ReferenceVoxels": int(vals.size),
+        "ReferenceT1Seconds": props["t1_s"],
+        "ReferenceT2Seconds": props["t2_s"],
+        "ReferencePartitionCoefficient": props["pc"],
+        "BloodT2Seconds": t2_blood_s,
+        "ShortTRFactor": tr_corr,
+        "EchoTimeFactor": te_corr,
+        "M0Blood": m0b,
+    }
+    return m0b, used

@@ -1,0 +1,159 @@
+"""``gpuperf run BIDS_DIR OUT_DIR {participant,group}``: the BIDS-App entry point.
+
+A thin shell over :func:`gpuperf.cohort.run_participants` and
+:func:`gpuperf.cohort.group_table`; every option is one of their arguments. List options take
+repeated flags or comma/space separated values (``--participant-label 01,02`` or
+``--participant-label 01 --participant-label 02``).
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+
+import typer
+
+from gpuperf.cli._common import Device, QuietOption, handle_errors, reporter_for
+
+
+class AnalysisLevel(str, Enum):
+    participant = "participant"
+    group = "group"
+
+
+def _split(values: list[str] | None) -> list[str] | None:
+    if not values:
+        return None
+    out = [v for raw in values for v in raw.replace(",", " ").split() if v]
+    return out or None
+
+
+@handle_errors
+def run_command(
+    bids_dir: Path = typer.Argument(..., help="BIDS dataset root."),
+    out_dir: Path = typer.Argument(..., help="Derivatives folder (created)."),
+    analysis_level: AnalysisLevel = typer.Argument(
+        ..., help="participant: fit every series; group: the cohort table."
+    ),
+    participant_label: list[str] = typer.Option(
+        None, "--participant-label", help="Subjects to include (default all); without 'sub-'."
+    ),
+    session_label: list[str] = typer.Option(
+        None, "--session-label", help="Sessions to include (default all); without 'ses-'."
+    ),
+    modality: list[str] = typer.Option(None, "--modality", help="asl and/or dsc (default both)."),
+    config: Path = typer.Option(
+        None, "--config", help="TOML or JSON file of method options (saved with the outputs)."
+    ),
+    dsc_pattern: str = typer.Option(
+        None,
+        "--dsc-pattern",
+        help="Glob of DSC series under a subject/session folder (default perf/*_dsc.nii*).",
+    ),
+    workers: int = typer.Option(
+        1,
+        "--workers",
+        help="Local worker processes (1: one process with read-ahead threads); "
+        "with --cluster, the number of SLURM jobs (one GPU each).",
+    ),
+    gpus: list[str] = typer.Option(
+        None,
+        "--gpus",
+        help="With --workers N: GPU ids dealt to the worker processes, one each (e.g. 0,1).",
+    ),
+    scheduler: str = typer.Option(
+        None, "--scheduler", help="Address of a Dask scheduler to run the subjects on."
+    ),
+    cluster: str = typer.Option(
+        None,
+        "--cluster",
+        help="'slurm': start Dask workers with dask-jobqueue (options in the "
+        "config's [cluster] table).",
+    ),
+    device: Device = typer.Option(
+        None, "--device", help="auto, cpu or gpu (default: the config's, else auto)."
+    ),
+    overwrite: bool = typer.Option(
+        False,
+        "--overwrite",
+        help="Replace outputs of complete runs made with other inputs or "
+        "options (incomplete ones are always redone).",
+    ),
+    prefetch: int = typer.Option(2, "--prefetch", help="Subjects decompressed ahead."),
+    work_dir: Path = typer.Option(
+        None, "--work-dir", help="Scratch folder for decompressed inputs (default: system tmp)."
+    ),
+    masks_dir: Path = typer.Option(
+        None,
+        "--masks-dir",
+        help="group: derivatives folder with per-subject masks "
+        "(*desc-<name>_mask.nii.gz) and/or atlases (*_dseg.nii.gz).",
+    ),
+    mask_desc: list[str] = typer.Option(
+        None, "--mask-desc", help="group: only these mask names (e.g. lesion NAWM)."
+    ),
+    atlas: Path = typer.Option(None, "--atlas", help="group: label image in the subjects' space."),
+    atlas_labels: Path = typer.Option(
+        None, "--atlas-labels", help="group: TSV with columns index and name."
+    ),
+    reference_region: str = typer.Option(
+        None, "--reference-region", help="group: region for relative values (e.g. NAWM)."
+    ),
+    maps: list[str] = typer.Option(
+        None, "--map", help="group: map names to summarise (default: all perfusion maps)."
+    ),
+    quiet: bool = QuietOption,
+) -> None:
+    """Process a BIDS dataset (BIDS-App interface): participant fits, group table."""
+    from gpuperf.cohort import group_table, load_config, run_participants
+
+    reporter = reporter_for(quiet)
+    cfg = load_config(config)
+    subjects, sessions, mods = _split(participant_label), _split(session_label), _split(modality)
+    if analysis_level is AnalysisLevel.participant:
+        run = run_participants(
+            bids_dir,
+            out_dir,
+            participant_label=subjects,
+            session_label=sessions,
+            modality=mods,
+            config=cfg,
+            dsc_pattern=dsc_pattern,
+            workers=workers,
+            scheduler=scheduler,
+            cluster=cluster,
+            device=None if device is None else device.value,
+            gpus=_split(gpus),
+            overwrite=overwrite,
+            prefetch=prefetch,
+            work_dir=work_dir,
+            reporter=reporter,
+        )
+        if run.exit_code:
+            typer.echo(
+                f"{len(run.failed)} of {len(run.results)} series failed; see "
+                f"{out_dir / 'logs' / 'failures.tsv'}",
+                err=True,
+            )
+        raise typer.Exit(run.exit_code)
+    opts = dict(cfg.group)
+    for key, value in (
+        ("masks_dir", masks_dir),
+        ("mask_descs", _split(mask_desc)),
+        ("atlas", atlas),
+        ("atlas_labels", atlas_labels),
+        ("reference_region", reference_region),
+        ("maps", _split(maps)),
+    ):
+        if value is not None:
+            opts[key] = value
+    res = group_table(
+        out_dir,
+        participant_label=subjects,
+        session_label=sessions,
+        modality=mods,
+        reporter=reporter,
+        **opts,
+    )
+    typer.echo(str(res.table))
+    raise typer.Exit(res.exit_code)

@@ -1,0 +1,219 @@
+"""A small DSC phantom with known truth, written as NIfTI + BIDS-style sidecar.
+
+Tissue curves follow the indicator-dilution model ``C_t = (rho/kH) F (C_a(t - delay) conv R)``
+with an exponential residue ``R(t) = exp(-t / MTT)`` (so ``CBV = CBF * MTT / 60``); the AIF is
+a gamma-variate. The brain is an ellipsoid split into four perfusion regions (x) and four bolus
+delays 0, 1, 2, 3 s (y); two blocks leak contrast (BSW model, one K2 > 0, one K2 < 0); a column
+of voxels is pure artery (for the automatic AIF). The signal is
+``S = S0 exp(-TE dR2*) + noise``.
+"""
+
+from __future__ import annotations
+
+import gzip
+from os import PathLike
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gpuperf.dsc.aif import gamma_variate
+from gpuperf.dsc.leakage import cumulative_integral
+from gpuperf.dsc.model import KH_DEFAULT, RHO_DEFAULT
+
+#: (CBF ml/100g/min, MTT s) of the four regions along x.
+REGIONS = ((60.0, 4.0), (25.0, 4.8), (40.0, 6.0), (15.0, 8.0))
+#: Bolus delays (s) of the four bands along y.
+DELAYS_S = (0.0, 1.0, 2.0, 3.0)
+#: AIF gamma-variate (A, t0 s, a, b s): peak dR2* about 40 1/s.
+AIF_PARAMS = (40.0 / (3.0 * 1.5) ** 3 / np.exp(-3.0), 8.0, 3.0, 1.5)
+#: K2 (1/s) of the two leaky blocks.
+K2_VALUES = (0.01, -0.01)
+S0_BRAIN = 1000.0
+S0_BACKGROUND = 20.0
+
+
+def aif_curve(t_s: np.ndarray, delay_s: float = 0.0) -> np.ndarray:
+    """The phantom's AIF dR2* (1/s) at times ``t_s`` shifted by ``delay_s``."""
+    amp, t0, a, b = AIF_PARAMS
+    return gamma_variate(t_s, amp, t0 + delay_s, a, b)
+
+
+def tissue_curve(
+    t_s: np.ndarray,
+    cbf: float,
+    mtt_s: float,
+    delay_s: float = 0.0,
+    kh: float = KH_DEFAULT,
+    rho: float = RHO_DEFAULT,
+    oversample: int = 20,
+) -> np.ndarray:
+    """Tissue dR2* (1/s) for an exponential residue, by fine-grid convolution.
+
+    ``(rho/kH) * (CBF/6000) * int C_a(tau - delay) exp(-(t - tau)/MTT) dtau``.
+    """
+    dt = float(t_s[1] - t_s[0])
+    fine_dt = dt / oversample
+    tf = np.arange(t_s.size * oversample) * fine_dt
+    ca = aif_curve(tf, delay_s)
+    res = np.exp(-tf / mtt_s)
+    conv = np.convolve(ca, res)[: tf.size] * fine_dt
+    return (rho / kh) * (cbf / 6000.0) * conv[::oversample]
+
+
+def phantom_arrays(
+    shape: tuple[int, int, int] = (32, 32, 4),
+    n_frames: int = 60,
+    tr_s: float = 1.5,
+    te_s: float = 0.03,
+    noise_sd: float = 0.0,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Build the phantom in memory.
+
+    Returns
+    -------
+    dict with ``signal`` (X, Y, Z, T) float32, ``brain``, ``artery``, ``leaky`` masks, truth
+    maps ``cbf``, ``cbv``, ``mtt``, ``delay``, ``k2`` (NaN outside the brain), ``aif`` (T,),
+    ``t_s``, ``te_s``, ``tr_s``.
+    """
+    nx, ny, nz = shape
+    t = np.arange(n_frames) * tr_s
+    x, y, z = np.meshgrid(np.arange(nx), np.arange(ny), np.arange(nz), indexing="ij")
+    rx, ry = (nx - 1) / 2, (ny - 1) / 2
+    brain = ((x - rx) / (0.47 * nx)) ** 2 + ((y - ry) / (0.47 * ny)) ** 2 <= 1.0
+    region = np.clip((x * 4) // nx, 0, 3)
+    band = np.clip((y * 4) // ny, 0, 3)
+    artery = np.zeros(shape, bool)
+    cx, cy = int(rx), int(ry)
+    artery[cx : cx + 2, cy : cy + 2, :] = True
+    leaky = np.zeros(shape, np.int8)  # 1: K2 > 0, 2: K2 < 0
+    leaky[nx // 4 : nx // 4 + 3, ny // 2 - 5 : ny // 2 - 2, :] = 1
+    leaky[3 * nx // 4 - 3 : 3 * nx // 4, ny // 2 + 2 : ny // 2 + 5, :] = 2
+    leaky &= brain.astype(np.int8) * 3
+    leaky[artery] = 0
+    tissue = brain & ~artery
+
+    dr2s = np.zeros(shape + (n_frames,))
+    cbf = np.full(shape, np.nan)
+    mtt = np.full(shape, np.nan)
+    delay = np.full(shape, np.nan)
+    for r, (f, m) in enumerate(REGIONS):  # loops over regions and delays, not voxels
+        for d, dl in enumerate(DELAYS_S):
+            sel = tissue & (region == r) & (band == d)
+            dr2s[sel] = tissue_curve(t, f, m, dl)
+            cbf[sel], mtt[sel], delay[sel] = f, m, dl
+    # leakage relative to the mean of the non-leaky tissue curves (what BSW estimates)
+    ref = dr2s[tissue & (leaky == 0)].mean(axis=0)
+    integ = cumulative_integral(ref, tr_s)
+    k2 = np.where(tissue, 0.0, np.nan)
+    for code, k in zip((1, 2), K2_VALUES, strict=True):
+        sel = leaky == code
+        dr2s[sel] -= k * integ
+        k2[sel] = k
+    dr2s[artery] = aif_curve(t)
+    cbf[artery] = np.nan
+    cbv = cbf * mtt / 60.0
+    s0 = np.where(brain, S0_BRAIN, S0_BACKGROUND)
+    signal = s0[..., None] * np.exp(-te_s * dr2s)
+    if noise_sd > 0:
+        rng = np.random.default_rng(seed)
+        signal = np.abs(signal + rng.normal(0.0, noise_sd * S0_BRAIN, signal.shape))
+    return {
+        "signal": signal.astype(np.float32),
+        "brain": brain,
+        "artery": artery,
+        "tissue": tissue,
+        "leaky": leaky,
+        "cbf": cbf,
+        "cbv": cbv,
+        "mtt": mtt,
+        "delay": np.where(brain, delay, np.nan),
+        "k2": k2,
+        "aif": aif_curve(t),
+        "t_s": t,
+        "te_s": te_s,
+        "tr_s": tr_s,
+        "dr2s": dr2s,
+    }
+
+
+def write_phantom(
+    out_dir: str | PathLike,
+    shape: tuple[int, int, int] = (32, 32, 4),
+    n_frames: int = 60,
+    tr_s: float = 1.5,
+    te_s: float = 0.03,
+    noise_sd: float = 0.005,
+    seed: int = 0,
+    prefix: str = "phantom",
+    overwrite: bool = False,
+) -> dict[str, Path]:
+    """Write the phantom: ``<prefix>_dsc.nii.gz`` + ``.json``, truth maps and masks.
+
+    Parameters
+    ----------
+    out_dir : path-like
+    shape : (X, Y, Z) voxels
+    n_frames : int
+    tr_s, te_s : float
+        Frame interval and echo time (s), written to the sidecar as BIDS fields.
+    noise_sd : float
+        Gaussian noise SD as a fraction of the brain S0 (0: noise-free).
+    seed : int
+    prefix : str
+    overwrite : bool
+
+    Returns
+    -------
+    dict name -> path: ``series``, ``sidecar``, ``brainmask``, ``arterymask``,
+    ``truth_cbf``, ``truth_cbv``, ``truth_mtt``, ``truth_delay``, ``truth_k2``.
+    """
+    import nibabel as nib
+
+    from gpuperf.errors import OutputExistsError
+    from gpuperf.io.outputs import atomic_write_bytes, atomic_write_json
+
+    out = Path(out_dir)
+    ph = phantom_arrays(shape, n_frames, tr_s, te_s, noise_sd, seed)
+    affine = np.diag([2.0, 2.0, 4.0, 1.0])
+    files = {
+        "series": (f"{prefix}_dsc.nii.gz", ph["signal"]),
+        "brainmask": (f"{prefix}_brainmask.nii.gz", ph["brain"].astype(np.uint8)),
+        "arterymask": (f"{prefix}_arterymask.nii.gz", ph["artery"].astype(np.uint8)),
+        "truth_cbf": (f"{prefix}_truth_cbf.nii.gz", ph["cbf"]),
+        "truth_cbv": (f"{prefix}_truth_cbv.nii.gz", ph["cbv"]),
+        "truth_mtt": (f"{prefix}_truth_mtt.nii.gz", ph["mtt"]),
+        "truth_delay": (f"{prefix}_truth_delay.nii.gz", ph["delay"]),
+        "truth_k2": (f"{prefix}_truth_k2.nii.gz", ph["k2"]),
+    }
+    paths = {k: out / name for k, (name, _) in files.items()}
+    paths["sidecar"] = out / f"{prefix}_dsc.json"
+    if not overwrite:
+        for p in paths.values():
+            if p.exists():
+                raise OutputExistsError(f"{p}: exists; pass overwrite=True (--overwrite)")
+    out.mkdir(parents=True, exist_ok=True)
+    for key, (_name, data) in files.items():
+        dtype = np.uint8 if data.dtype == np.uint8 else np.float32
+        img = nib.Nifti1Image(np.asarray(data, dtype=dtype), affine)
+        img.header.set_xyzt_units("mm", "sec")
+        if key == "series":
+            zooms = img.header.get_zooms()
+            img.header.set_zooms(zooms[:3] + (tr_s,))
+        atomic_write_bytes(paths[key], gzip.compress(img.to_bytes(), compresslevel=4))
+    atomic_write_json(
+        paths["sidecar"],
+        {
+            "EchoTime": te_s,
+            "RepetitionTime": tr_s,
+            "MagneticFieldStrength": 3,
+            "Description": "gpuperf DSC phantom (simulated)",
+            "PhantomRegions_CBF_MTT": [list(r) for r in REGIONS],
+            "PhantomDelays_s": list(DELAYS_S),
+            "PhantomK2_per_s": list(K2_VALUES),
+            "NoiseSD": noise_sd,
+            "Seed": seed,
+        },
+    )
+    return paths

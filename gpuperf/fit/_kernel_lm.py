@@ -1,0 +1,207 @@
+"""Launchers of ``kernels/fit/lm_fit.cu``: CuPy on the GPU, and the g++ host build via ctypes.
+
+Both take voxel-major host/device chunks (V, N), lay them out time-major (N, V) as the kernel
+expects (coalesced reads on the GPU; the host build runs the same indexing) and return
+voxel-major results.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+from gpuperf.cuda.host import HostLauncher, build_host_library
+from gpuperf.cuda.source import get_module, read_kernel
+from gpuperf.fit._numpy_lm import LMSettings
+
+#: Threads per block of the fit kernel (one voxel per thread).
+BLOCK_SIZE = 128
+
+_CTYPE = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
+_SUFFIX = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}
+
+
+def kernel_expression(model: Any, dtype: Any) -> str:
+    """Template instantiation name, e.g. ``lm_fit<float, MonoExp>``."""
+    return f"lm_fit<{_CTYPE[np.dtype(dtype)]}, {model.cuda_struct}>"
+
+
+def launcher_params(ctype: str) -> tuple[tuple[str, str], ...]:
+    """The kernel's parameter list for :class:`~gpuperf.cuda.host.HostLauncher`."""
+    T = ctype
+    return (
+        (f"const {T}*", "y"),
+        (f"const {T}*", "w"),
+        ("int", "w_per_voxel"),
+        (f"const {T}*", "x"),
+        (f"const {T}*", "c"),
+        (f"const {T}*", "p0"),
+        (f"const {T}*", "lower"),
+        (f"const {T}*", "upper"),
+        ("unsigned int", "fixed_mask"),
+        ("int", "n_samples"),
+        ("long long", "n_vox"),
+        ("int", "max_iter"),
+        (T, "xtol"),
+        (T, "ftol"),
+        (T, "lambda0"),
+        (T, "lambda_min"),
+        (T, "lambda_max"),
+        (T, "accept_tol"),
+        (f"{T}*", "params"),
+        (f"{T}*", "stderr_out"),
+        (f"{T}*", "chi2_out"),
+        ("int*", "n_iter_out"),
+        ("signed char*", "status_out"),
+    )
+
+
+def _launcher_name(model: Any, dtype: Any) -> str:
+    return f"lm_fit_{_SUFFIX[np.dtype(dtype)]}_{model.cuda_struct}"
+
+
+def host_library(model: Any) -> Any:
+    """Host build of the fit kernel for ``model`` (float and double launchers)."""
+    launchers = [
+        HostLauncher(_launcher_name(model, dt), kernel_expression(model, dt), launcher_params(ct))
+        for dt, ct in _CTYPE.items()
+    ]
+    return build_host_library(
+        code=f'#include "{model.cuda_header}"',
+        sources=["fit/lm_fit.cu"],
+        launchers=launchers,
+    )
+
+
+def fixed_mask(fixed: np.ndarray) -> int:
+    return int(sum(1 << k for k, f in enumerate(np.asarray(fixed, dtype=bool)) if f))
+
+
+def lm_host(
+    model: Any, x, y, w, w_per_voxel, c, p0, lower, upper, fixed, s: LMSettings, n_threads=None
+):
+    """Run the kernel's host build on one chunk (arrays as in :func:`lm_numpy`; ``w`` (N,)
+    shared, (V, N) per voxel, or None)."""
+    dt = y.dtype
+    T = dt.type
+    n_vox, n_samples = y.shape
+    n_par = p0.shape[1]
+    lib = host_library(model)
+    yt = np.ascontiguousarray(y.T)
+    if w is None:
+        wt = None
+    else:
+        wt = np.ascontiguousarray(w.T if w_per_voxel else w, dtype=dt)
+    xc = np.ascontiguousarray(x, dtype=dt)
+    cc = np.ascontiguousarray(c if np.size(c) else np.zeros(1), dtype=dt)
+    p0t, lot, hit = (np.ascontiguousarray(a.T, dtype=dt) for a in (p0, lower, upper))
+    params = np.empty((n_par, n_vox), dtype=dt)
+    stderr = np.empty((n_par, n_vox), dtype=dt)
+    chi2 = np.empty(n_vox, dtype=dt)
+    n_iter = np.empty(n_vox, dtype=np.int32)
+    status = np.empty(n_vox, dtype=np.int8)
+    grid = max(1, -(-n_vox // BLOCK_SIZE))
+    threads = n_threads if n_threads is not None else (os.cpu_count() or 1)
+    args = (
+        yt,
+        wt,
+        int(bool(w_per_voxel)),
+        xc,
+        cc,
+        p0t,
+        lot,
+        hit,
+        fixed_mask(fixed),
+        n_samples,
+        n_vox,
+        s.max_iter,
+        T(s.xtol),
+        T(s.ftol),
+        T(s.lambda0),
+        T(s.lambda_min),
+        T(s.lambda_max),
+        T(s.accept_tol),
+        params,
+        stderr,
+        chi2,
+        n_iter,
+        status,
+    )
+    lib.launch(_launcher_name(model, dt), grid, BLOCK_SIZE, args, n_threads=threads)
+    return params.T.copy(), stderr.T.copy(), chi2, n_iter, status
+
+
+def cupy_kernel(model: Any, dtype: Any) -> Any:
+    """The compiled ``lm_fit<T, Model>`` CuPy kernel (built on first use, cached per device)."""
+    expr = kernel_expression(model, dtype)
+    source = f'#include "{model.cuda_header}"\n' + read_kernel("fit/lm_fit.cu")
+    return get_module("fit/lm_fit", source, [expr]).get_function(expr)
+
+
+def lm_cupy(
+    backend: Any, model: Any, x, y, w, w_per_voxel, c, p0, lower, upper, fixed, s: LMSettings
+):
+    """Run the CUDA kernel on one chunk; inputs are host arrays, results come back to the host."""
+    xp = backend.xp
+    dt = np.dtype(y.dtype)
+    T = dt.type
+    n_vox, n_samples = y.shape
+    n_par = p0.shape[1]
+    kernel = cupy_kernel(model, dt)
+    # voxel-major upload, transpose to time-major on the device
+    yt = xp.ascontiguousarray(xp.asarray(np.ascontiguousarray(y, dtype=dt)).T)
+    if w is None:
+        # a shared weight of 1 is exact (1 * r == r), and avoids passing a null pointer
+        wt, w_per_voxel = xp.ones(n_samples, dtype=dt), False
+    else:
+        wd = xp.asarray(np.ascontiguousarray(w, dtype=dt))
+        wt = xp.ascontiguousarray(wd.T) if w_per_voxel else wd
+    xd = xp.asarray(np.ascontiguousarray(x, dtype=dt))
+    cd = xp.asarray(np.ascontiguousarray(c if np.size(c) else np.zeros(1), dtype=dt))
+    p0t, lot, hit = (
+        xp.asarray(np.ascontiguousarray(np.asarray(a, dtype=dt).T)) for a in (p0, lower, upper)
+    )
+    params = xp.empty((n_par, n_vox), dtype=dt)
+    stderr = xp.empty((n_par, n_vox), dtype=dt)
+    chi2 = xp.empty(n_vox, dtype=dt)
+    n_iter = xp.empty(n_vox, dtype=np.int32)
+    status = xp.empty(n_vox, dtype=np.int8)
+    grid = max(1, -(-n_vox // BLOCK_SIZE))
+    kernel(
+        (grid,),
+        (BLOCK_SIZE,),
+        (
+            yt,
+            wt,
+            np.int32(bool(w_per_voxel)),
+            xd,
+            cd,
+            p0t,
+            lot,
+            hit,
+            np.uint32(fixed_mask(fixed)),
+            np.int32(n_samples),
+            np.int64(n_vox),
+            np.int32(s.max_iter),
+            T(s.xtol),
+            T(s.ftol),
+            T(s.lambda0),
+            T(s.lambda_min),
+            T(s.lambda_max),
+            T(s.accept_tol),
+            params,
+            stderr,
+            chi2,
+            n_iter,
+            status,
+        ),
+    )
+    return (
+        backend.to_host(params.T),
+        backend.to_host(stderr.T),
+        backend.to_host(chi2),
+        backend.to_host(n_iter),
+        backend.to_host(status),
+    )

@@ -1,0 +1,30 @@
+"""Fit models: one C++ header + one NumPy twin each, and this registry (one line per model)."""
+
+from __future__ import annotations
+
+from gpuperf.errors import GpuperfError
+from gpuperf.fit.models.base import Model
+from gpuperf.fit.models.buxton import BuxtonPASL, BuxtonPCASL, BuxtonPCASLArterial
+from gpuperf.fit.models.gammavar import GammaVar
+from gpuperf.fit.models.monoexp import MonoExp
+
+#: Registry: name -> model instance.
+MODELS: dict[str, Model] = {
+    "monoexp": MonoExp(),
+    "gammavar": GammaVar(),
+    "buxton_pcasl": BuxtonPCASL(),
+    "buxton_pasl": BuxtonPASL(),
+    "buxton_pcasl_arterial": BuxtonPCASLArterial(),
+}
+
+
+def get_model(model: str | Model) -> Model:
+    """Model instance from a registry name (or the instance itself)."""
+    if isinstance(model, str):
+        if model not in MODELS:
+            raise GpuperfError(f"unknown fit model {model!r}; known: {', '.join(sorted(MODELS))}")
+        return MODELS[model]
+    return model
+
+
+__all__ = ["MODELS", "GammaVar", "Model", "MonoExp", "get_model"]

@@ -1,0 +1,243 @@
+"""Buxton general kinetic model for ASL: NumPy twins of ``kernels/models/buxton_*.cuh``.
+
+All models return the *normalised* difference signal ``dM / M0`` (M0 = equilibrium tissue
+magnetisation of the voxel), so every constant is shared by all voxels. Parameters are CBF in
+ml/100g/min and ATT in s so that bounds such as [0, 300] and [0, 5] apply directly.
+
+Notation (Buxton et al., MRM 40:383, 1998; Alsop et al., MRM 73:102, 2015):
+``f = CBF / 6000`` (ml/g/s), ``M0b = M0 / lambda``, ``T1app = 1 / (1/T1t + f/lambda)``,
+``t`` = time since the start of labelling (``tau + PLD`` for (p)CASL, ``TI`` for PASL),
+``tau`` = labelling duration (pCASL) or bolus duration TI1 (PASL, QUIPSS II / Q2TIPS).
+
+Every model here is written once in C++ (the ``.cuh`` header, run by the batched fitter on the
+GPU and, through the host build, on the CPU) and once here; tests hold them together.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gpuperf.fit.models.base import Model
+
+#: ml/100g/min -> ml/g/s
+_PER_MIN_100G = 6000.0
+
+#: Below this |z| the functions phi and phi' use their Taylor series (cancellation otherwise).
+PHI_SERIES_LIMIT = 0.5
+
+
+def _phi(xp: Any, z: Any) -> tuple[Any, Any]:
+    """``phi(z) = (e^z - 1) / z`` and its derivative, stable near z = 0.
+
+    ``phi'(z) = (e^z (z - 1) + 1) / z^2``. Near 0 both use their Taylor series
+    ``sum z^n / (n+1)!`` and ``sum n z^(n-1) / (n+1)!`` (truncation error < 1e-8 for |z| < 0.5),
+    exactly as ``gp_asl_phi`` in ``kernels/models/buxton_pasl.cuh``.
+    """
+    small = xp.abs(z) < PHI_SERIES_LIMIT
+    zs = xp.where(small, 1.0, z)  # keeps the direct branch finite where it is not used
+    ez = xp.exp(zs)
+    phi_direct = (ez - 1.0) / zs
+    dphi_direct = (ez * (zs - 1.0) + 1.0) / (zs * zs)
+    # Horner form of the two series (terms up to z^7)
+    phi_series = 1.0 + z * (
+        1 / 2
+        + z
+        * (
+            1 / 6
+            + z
+            * (
+                1 / 24
+                + z * (1 / 120 + z * (1 / 720 + z * (1 / 5040 + z * (1 / 40320 + z / 362880))))
+            )
+        )
+    )
+    dphi_series = 1 / 2 + z * (
+        2 / 6
+        + z
+        * (
+            3 / 24
+            + z * (4 / 120 + z * (5 / 720 + z * (6 / 5040 + z * (7 / 40320 + z * 8 / 362880))))
+        )
+    )
+    return xp.where(small, phi_series, phi_direct), xp.where(small, dphi_series, dphi_direct)
+
+
+class _BuxtonBase(Model):
+    """Shared metadata. ``consts`` = (t1_tissue_s, t1_blood_s, lambda_ml_g, alpha_eff)."""
+
+    param_names: tuple[str, ...] = ("cbf", "att")
+    param_units: tuple[str, ...] = ("ml/100g/min", "s")
+    x_names: tuple[str, ...] = ("t_s", "tau_s")
+    const_names: tuple[str, ...] = ("t1_tissue_s", "t1_blood_s", "lambda_ml_g", "alpha")
+    default_lower: tuple[float, ...] | None = (0.0, 0.0)
+    default_upper: tuple[float, ...] | None = (300.0, 5.0)
+
+
+class BuxtonPCASL(_BuxtonBase):
+    """(p)CASL tissue compartment of the Buxton general kinetic model.
+
+    ``dM/M0(t) = 0``                                                     for t < ATT,
+    ``2 alpha (f/lambda) T1app e^{-ATT/T1b} (1 - e^{-(t-ATT)/T1app})``    for ATT <= t < ATT+tau,
+    ``2 alpha (f/lambda) T1app e^{-ATT/T1b} e^{-(t-tau-ATT)/T1app} (1 - e^{-tau/T1app})`` after
+    (Buxton et al. 1998, eq. 5 with the (p)CASL delivery function; ``t = tau + PLD``).
+
+    x columns: ``t_s`` (= tau + PLD, s), ``tau_s`` (labelling duration, s).
+    """
+
+    name = "buxton_pcasl"
+    cuda_header = "models/buxton_pcasl.cuh"
+    cuda_struct = "BuxtonPCASL"
+
+    def evaluate(self, xp: Any, p: Any, x: Any, c: Any) -> tuple[Any, Any]:
+        """Model value and Jacobian.
+
+        Parameters
+        ----------
+        xp : module
+            ``numpy`` or ``cupy``.
+        p : array (V, 2)
+            CBF (ml/100g/min), ATT (s).
+        x : array (N, 2)
+            ``t = tau + PLD`` (s), ``tau`` (s).
+        c : sequence (4,)
+            T1 tissue (s), T1 blood (s), lambda (ml/g), effective labelling efficiency alpha.
+
+        Returns
+        -------
+        f : array (V, N)
+            dM / M0.
+        J : array (V, N, 2)
+            Derivatives with respect to CBF and ATT.
+        """
+        return _pcasl_tissue(xp, p[:, 0:1], p[:, 1:2], x[:, 0][None, :], x[:, 1][None, :], c)
+
+
+def _pcasl_tissue(xp: Any, cbf: Any, att: Any, t: Any, tau: Any, c: Any):
+    """Value (V, N) and Jacobian (V, N, 2) of the (p)CASL tissue term (``BuxtonPCASL``).
+
+    Each element takes exactly one branch of the kernel's ``if``; the exponential of that
+    branch (``u`` during the bolus, ``v`` after it) is computed once as ``e``.
+    """
+    t1t, t1b, lam, alpha = (float(v) for v in c[:4])
+    f = cbf / _PER_MIN_100G
+    s = 2.0 * alpha / lam
+    tapp = 1.0 / (1.0 / t1t + f / lam)
+    dtapp_df = -tapp * tapp / lam
+    e_att = xp.exp(-att / t1b)
+    d = t - att
+    after = d >= tau
+    during = (d >= 0) & ~after
+    # time since arrival (during) or since the end of the bolus (after); 0 before arrival
+    z = xp.where(after, d - tau, xp.where(during, d, 0.0))
+    e = xp.exp(-z / tapp)
+    one_e = 1.0 - e
+    # during the bolus (u = e)
+    g1 = s * f * tapp * e_att * one_e
+    g1_att = s * f * e_att * (-(tapp / t1b) * one_e - e)
+    g1_f = s * e_att * (tapp * one_e + f * dtapp_df * (one_e - e * z / tapp))
+    # after the bolus has passed (v = e)
+    w = xp.exp(-tau / tapp)
+    h = tapp * e * (1.0 - w)
+    g2 = s * f * e_att * h
+    g2_att = g2 * (1.0 / tapp - 1.0 / t1b)
+    dh_dtapp = e * (1.0 - w) * (1.0 + z / tapp) - e * w * tau / tapp
+    g2_f = s * e_att * (h + f * dtapp_df * dh_dtapp)
+    zero = 0.0
+    val = xp.where(during, g1, xp.where(after, g2, zero))
+    j_cbf = xp.where(during, g1_f, xp.where(after, g2_f, zero)) / _PER_MIN_100G
+    j_att = xp.where(during, g1_att, xp.where(after, g2_att, zero))
+    return val, xp.stack([j_cbf, j_att], axis=-1)
+
+
+class BuxtonPASL(_BuxtonBase):
+    """PASL (QUIPSS II / Q2TIPS) tissue compartment of the Buxton general kinetic model.
+
+    With ``k = 1/T1b - 1/T1app`` and ``F(d) = (e^{k d} - 1)/k = d phi(k d)`` (Buxton 1998, eq. 6;
+    REFERENCE.md gives it in terms of ``q(t)``: ``(t-ATT) q = F(t-ATT)``):
+
+    ``dM/M0(t) = 0``                                               for t < ATT,
+    ``2 alpha (f/lambda) e^{-t/T1b} F(t - ATT)``                   for ATT <= t < ATT+tau,
+    ``2 alpha (f/lambda) e^{-t/T1b} e^{k (t-ATT-tau)} F(tau)``     after.
+
+    x columns: ``t_s`` (= TI, s), ``tau_s`` (= TI1, bolus duration, s).
+    """
+
+    name = "buxton_pasl"
+    cuda_header = "models/buxton_pasl.cuh"
+    cuda_struct = "BuxtonPASL"
+
+    def evaluate(self, xp: Any, p: Any, x: Any, c: Any) -> tuple[Any, Any]:
+        """Model value (V, N) and Jacobian (V, N, 2); arguments as :meth:`BuxtonPCASL.evaluate`
+        with ``x = (TI, TI1)``."""
+        t1t, t1b, lam, alpha = (float(v) for v in c[:4])
+        cbf, att = p[:, 0:1], p[:, 1:2]
+        t, tau = x[:, 0][None, :], x[:, 1][None, :]
+        f = cbf / _PER_MIN_100G
+        s = 2.0 * alpha / lam
+        k = (1.0 / t1b - 1.0 / t1t) - f / lam
+        b = xp.exp(-t / t1b)
+        d = t - att
+        after = d >= tau
+        during = (d >= 0) & ~after
+        dc = xp.maximum(d, 0.0)
+        da = xp.maximum(d - tau, 0.0)
+        # one phi and one exponential per element, as the kernel's single branch:
+        # during: phi(k d), e^{k d}; after: phi(k tau), e^{k (d - tau)}
+        phi, dphi = _phi(xp, k * xp.where(after, tau, dc))
+        ek = xp.exp(k * xp.where(after, da, dc))
+        # during
+        big_f = dc * phi
+        g1 = s * f * b * big_f
+        g1_att = -s * f * b * ek
+        g1_f = s * b * (big_f - (f / lam) * dc * dc * dphi)
+        # after
+        f_tau = tau * phi
+        g2 = s * f * b * ek * f_tau
+        g2_att = -k * g2
+        g2_f = s * b * (ek * f_tau - (f / lam) * (da * ek * f_tau + ek * tau * tau * dphi))
+        zero = 0.0
+        val = xp.where(during, g1, xp.where(after, g2, zero))
+        j_cbf = xp.where(during, g1_f, xp.where(after, g2_f, zero)) / _PER_MIN_100G
+        j_att = xp.where(during, g1_att, xp.where(after, g2_att, zero))
+        return val, xp.stack([j_cbf, j_att], axis=-1)
+
+
+class BuxtonPCASLArterial(_BuxtonBase):
+    """(p)CASL tissue compartment plus a macrovascular (arterial blood) component.
+
+    Adds ``2 alpha (aBV/lambda) e^{-aBAT/T1b}`` on ``aBAT <= t < aBAT + tau`` (plug flow through
+    the arteries, Chappell et al., MRM 63:1357, 2010; REFERENCE.md). ``aBV`` is the arterial
+    blood volume fraction scaled by M0b = M0/lambda, i.e. the value in the same units as the
+    tissue signal (dimensionless, reported in %). ``aBAT`` in s.
+
+    The component is a box in t: its edges carry no gradient, so aBAT is only informed through
+    ``e^{-aBAT/T1b}`` and by which samples fall inside the box; fits should start aBAT at a
+    value below ATT and bound it (the pipeline uses [0, ATT bound]).
+    """
+
+    name = "buxton_pcasl_arterial"
+    cuda_header = "models/buxton_pcasl_arterial.cuh"
+    cuda_struct = "BuxtonPCASLArterial"
+    param_names = ("cbf", "att", "abv", "abat")
+    param_units = ("ml/100g/min", "s", "%", "s")
+    default_lower = (0.0, 0.0, 0.0, 0.0)
+    default_upper = (300.0, 5.0, 10.0, 5.0)
+
+    def evaluate(self, xp: Any, p: Any, x: Any, c: Any) -> tuple[Any, Any]:
+        """Model value (V, N) and Jacobian (V, N, 4); p = (CBF, ATT, aBV %, aBAT s)."""
+        t1t, t1b, lam, alpha = (float(v) for v in c[:4])
+        t, tau = x[:, 0][None, :], x[:, 1][None, :]
+        val, jac = _pcasl_tissue(xp, p[:, 0:1], p[:, 1:2], t, tau, c)
+        abv = p[:, 2:3] / 100.0
+        abat = p[:, 3:4]
+        inside = (t >= abat) & (t < abat + tau)
+        art_unit = xp.where(inside, 2.0 * alpha / lam * xp.exp(-abat / t1b), 0.0)
+        val = val + abv * art_unit
+        j_abv = art_unit / 100.0
+        j_abat = -abv * art_unit / t1b
+        return val, xp.concatenate([jac, j_abv[..., None], j_abat[..., None]], axis=-1)
+
+
+BUXTON_PCASL = BuxtonPCASL()
+BUXTON_PASL = BuxtonPASL()
+BUXTON_PCASL_ARTERIAL = BuxtonPCASLArterial()

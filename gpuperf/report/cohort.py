@@ -1,0 +1,296 @@
+"""The cohort summary page: one row per subject, outliers flagged by robust z-scores."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+from collections.abc import Mapping, Sequence
+from os import PathLike
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import numpy as np
+
+from gpuperf._version import __version__
+from gpuperf.errors import InputError, OutputExistsError
+from gpuperf.io.outputs import atomic_write_bytes
+from gpuperf.report import checks, figures
+from gpuperf.report.collect import load_run
+from gpuperf.report.html import box, esc, fmt, img, page
+from gpuperf.report.run import map_stats, report_path
+
+#: |robust z| above this flags an outlier (Iglewicz & Hoaglin 1993, modified z-score).
+OUTLIER_Z = 3.5
+#: ... and only when the value also differs from the cohort median by more than this fraction of
+#: it: with near-identical subjects the MAD is tiny and z alone would flag trivial differences.
+OUTLIER_MIN_REL = 0.10
+#: Fewest finite values in a column for outliers to be looked for.
+MIN_SUBJECTS_FOR_OUTLIERS = 4
+
+#: Key numbers computed from a run's maps by :func:`summarize_run` (name, map, statistic).
+SUMMARY_VALUES = (
+    ("CBF median", "cbf", "median"),
+    ("CBV median", "cbv", "median"),
+    ("MTT median", "mtt", "median"),
+    ("Tmax median", "tmax", "median"),
+    ("ATT median", "att", "median"),
+)
+
+ROW_FORMAT = """\
+rows = [
+    {
+        "subject": "sub-01",            # required
+        "status":  "ok",                # "ok" (default), "failed", "skipped", ... free text
+        "out_dir": "derivatives/sub-01",  # optional: the subject's output folder ...
+        "prefix":  "sub-01_dsc",        # ... and run prefix: thumbnail, numbers, report link
+        "report":  "path/to/report.html",  # optional (default <out_dir>/<prefix>_report.html)
+        "values":  {"GM CBF": 52.1},    # optional key numbers (override computed ones)
+        "message": "why it failed",     # optional
+    },
+    ...
+]"""
+
+
+def robust_z(values: Sequence[float]) -> np.ndarray:
+    """Modified z-score ``0.6745 (x - median) / MAD`` (Iglewicz & Hoaglin 1993).
+
+    When the MAD is zero (over half of the values equal) the mean absolute deviation is used,
+    ``(x - median) / (1.253314 * meanAD)``; when that is zero too, every z is 0. NaN stays NaN.
+
+    Parameters
+    ----------
+    values : sequence of float (n,)
+
+    Returns
+    -------
+    ndarray (n,)
+    """
+    x = np.asarray(values, dtype=np.float64)
+    z = np.full(x.shape, np.nan)
+    fin = np.isfinite(x)
+    if not fin.any():
+        return z
+    med = np.median(x[fin])
+    dev = np.abs(x[fin] - med)
+    mad = np.median(dev)
+    if mad > 0:
+        z[fin] = 0.6745 * (x[fin] - med) / mad
+    else:
+        mean_ad = dev.mean()
+        z[fin] = (x[fin] - med) / (1.253314 * mean_ad) if mean_ad > 0 else 0.0
+    return z
+
+
+def summarize_run(out_dir: str | PathLike, prefix: str) -> dict[str, float]:
+    """Key numbers of a run from its maps: medians in the mask, flagged share, mask volume.
+
+    Returns a dict such as ``{"CBF median": 48.2, "flagged %": 1.3, "mask ml": 1350.0}``
+    (only the maps present). Means in grey/white matter need a segmentation: pass them as a
+    row's ``values``.
+    """
+    run = load_run(out_dir, prefix)
+    out: dict[str, float] = {}
+    for label, name, stat in SUMMARY_VALUES:
+        m = run.maps.get(name)
+        if m is None:
+            continue
+        sel = run.mask if run.mask is not None else np.ones(m.data.shape, bool)
+        out[label] = map_stats(m.data[sel])[stat]
+    flagged, total = checks.flagged_count(run)
+    if total:
+        out["flagged %"] = 100.0 * flagged / total
+    out["mask ml"] = checks.mask_volume_ml(run)
+    return out
+
+
+def _thumbnail(out_dir: Path, prefix: str) -> bytes | None:
+    if not figures.matplotlib_available():
+        return None
+    run = load_run(out_dir, prefix)
+    m = run.maps.get("cbf")
+    if m is None:
+        return None
+    return figures.thumbnail(m.data, run.mask, run.affine, run.zooms_mm, "cbf", m.units)
+
+
+def write_cohort_report(
+    out_dir: str | PathLike,
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    filename: str = "cohort_report.html",
+    overwrite: bool = False,
+    title: str = "gpuperf cohort report",
+) -> Path:
+    """Write the cohort summary page ``<out_dir>/<filename>``.
+
+    One row per subject with a CBF thumbnail, key numbers, status and a relative link to the
+    subject's report; a number whose robust z-score (:func:`robust_z`, over the subjects with
+    status "ok") exceeds :data:`OUTLIER_Z` in magnitude, and that differs from the median of
+    those subjects by more than :data:`OUTLIER_MIN_REL` of it, is flagged and its row
+    highlighted.
+
+    Parameters
+    ----------
+    out_dir : path-like
+        Folder of the page (links to subject reports are relative to it).
+    rows : sequence of dict
+        See :data:`ROW_FORMAT`. A subject with ``out_dir`` and ``prefix`` gets its thumbnail,
+        computed numbers (:func:`summarize_run`) and report link from its folder; unreadable
+        folders are noted in the row, not raised.
+    filename : str
+    overwrite : bool
+        Replace an existing page (otherwise an error).
+
+    Returns
+    -------
+    Path
+    """
+    out_dir = Path(out_dir)
+    target = out_dir / filename
+    if target.exists() and not overwrite:
+        raise OutputExistsError(f"{target}: cohort report exists; pass --overwrite to replace it")
+    entries = []
+    for i, row in enumerate(rows):
+        if "subject" not in row:
+            raise InputError(None, f"rows[{i}].subject", "every cohort row needs a subject")
+        entries.append(_entry(out_dir, row))
+    columns: list[str] = []
+    for e in entries:
+        columns += [k for k in e["values"] if k not in columns]
+    ok = np.array([e["status"].lower() == "ok" for e in entries], dtype=bool)
+    zs: dict[str, np.ndarray] = {}
+    for col in columns:
+        vals = np.array([_num(e["values"].get(col)) for e in entries])
+        vals_ok = np.where(ok, vals, np.nan)
+        if np.isfinite(vals_ok).sum() >= MIN_SUBJECTS_FOR_OUTLIERS:
+            z = robust_z(vals_ok)
+            med = np.nanmedian(vals_ok)
+            small = np.abs(vals_ok - med) <= OUTLIER_MIN_REL * abs(med)
+            zs[col] = np.where(small, 0.0, z)
+        else:
+            zs[col] = np.full(len(entries), np.nan)
+    n_out = 0
+    lines = [
+        "<table>",
+        "<tr><th>subject</th><th>CBF</th><th>status</th>"
+        + "".join(f"<th>{esc(c)}</th>" for c in columns)
+        + "<th>report</th><th>notes</th></tr>",
+    ]
+    for i, e in enumerate(entries):
+        flags = [c for c in columns if np.isfinite(zs[c][i]) and abs(zs[c][i]) > OUTLIER_Z]
+        n_out += bool(flags)
+        cls = ' class="outlier"' if flags else ""
+        thumb = img(e["thumb"], f"thumbnail {e['subject']}", width=96) if e["thumb"] else ""
+        cells = [
+            f"<td>{esc(e['subject'])}</td>",
+            f"<td>{thumb}</td>",
+            f"<td>{esc(e['status'])}</td>",
+        ]
+        for c in columns:
+            v = e["values"].get(c)
+            z = zs[c][i]
+            if c in flags:
+                cells.append(
+                    f'<td class="num flag" title="robust z = {z:.1f}">{esc(fmt(v))}'
+                    f" (z={z:.1f})</td>"
+                )
+            else:
+                cells.append(f'<td class="num">{esc(fmt(v)) if v is not None else ""}</td>')
+        link = (
+            f'<a href="{esc(e["link"])}">report</a>'
+            if e["link"]
+            else '<span class="muted">none</span>'
+        )
+        notes = list(e["notes"]) + ([f"outlier: {', '.join(flags)}"] if flags else [])
+        cells += [f"<td>{link}</td>", f"<td>{esc('; '.join(notes))}</td>"]
+        lines.append(f"<tr{cls}>" + "".join(cells) + "</tr>")
+    lines.append("</table>")
+    n_fail = int((~ok).sum())
+    summary = [
+        box(
+            "warn" if n_fail else "ok",
+            f"{len(entries)} subjects: {len(entries) - n_fail} ok, {n_fail} not ok",
+        ),
+        box(
+            "warn" if n_out else "ok",
+            f"{n_out} subject(s) with an outlying number (|robust z| &gt; {OUTLIER_Z:g} and more "
+            f"than {100 * OUTLIER_MIN_REL:g}% from the median, over the ok subjects when at "
+            f"least {MIN_SUBJECTS_FOR_OUTLIERS} have the number)",
+        ),
+    ]
+    if not figures.matplotlib_available():
+        summary.append(box("info", "matplotlib is not installed: thumbnails are omitted"))
+    when = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    html_text = page(
+        title,
+        "cohort",
+        [*summary, *lines],
+        subtitle=f"generated {esc(when)} by gpuperf {esc(__version__)}",
+    )
+    atomic_write_bytes(target, html_text.encode("utf-8"))
+    return target
+
+
+def rows_from_jobs(out_dir: str | PathLike, results: Sequence[Any]) -> list[dict[str, Any]]:
+    """Cohort rows from job results (duck-typed ``gpuperf.cohort`` ``JobResult`` objects).
+
+    Each result needs ``job_id``, ``status`` ("done", "skipped" or "failed"), ``outputs``
+    (paths relative to ``out_dir``) and ``error``. A job's run is found from its
+    ``*_cbf.nii.gz`` output; "done" and "skipped" jobs are "ok".
+    """
+    out_dir = Path(out_dir)
+    rows: list[dict[str, Any]] = []
+    for r in results:
+        row: dict[str, Any] = {
+            "subject": str(r.job_id),
+            "status": "failed" if r.status == "failed" else "ok",
+        }
+        if getattr(r, "error", None):
+            row["message"] = str(r.error)
+        for rel in getattr(r, "outputs", []) or []:
+            name = Path(str(rel)).name
+            if name.endswith("_cbf.nii.gz"):
+                row["out_dir"] = (out_dir / str(rel)).parent
+                row["prefix"] = name[: -len("_cbf.nii.gz")]
+                break
+        rows.append(row)
+    return rows
+
+
+def _num(v: Any) -> float:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def _entry(page_dir: Path, row: Mapping[str, Any]) -> dict[str, Any]:
+    e: dict[str, Any] = {
+        "subject": str(row["subject"]),
+        "status": str(row.get("status", "ok")),
+        "values": {},
+        "thumb": None,
+        "link": None,
+        "notes": [],
+    }
+    if row.get("message"):
+        e["notes"].append(str(row["message"]))
+    report = Path(row["report"]) if row.get("report") else None
+    if row.get("out_dir") and row.get("prefix"):
+        sub_dir, prefix = Path(row["out_dir"]), str(row["prefix"])
+        if report is None:
+            report = report_path(sub_dir, prefix)
+        try:
+            e["values"].update(summarize_run(sub_dir, prefix))
+            e["thumb"] = _thumbnail(sub_dir, prefix)
+        except Exception as exc:  # one unreadable subject must not hide the others
+            e["notes"].append(f"outputs unreadable: {exc}")
+    e["values"].update(dict(row.get("values", {}) or {}))
+    if report is not None:
+        if report.exists():
+            rel = Path(os.path.relpath(report.resolve(), page_dir.resolve())).as_posix()
+            e["link"] = quote(rel)
+        else:
+            e["notes"].append("no report file")
+    return e

@@ -1,0 +1,418 @@
+"""Reading a run's written outputs back for the QC report.
+
+The report is built from what a run wrote (maps, sidecars, the AIF table and masks), never from
+pipeline internals, so it can be regenerated later from the folder alone (``gpuperf report``).
+Everything here is tolerant: a missing or unreadable file leaves its entry out and adds a note.
+
+Extra QC arrays (voxel curves, fitted curves, residue functions) that only the pipeline knows
+are passed as a small nested dict (see :data:`EXTRA_FORMAT`) and may be saved next to the maps
+as ``<prefix>_qc.npz`` with :func:`save_extra` / :func:`stage_extra`, so that a regenerated
+report shows them too.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from os import PathLike
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gpuperf.errors import InputError
+
+#: The ``extra`` argument of :func:`gpuperf.report.write_run_report` (every key optional).
+EXTRA_FORMAT = """\
+extra = {
+    "curves": {                     # a few voxels, k of them
+        "time_s":   (T,)   sample times (DSC, s) or PLDs (ASL, s)
+        "measured": (k, T) concentration (DSC: dR2*, 1/s) or dM/M0 (ASL);
+                           the keys "concentration" and "delta_m" are accepted as aliases
+        "fitted":   (k, T) or (k, F) model curve (with "fit_time_s" (F,) when F != T)
+        "residue":  (k, T) DSC: deconvolved CBF * R(t) (same scale as "measured" / s)
+        "voxels":   (k, 3) int voxel indices (i, j, k) of the curves
+        "labels":   (k,)   str labels (default: the voxel indices)
+        "units":    str    y-axis units of "measured"
+    },
+    "baseline_s": (start, end)      DSC pre-bolus baseline window, s
+    "aif_voxels": (n, 3) int        voxels chosen for the AIF (when no AIF mask was written)
+    "timings":    {step: seconds}   wall-clock time of pipeline steps
+    "warnings":   [str, ...]        pipeline warnings shown at the top of the report
+    "notes":      [str, ...]        free text shown under the parameters
+}"""
+
+_CURVE_ALIASES = {"concentration": "measured", "delta_m": "measured"}
+_MASK_NAMES = ("mask", "brainmask", "brain_mask")
+_AIF_MASK_NAMES = ("aif_mask", "aifmask", "aif_voxels")
+
+
+@dataclass
+class MapInfo:
+    """One written map: its data (float32, as stored) and its JSON sidecar."""
+
+    name: str
+    path: Path
+    data: np.ndarray
+    sidecar: dict[str, Any]
+
+    @property
+    def units(self) -> str:
+        return str(self.sidecar.get("Units", ""))
+
+    @property
+    def description(self) -> str:
+        return str(self.sidecar.get("Description", self.name))
+
+
+@dataclass
+class RunOutputs:
+    """What a run left in its output folder.
+
+    Attributes
+    ----------
+    maps : dict name -> MapInfo
+        3D maps ``<prefix>_<name>.nii.gz`` (4D files are skipped), masks excluded.
+    mask : ndarray of bool (X, Y, Z) or None
+        Brain/analysis mask: the one given, else a written ``<prefix>_mask`` file, else a mask
+        named in the sidecars' ``Sources`` (when it exists on the same grid and every voxel
+        with a value lies inside it), else the voxels with a finite non-zero value in a map or
+        a positive status.
+    mask_source : str
+        Where the mask came from (shown in the report).
+    aif_time_s, aif_curve : ndarray (T,) or None
+        From ``<prefix>_aif.tsv`` (first column time in s, second the curve).
+    aif_columns : (str, str)
+        Header of the AIF table's time and curve columns.
+    aif_mask : ndarray of bool or None
+        Voxels chosen for the AIF (``<prefix>_aifmask`` / ``_aif_mask``).
+    zooms_mm : tuple of 3 float
+    affine : ndarray (4, 4)
+    other_files : list of Path
+        4D images of the run (listed, not shown).
+    mask_files : list of Path
+        Mask images of the run (brain and AIF masks).
+    notes : list of str
+        Files that were present but unreadable.
+    """
+
+    out_dir: Path
+    prefix: str
+    maps: dict[str, MapInfo] = field(default_factory=dict)
+    mask: np.ndarray | None = None
+    mask_source: str = "none"
+    aif_time_s: np.ndarray | None = None
+    aif_curve: np.ndarray | None = None
+    aif_columns: tuple[str, str] = ("time", "curve")
+    aif_mask: np.ndarray | None = None
+    zooms_mm: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    affine: np.ndarray = field(default_factory=lambda: np.eye(4))
+    other_files: list[Path] = field(default_factory=list)
+    mask_files: list[Path] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def shape(self) -> tuple[int, ...] | None:
+        for m in self.maps.values():
+            return m.data.shape
+        return None
+
+    def provenance(self) -> dict[str, Any]:
+        """The provenance block of the run: the first sidecar that has one."""
+        for m in self.maps.values():
+            if "SoftwareVersion" in m.sidecar or "Parameters" in m.sidecar:
+                return m.sidecar
+        return {}
+
+
+def _nifti_name(path: Path) -> str:
+    name = path.name
+    for suffix in (".nii.gz", ".nii"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
+def find_runs(out_dir: str | PathLike) -> list[tuple[str, str]]:
+    """Runs in an output folder: ``[(prefix, modality), ...]`` sorted by prefix.
+
+    A run is recognised by its ``<prefix>_cbf.nii.gz`` map; the modality is ``"dsc"`` when the
+    run has DSC-only outputs (``_aif.tsv``, ``_cbv``, ``_mtt``, ``_tmax``) and ``"asl"``
+    otherwise.
+    """
+    out_dir = Path(out_dir)
+    runs = []
+    for p in sorted(out_dir.glob("*_cbf.nii*")):
+        prefix = _nifti_name(p)[: -len("_cbf")]
+        runs.append((prefix, detect_modality(out_dir, prefix)))
+    return runs
+
+
+def detect_modality(out_dir: str | PathLike, prefix: str) -> str:
+    """``"dsc"`` or ``"asl"`` from the files a run wrote (see :func:`find_runs`)."""
+    out_dir = Path(out_dir)
+    dsc_marks = ("aif.tsv", "cbv.nii.gz", "mtt.nii.gz", "tmax.nii.gz", "cbv.nii", "mtt.nii")
+    if any((out_dir / f"{prefix}_{m}").exists() for m in dsc_marks):
+        return "dsc"
+    return "asl"
+
+
+def _load_nifti(path: Path) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
+    import nibabel as nib
+
+    img = nib.load(str(path))
+    data = np.asarray(img.get_fdata(dtype=np.float32))
+    while data.ndim > 3 and data.shape[-1] == 1:
+        data = data[..., 0]
+    zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
+    return data, np.asarray(img.affine, dtype=np.float64), zooms  # type: ignore[return-value]
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        return {}
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return obj if isinstance(obj, dict) else {}
+
+
+def read_aif_tsv(path: str | PathLike) -> tuple[np.ndarray, np.ndarray, tuple[str, str]]:
+    """Read an AIF table: first column time (s), second column the curve.
+
+    Returns ``(time_s (T,), curve (T,), (time column name, curve column name))``; ``n/a``
+    entries become NaN.
+    """
+    path = Path(path)
+    lines = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    if len(lines) < 2:
+        raise InputError(path, "rows", "expected a header row and at least one data row")
+    header = lines[0].split("\t")
+    if len(header) < 2:
+        raise InputError(path, "columns", f"expected at least 2 columns, found {header}")
+    rows = []
+    for ln in lines[1:]:
+        cells = ln.split("\t")
+        try:
+            rows.append([float("nan") if c == "n/a" else float(c) for c in cells[:2]])
+        except ValueError as exc:
+            raise InputError(path, header[1], f"non-numeric entry in {ln!r}") from exc
+    arr = np.asarray(rows, dtype=np.float64)
+    return arr[:, 0], arr[:, 1], (header[0], header[1])
+
+
+def load_run(
+    out_dir: str | PathLike, prefix: str, mask: str | PathLike | None = None
+) -> RunOutputs:
+    """Read every output of run ``prefix`` in ``out_dir`` (tolerant of missing files).
+
+    Parameters
+    ----------
+    out_dir : path-like
+    prefix : str
+        File-name prefix of the run (``<prefix>_cbf.nii.gz`` ...).
+    mask : path-like, optional
+        Analysis mask to outline and to compute statistics in (see :class:`RunOutputs`).
+
+    Raises
+    ------
+    InputError
+        When the folder holds no map of this prefix at all.
+    """
+    out_dir = Path(out_dir)
+    run = RunOutputs(out_dir=out_dir, prefix=prefix)
+    pat = re.compile(re.escape(prefix) + r"_(.+)$")
+    masks: dict[str, tuple[np.ndarray, Path]] = {}
+    # another run whose prefix extends this one ("sub-01" and "sub-01_dsc") is not ours
+    longer = [p for p, _ in find_runs(out_dir) if p.startswith(prefix + "_")]
+    for p in sorted(out_dir.glob(f"{glob_escape(prefix)}_*.nii*")):
+        m = pat.match(_nifti_name(p))
+        if not m or p.name.startswith(".") or any(p.name.startswith(o + "_") for o in longer):
+            continue
+        name = m.group(1)
+        try:
+            data, affine, zooms = _load_nifti(p)
+        except Exception as exc:  # nibabel raises many types for corrupt files
+            run.notes.append(f"{p.name}: unreadable ({exc})")
+            continue
+        if data.ndim != 3:
+            run.other_files.append(p)
+            continue
+        if name in _MASK_NAMES or name in _AIF_MASK_NAMES:
+            masks[name] = (data, p)
+            run.mask_files.append(p)
+            continue
+        run.maps[name] = MapInfo(name, p, data, _read_json(p.with_name(_nifti_name(p) + ".json")))
+        run.affine, run.zooms_mm = affine, zooms
+    if not run.maps and not masks:
+        raise InputError(out_dir, "files", f"no map named {prefix}_<name>.nii.gz in this folder")
+    if not run.maps:
+        first = next(iter(masks.values()))[1]
+        _, run.affine, run.zooms_mm = _load_nifti(first)
+    shape = run.shape or next(iter(masks.values()))[0].shape
+    for name in _AIF_MASK_NAMES:
+        if name in masks and masks[name][0].shape == shape:
+            run.aif_mask = masks[name][0] > 0
+            break
+    _choose_mask(run, masks, shape, mask)
+    aif = out_dir / f"{prefix}_aif.tsv"
+    if aif.exists():
+        try:
+            run.aif_time_s, run.aif_curve, run.aif_columns = read_aif_tsv(aif)
+        except InputError as exc:
+            run.notes.append(str(exc))
+    return run
+
+
+def glob_escape(text: str) -> str:
+    """Escape glob metacharacters in a literal file-name part."""
+    return re.sub(r"([\[\]*?])", r"[\1]", text)
+
+
+def _choose_mask(
+    run: RunOutputs,
+    masks: Mapping[str, tuple[np.ndarray, Path]],
+    shape: tuple[int, ...],
+    explicit: str | PathLike | None,
+) -> None:
+    candidates: list[tuple[Path, str]] = []
+    if explicit is not None:
+        candidates.append((Path(explicit), "given"))
+    for name in _MASK_NAMES:
+        if name in masks:
+            candidates.append((masks[name][1], "written by the run"))
+    for src in run.provenance().get("Sources", []) or []:
+        sp = Path(str(src))
+        if "mask" in sp.name.lower() and "aif" not in sp.name.lower():
+            candidates.append((sp, "input of the run (sidecar Sources)"))
+    valued = np.zeros(shape, dtype=bool)  # where the run wrote a value: must lie in the mask
+    for m in run.maps.values():
+        if m.name != "status":
+            valued |= np.isfinite(m.data) & (m.data != 0)
+    for path, how in candidates:
+        if not path.exists():
+            if how == "given":
+                raise InputError(path, "file", "mask file does not exist")
+            continue
+        try:
+            data, _, _ = _load_nifti(path)
+        except Exception as exc:
+            run.notes.append(f"{path}: mask unreadable ({exc})")
+            continue
+        if data.shape != tuple(shape[:3]):
+            if how == "given":
+                raise InputError(path, "shape", f"mask {data.shape} differs from the maps {shape}")
+            continue
+        cand = data > 0
+        if how != "given" and valued.any() and (valued & ~cand).sum() > 0.01 * valued.sum():
+            continue  # not the analysis mask (a reference region, say): values lie outside it
+        run.mask = cand
+        run.mask_source = f"{path.name} ({how})"
+        return
+    if run.maps:
+        # Maps are NaN outside the analysis mask; status is negative there (ASL) or zero (DSC),
+        # positive for flagged voxels whose maps may be NaN.
+        st = run.maps.get("status")
+        flagged = np.isfinite(st.data) & (st.data > 0) if st is not None else False
+        run.mask = valued | flagged
+        run.mask_source = "voxels with a value in the maps (no mask file found)"
+
+
+# -- extra QC arrays ------------------------------------------------------------------------
+
+
+def normalize_extra(extra: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Copy ``extra`` with arrays as NumPy arrays and curve aliases resolved (see EXTRA_FORMAT)."""
+    if not extra:
+        return {}
+    out: dict[str, Any] = {}
+    for key, value in extra.items():
+        if key == "curves" and isinstance(value, Mapping):
+            curves: dict[str, Any] = {}
+            for ck, cv in value.items():
+                ck = _CURVE_ALIASES.get(ck, ck)
+                if ck in ("labels",):
+                    curves[ck] = [str(s) for s in np.asarray(cv).ravel()]
+                elif ck == "units":
+                    curves[ck] = str(np.asarray(cv).item() if np.ndim(cv) == 0 else cv)
+                else:
+                    arr = np.asarray(cv)
+                    if ck in ("measured", "fitted", "residue") and arr.ndim == 1:
+                        arr = arr[None, :]
+                    curves[ck] = arr
+            out[key] = curves
+        elif key in ("warnings", "notes"):
+            out[key] = [str(s) for s in np.atleast_1d(np.asarray(value, dtype=object))]
+        elif key == "timings" and isinstance(value, Mapping):
+            out[key] = {str(k): float(v) for k, v in value.items()}
+        elif key in ("baseline_s", "aif_voxels"):
+            out[key] = np.asarray(value, dtype=np.float64 if key == "baseline_s" else np.int64)
+        else:
+            out[key] = value
+    return out
+
+
+def _flatten(extra: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    flat: dict[str, np.ndarray] = {}
+    for key, value in normalize_extra(extra).items():
+        if isinstance(value, Mapping):
+            if key == "timings":
+                flat["timings/names"] = np.asarray(list(value), dtype=str)
+                flat["timings/seconds"] = np.asarray(list(value.values()), dtype=np.float64)
+                continue
+            for ck, cv in value.items():
+                flat[f"{key}/{ck}"] = np.asarray(
+                    cv, dtype=str if ck in ("labels", "units") else None
+                )
+        elif isinstance(value, list):
+            flat[key] = np.asarray(value, dtype=str)
+        else:
+            flat[key] = np.asarray(value)
+    return flat
+
+
+def extra_to_npz_bytes(extra: Mapping[str, Any]) -> bytes:
+    """Serialise ``extra`` (EXTRA_FORMAT) into ``.npz`` bytes (no pickled objects)."""
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **_flatten(extra))
+    return buf.getvalue()
+
+
+def save_extra(path: str | PathLike, extra: Mapping[str, Any]) -> Path:
+    """Write ``extra`` to ``path`` (``<prefix>_qc.npz``) atomically."""
+    from gpuperf.io.outputs import atomic_write_bytes
+
+    atomic_write_bytes(path, extra_to_npz_bytes(extra))
+    return Path(path)
+
+
+def stage_extra(writer: Any, extra: Mapping[str, Any]) -> Path:
+    """Stage ``extra`` as ``<prefix>_qc.npz`` in an :class:`~gpuperf.io.OutputWriter`.
+
+    It is then published with the maps by ``writer.commit()``, and ``gpuperf report`` finds it.
+    """
+    payload = extra_to_npz_bytes(extra)
+    return writer.add_file("qc", lambda tmp: Path(tmp).write_bytes(payload), ".npz")
+
+
+def load_extra(path: str | PathLike) -> dict[str, Any]:
+    """Read a ``<prefix>_qc.npz`` written by :func:`save_extra` back into EXTRA_FORMAT."""
+    with np.load(path, allow_pickle=False) as z:
+        flat = {k: z[k] for k in z.files}
+    extra: dict[str, Any] = {}
+    for key, value in flat.items():
+        if "/" in key:
+            group, sub = key.split("/", 1)
+            extra.setdefault(group, {})[sub] = value
+        else:
+            extra[key] = value
+    timings = extra.get("timings")
+    if isinstance(timings, dict) and "names" in timings:
+        extra["timings"] = dict(
+            zip(timings["names"].tolist(), timings["seconds"].tolist(), strict=False)
+        )
+    return normalize_extra(extra)
