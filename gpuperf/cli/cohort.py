@@ -68,7 +68,7 @@ def run_command(
         None,
         "--cluster",
         help="'slurm': start Dask workers with dask-jobqueue (options in the "
-        "config's [cluster] table).",
+        "config's \\[cluster] table).",
     ),
     device: Device = typer.Option(
         None, "--device", help="auto, cpu or gpu (default: the config's, else auto)."
