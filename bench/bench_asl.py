@@ -133,7 +133,12 @@ def test_asl_pipeline_end_to_end(benchmark, backend, phantom_200k, tmp_path):
 
     def run():
         return run_asl(
-            phantom_200k["asl"], out, mask_path=phantom_200k["mask"], device=device, overwrite=True
+            phantom_200k["asl"],
+            out,
+            mask_path=phantom_200k["mask"],
+            device=device,
+            overwrite=True,
+            report=False,
         )
 
     res = benchmark.pedantic(run, rounds=3, iterations=1, warmup_rounds=0)
@@ -145,5 +150,6 @@ def test_asl_pipeline_end_to_end(benchmark, backend, phantom_200k, tmp_path):
         backend=backend,
         frames=len(PLDS_S),
         fit_seconds=res.summary["fit_seconds"],
-        note="NIfTI + sidecars -> validated -> fit -> 6 maps + sidecars written (gzip)",
+        note="NIfTI + sidecars -> validated -> fit -> 6 maps + sidecars written (gzip), "
+        "--no-report",
     )

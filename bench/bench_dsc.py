@@ -177,25 +177,30 @@ def series(tmp_path_factory, dsc_size):
     return paths, mask, int(ph["brain"].sum()), n_t
 
 
-@pytest.mark.parametrize("ext", [".nii", ".nii.gz"])
-def test_pipeline(benchmark, backend, series, tmp_path, ext):
+@pytest.mark.parametrize(
+    "ext,report",
+    [(".nii", False), (".nii.gz", False), (".nii.gz", True)],
+    ids=[".nii", ".nii.gz", ".nii.gz+report"],
+)
+def test_pipeline(benchmark, backend, series, tmp_path, ext, report):
     from gpuperf.dsc.pipeline import run_dsc
 
     paths, mask, n_brain, n_t = series
     device = "gpu" if backend.is_gpu else "cpu"
-    kw = dict(mask_path=mask, method="osvd", device=device, overwrite=True)
+    kw = dict(mask_path=mask, method="osvd", device=device, overwrite=True, report=report)
     run_dsc(paths[ext], tmp_path / "warm", **kw)  # warm-up (imports, kernel build)
     res = benchmark.pedantic(run_dsc, args=(paths[ext], tmp_path / "out"), kwargs=kw, rounds=3)
     assert res.summary["voxels"] == n_brain
     _rate(
         benchmark,
-        f"pipeline{ext}/{backend.name}",
+        f"pipeline{ext}{'+report' if report else ''}/{backend.name}",
         n_brain,
         stage="dsc.pipeline",
         method="osvd",
         backend=backend,
         frames=n_t,
-        note=f"run_dsc: {ext} series + mask -> 10 maps + sidecars + AIF TSV/PNG, auto AIF",
+        note=f"run_dsc: {ext} series + mask -> 10 maps + sidecars + AIF TSV/PNG, auto AIF"
+        + (", + HTML QC report" if report else " (--no-report)"),
     )
 
 

@@ -35,10 +35,10 @@ def matplotlib_available() -> bool:
     return True
 
 
-def _figure(width_in: float, height_in: float):
+def _figure(width_in: float, height_in: float, layout: str | None = "constrained"):
     from matplotlib.figure import Figure
 
-    return Figure(figsize=(width_in, height_in), dpi=DPI, layout="constrained")
+    return Figure(figsize=(width_in, height_in), dpi=DPI, layout=layout)
 
 
 def _png(fig) -> bytes:
@@ -127,7 +127,13 @@ def montage(
     aspect = zy / zx
     panel_w = 1.7
     panel_h = panel_w * aspect * d.shape[1] / max(d.shape[0], 1)
-    fig = _figure(panel_w * ncols + 1.0, max(panel_h * nrows, 1.2) + 0.2)
+    width_in, height_in = panel_w * ncols + 1.0, max(panel_h * nrows, 1.2) + 0.2
+    # fixed margins, not constrained layout: the layout solver took ~70 % of a report's time
+    fig = _figure(width_in, height_in, layout=None)
+    right = 1.0 - 0.95 / width_in
+    fig.subplots_adjust(
+        left=0.01, right=right, bottom=0.02, top=1.0 - 0.2 / height_in, wspace=0.03, hspace=0.12
+    )
     axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
     shown = np.where(m, d, np.nan)
     if spec.categorical:
@@ -176,14 +182,8 @@ def montage(
         (info["below"] > 0, info["above"] > 0), "both"
     )
     if im is not None:
-        cbar = fig.colorbar(
-            im,
-            ax=list(axes),
-            shrink=0.9,
-            extend="neither" if spec.categorical else extend,
-            pad=0.01,
-            aspect=25,
-        )
+        cax = fig.add_axes((right + 0.12 / width_in, 0.08, 0.12 / width_in, 0.84))
+        cbar = fig.colorbar(im, cax=cax, extend="neither" if spec.categorical else extend)
         cbar.set_label(f"{spec.label} ({units})" if units else spec.label, fontsize=8)
         cbar.ax.tick_params(labelsize=7)
         if spec.categorical:
