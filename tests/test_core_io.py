@@ -191,3 +191,20 @@ def test_atomic_write_has_normal_permissions(tmp_path):
     finally:
         os.umask(old)
     assert (tmp_path / "x.json").stat().st_mode & 0o777 == 0o644
+
+
+def test_gzip_fast_path_equals_nibabel_and_rejects_truncation(tmp_path):
+    rng = np.random.default_rng(3)
+    img = nib.Nifti1Image((rng.random((5, 4, 3, 6)) * 1000).astype(np.int16), np.diag([2, 3, 4, 1]))
+    img.header.set_slope_inter(0.5, -3.0)
+    path = tmp_path / "s.nii.gz"
+    nib.save(img, str(path))
+    ours = load_image(path)
+    ref = nib.load(str(path))
+    np.testing.assert_array_equal(ours.data, ref.get_fdata(dtype=np.float32))
+    np.testing.assert_array_equal(ours.affine, ref.affine)
+    truncated = tmp_path / "t.nii.gz"
+    truncated.write_bytes(path.read_bytes()[:-40])
+    with pytest.raises(InputError, match="format") as e:
+        load_image(truncated)
+    assert "t.nii.gz" in str(e.value)

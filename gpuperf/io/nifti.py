@@ -6,6 +6,7 @@ defines, orientation is kept as stored, and the only conversion is to float32 (o
 
 from __future__ import annotations
 
+import gzip
 import json
 from dataclasses import dataclass
 from os import PathLike
@@ -99,7 +100,6 @@ def load_image(
     role : str
         What the file is for ("series", "mask", ...), used in error messages.
     """
-    import nibabel as nib
 
     p = Path(path)
     if not p.exists():
@@ -107,7 +107,7 @@ def load_image(
     if not p.name.endswith(_NIFTI_SUFFIXES):
         raise InputError(p, "format", f"expected a NIfTI file (.nii or .nii.gz) for the {role}")
     try:
-        img = nib.load(str(p))
+        img = _load_nifti(p)
         data = np.asarray(img.get_fdata(dtype=np.float32))
     except Exception as exc:  # nibabel raises many types for corrupt files
         raise InputError(p, "format", f"cannot read {role} as NIfTI: {exc}") from exc
@@ -117,6 +117,32 @@ def load_image(
         want = " or ".join(f"{d}D" for d in ndim)
         raise InputError(p, "dim", f"expected a {want} {role}, found shape {data.shape}")
     return LoadedImage(p, data, np.asarray(img.affine, dtype=np.float64), img.header.copy())
+
+
+def gunzip_bytes(raw: bytes) -> bytes:
+    """Inflate a (multi-member) gzip stream: ISA-L when installed (~2x zlib), else ``gzip``."""
+    try:
+        from isal import igzip
+    except ImportError:  # the optional fast path (extra 'fast'); zlib is the same data, slower
+        return gzip.decompress(raw)
+    return igzip.decompress(raw)
+
+
+def _load_nifti(path: Path) -> Any:
+    """``nibabel.load``, with ``.nii.gz`` inflated in one call rather than through ``gzip.open``.
+
+    Why: inflating dominates reading a compressed whole-brain series (0.35 s of a 1 s DSC run
+    for 62 MB); one ISA-L call halves it. The bytes are the same, so is the image.
+    """
+    import nibabel as nib
+
+    if not path.name.endswith(".nii.gz"):
+        return nib.load(str(path))
+    raw = gunzip_bytes(path.read_bytes())
+    img = nib.Nifti1Image.from_bytes(raw)
+    if int(img.header["sizeof_hdr"]) != 348:  # NIfTI-2 inside the gzip
+        img = nib.Nifti2Image.from_bytes(raw)
+    return img
 
 
 def check_same_grid(a: LoadedImage, b: LoadedImage) -> None:
