@@ -182,3 +182,14 @@ def test_cli_subprocess_participant_resume_group(real_cohort, tmp_path):
         ("sub-01", "dsc"),
         ("sub-02", "dsc"),
     }
+
+
+def test_reports_name_the_real_files_not_the_scratch(real_cohort):
+    ds, out, cfg, run = real_cohort
+    reports = sorted(out.glob("sub-*/perf/*_report.html"))
+    assert len(reports) == 4  # one per subject and modality, published with the maps
+    for report in reports:
+        text = report.read_text(encoding="utf-8")
+        assert "gpuperf-stage" not in text and ".gpuperf-tmp" not in text, report.name
+        assert str(report.parent) in text
+    assert (out / "cohort_report.html").exists()

@@ -113,7 +113,8 @@ def simulate_asl_command(
     kind: PhantomKind = typer.Option(PhantomKind.pcasl, "--kind", help="Phantom kind."),
     noise_sd: float = typer.Option(0.0, "--noise", help="Noise SD (M0 is 1000)."),
     repeats: int = typer.Option(2, "--repeats", help="Control/label pairs per PLD."),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = typer.Option(0, "--seed", help="Noise seed."),
+    quiet: bool = QuietOption,
     overwrite: bool = OverwriteOption,
 ) -> None:
     """Write a BIDS ASL phantom with truth CBF/ATT maps."""
@@ -122,4 +123,5 @@ def simulate_asl_command(
     paths = write_phantom(
         out, kind.value, noise_sd=noise_sd, repeats=repeats, seed=seed, overwrite=overwrite
     )
-    typer.echo(f"{kind.value} phantom: {paths['asl']}")
+    if not quiet:
+        typer.echo(f"{kind.value} phantom: {paths['asl']}")

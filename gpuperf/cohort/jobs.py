@@ -514,12 +514,16 @@ def _publish(
     files = sorted(p for p in tmp_out.iterdir() if p.is_file())
     if not files:
         raise GpuperfError(f"{job.series}: the pipeline wrote no output")
+    # the pipeline saw staged inputs and a scratch output folder: name the real ones
+    renames = {**renames, str(tmp_out): str(final_dir)}
     for p in files:
         if p.suffix == ".json":
             obj = json.loads(p.read_text(encoding="utf-8"))
             p.write_text(
                 json.dumps(_restore_paths(obj, renames), indent=2) + "\n", encoding="utf-8"
             )
+        elif p.suffix == ".html":  # the QC report quotes the same paths
+            p.write_text(_restore_paths(p.read_text(encoding="utf-8"), renames), encoding="utf-8")
     # the old marker goes first: from here until the new one is written the job is incomplete
     with contextlib.suppress(FileNotFoundError):
         marker_path(job, out_dir).unlink()
