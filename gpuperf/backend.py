@@ -136,6 +136,7 @@ def chunk_slices(
     bytes_per_voxel: int,
     memory_budget: int | None = None,
     backend: Backend | None = None,
+    min_voxels: int = 1,
 ) -> list[slice]:
     """Split ``n_voxels`` into contiguous chunks that fit a memory budget.
 
@@ -150,6 +151,10 @@ def chunk_slices(
         :data:`DEFAULT_CPU_BUDGET_BYTES` on NumPy.
     backend : Backend, optional
         Used for the automatic budget (NumPy when omitted).
+    min_voxels : int
+        Smallest chunk (the budget is exceeded rather than go below it). Algorithms built on
+        BLAS use it: OpenBLAS takes other code paths, with other rounding, for tiny matrices,
+        while from a few hundred rows up a row's result does not depend on the chunk.
 
     Returns
     -------
@@ -164,8 +169,11 @@ def chunk_slices(
         memory_budget = int(free * GPU_BUDGET_FRACTION) if backend.is_gpu else free
     if memory_budget <= 0:
         raise GpuperfError(f"memory budget must be positive; got {memory_budget} bytes")
-    per_chunk = max(1, int(memory_budget // max(1, int(bytes_per_voxel))))
-    return [slice(s, min(s + per_chunk, n_voxels)) for s in range(0, n_voxels, per_chunk)]
+    per_chunk = max(1, int(min_voxels), int(memory_budget // max(1, int(bytes_per_voxel))))
+    slices = [slice(s, min(s + per_chunk, n_voxels)) for s in range(0, n_voxels, per_chunk)]
+    if len(slices) > 1 and slices[-1].stop - slices[-1].start < min_voxels:
+        slices[-2:] = [slice(slices[-2].start, n_voxels)]  # no chunk below the floor
+    return slices
 
 
 def iter_chunks(n_voxels: int, bytes_per_voxel: int, **kw: Any) -> Iterator[slice]:

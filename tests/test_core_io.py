@@ -208,3 +208,9 @@ def test_gzip_fast_path_equals_nibabel_and_rejects_truncation(tmp_path):
     with pytest.raises(InputError, match="format") as e:
         load_image(truncated)
     assert "t.nii.gz" in str(e.value)
+
+
+def test_chunk_floor_and_no_small_tail():
+    sl = chunk_slices(1050, 10, memory_budget=1, min_voxels=256)
+    assert [s.stop - s.start for s in sl] == [256, 256, 256, 282]
+    assert chunk_slices(100, 10, memory_budget=1, min_voxels=256) == [slice(0, 100)]

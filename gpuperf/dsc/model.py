@@ -392,7 +392,8 @@ class DSCModel:
             )
         elif self.method == "csvd":
             op = xp.asarray(dec.csvd_operator(aif, dt, self.threshold), dtype=self.dtype)
-        for sl in chunk_slices(v, bytes_per_voxel, self.memory_budget, backend):
+        # >= 256 voxels a chunk: results are then bitwise independent of the chunk size
+        for sl in chunk_slices(v, bytes_per_voxel, self.memory_budget, backend, min_voxels=256):
             c = dr2s[sl]
             if self.method == "osvd":
                 res, plan, coef = osvd_mod.osvd(
