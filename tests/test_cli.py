@@ -22,6 +22,11 @@ def test_info_reports_backends():
     r = runner.invoke(app, ["info"])
     assert r.exit_code == 0, r.output
     assert "backend numpy" in r.output and "backend cupy" in r.output
+    from gpuperf.backend import gpu_status
+
+    usable, detail = gpu_status()
+    if not usable and "gpuperf[cuda12]" in detail:  # the reason is printed as written
+        assert "gpuperf[cuda12]" in r.output.replace("\n", " ")
 
 
 def test_gpu_without_gpu_is_exit_2_not_fallback(tmp_path):

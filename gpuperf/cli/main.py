@@ -25,6 +25,7 @@ def info_command() -> None:
     """Versions, backends, and the GPU (name and free memory) or why it is unusable."""
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     from gpuperf.backend import gpu_status
     from gpuperf.cuda.nvcc import find_nvcc
@@ -49,7 +50,8 @@ def info_command() -> None:
     except ImportError:
         table.add_row("cupy", "not installed")
     table.add_row("backend numpy", "available")
-    table.add_row("backend cupy", ("available: " if usable else "unavailable: ") + detail)
+    # Text: no markup, so "gpuperf[cuda12]" in the reason prints as written
+    table.add_row("backend cupy", Text(("available: " if usable else "unavailable: ") + detail))
     nvcc = find_nvcc()
     table.add_row("nvcc", str(nvcc) if nvcc else "not found (only needed for kernel tests)")
     Console().print(table)
