@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import nibabel as nib
 import numpy as np
 import pytest
-from test_cohort_support import _copy_nifti_gz, make_bids, published_files
+from test_cohort_support import _copy_nifti_gz, fake_pipeline, make_bids, published_files
 
 from gpuperf.asl.model import ASLFit, ASLModel
 from gpuperf.asl.pipeline import compute_asl_batch, prepare_asl, run_asl, split_fit, write_asl
@@ -235,9 +235,18 @@ def _run(root, out, batch_voxels, **asl):
 
     COMPUTE_CALLS.clear()
     cfg = CohortConfig(asl=asl)
-    return run_participants(
-        root, out, pipelines={"asl": fake_batched}, config=cfg, batch_voxels=batch_voxels
-    )
+    pipes = {"asl": fake_batched, "dsc": fake_pipeline}
+    return run_participants(root, out, pipelines=pipes, config=cfg, batch_voxels=batch_voxels)
+
+
+def test_unbatchable_jobs_between_do_not_break_a_batch(tmp_path):
+    # job order alternates sub-01_asl, sub-01_dsc, sub-02_asl, ...: DSC (no stages) runs at
+    # once, the ASL series still share one call
+    root = make_bids(tmp_path / "bids", subjects=("01", "02", "03"), modalities=("asl", "dsc"))
+    run = _run(root, tmp_path / "out", 10**6)
+    assert run.exit_code == 0 and run.count("done") == 6
+    assert COMPUTE_CALLS == [["sub-01", "sub-02", "sub-03"]]
+    assert [r.job_id for r in run.results][:2] == ["sub-01_asl", "sub-01_dsc"]  # job order
 
 
 def test_grouping_consecutive_compatible_within_budget(tmp_path):

@@ -16,8 +16,10 @@ attributes (``run_asl`` does; see :mod:`gpuperf.asl.pipeline`):
 outputs are the same whether it was computed alone or in a batch (the fits are voxelwise).
 
 :func:`run_batched` groups *consecutive* jobs whose prepared keys are equal, up to a voxel
-budget, and keeps the job contract of :func:`gpuperf.cohort.jobs.run_job` (logs, done-markers,
-atomic publication, failure isolation):
+budget (jobs of a pipeline without stages, e.g. DSC, run at once and do not break a group, so
+the ASL series of a cohort that also has DSC series are still batched), and keeps the job
+contract of :func:`gpuperf.cohort.jobs.run_job` (logs, done-markers, atomic publication,
+failure isolation):
 
 - a subject failing in ``prepare`` or ``write`` fails alone;
 - if a batched ``compute`` fails, each subject of the batch is computed again alone, so only
@@ -195,7 +197,8 @@ def run_batched(
     Yields
     ------
     JobResult
-        In job order.
+        One per job; a job of a pipeline without stages may come out before the jobs of a
+        batch opened ahead of it.
     """
     out_dir = Path(out_dir)
     group: list[_Member] = []
@@ -203,9 +206,7 @@ def run_batched(
     try:
         for job, staged in pairs:
             pipe, opts = pipelines[job.modality], options[job.modality]
-            if not is_batchable(pipe):
-                yield from _flush(group)
-                total = 0
+            if not is_batchable(pipe):  # run now; an open group of other jobs stays open
                 yield run_job(
                     job, out_dir, opts, pipe, staged=staged, overwrite=overwrite, work_dir=work_dir
                 )
