@@ -162,6 +162,31 @@ def test_cohort_batched_outputs_equal_unbatched(asl_phantoms, tmp_path):
     assert again.count("skipped") == len(ph)
 
 
+def test_cohort_single_pld_batched_equals_unbatched(tmp_path):
+    """Consensus-formula (single-PLD) subjects, one with a brain mask, batched or not."""
+    from test_cohort_support import make_real_bids
+
+    ds = make_real_bids(tmp_path, subjects=("01", "02", "03"), modalities=("asl",))
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[asl]\nreport = false\n[inputs]\nmasks_dir = "{ds["masks"]}"\n')
+    kw = {"device": "cpu", "config": cfg}
+    one = run_participants(ds["bids"], tmp_path / "one", batch_voxels=1, **kw)
+    many = run_participants(ds["bids"], tmp_path / "many", batch_voxels=10**6, **kw)
+    assert one.exit_code == 0 and many.exit_code == 0, [r.error for r in many.failed]
+    files = [p.relative_to(tmp_path / "one") for p in published_files(tmp_path / "one")]
+    assert files == [p.relative_to(tmp_path / "many") for p in published_files(tmp_path / "many")]
+    for rel in files:
+        if rel.name.endswith(".nii.gz"):
+            np.testing.assert_array_equal(
+                np.asarray(nib.load(tmp_path / "one" / rel).dataobj),
+                np.asarray(nib.load(tmp_path / "many" / rel).dataobj),
+                err_msg=str(rel),
+            )
+    log = (tmp_path / "many" / "logs" / "sub-03_asl.log").read_text()
+    assert "computed in a batch of 3 series" in log
+    assert many.results[0].summary["fit_batch_subjects"] == 3
+
+
 # -- grouping and failure isolation with a fake batchable pipeline ------------------------------
 COMPUTE_CALLS: list[list[str]] = []
 
