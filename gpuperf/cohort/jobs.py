@@ -21,6 +21,10 @@ Life of a job (:func:`run_job`):
    files, drop the old done-marker, move each file into place (``os.replace``, atomic), and
    write the new done-marker last (atomically). A run killed at any point leaves no partial
    file under a final name, and no marker for a job whose outputs are incomplete.
+
+:func:`run_job` is :func:`open_job` (steps 0-3 and the scratch folder), the pipeline call, and
+:func:`finish_job` (step 5); :mod:`gpuperf.cohort.batching` uses the same pieces around the
+stages of several pipelines computed together.
 """
 
 from __future__ import annotations

@@ -5,7 +5,9 @@ of :func:`run_participants`:
 
 - ``workers=1`` (default): jobs run in this process, one after another, while a thread pool
   decompresses and stages the next ``prefetch`` subjects (zlib releases the GIL, so reading the
-  next subjects overlaps with computing the current one);
+  next subjects overlaps with computing the current one); with ``batch_voxels`` (automatic on
+  a GPU), consecutive compatible ASL subjects are fitted in one backend call
+  (:mod:`gpuperf.cohort.batching`);
 - ``workers=N``: N local worker processes (``spawn``: safe with CUDA), each staging and computing
   its own subjects; the processes overlap each other's I/O and compute;
 - ``scheduler=ADDRESS`` or ``cluster='slurm'``: Dask distributed. Tasks receive file paths
