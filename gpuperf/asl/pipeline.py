@@ -122,7 +122,7 @@ class PreparedASL:
     deltam: np.ndarray | None = None
     m0: Any = None
     constants: dict[str, Any] = field(default_factory=dict)
-    mask_path: Path | None = None
+    mask_path: str | PathLike | None = None
     overwrite: bool = False
     report: bool = True
     reporter: Any = None
@@ -274,7 +274,7 @@ def prepare_asl(
         "backend": backend,
         "mask": mask,
         "data": data,
-        "mask_path": None if mask_path is None else Path(mask_path),
+        "mask_path": mask_path,
         "overwrite": overwrite,
         "report": report,
         "reporter": reporter,
