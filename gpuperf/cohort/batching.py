@@ -114,36 +114,35 @@ def _compute(members: list[_Member]) -> Iterator[tuple[_Member, BaseException | 
     """Compute ``members`` in one call; on failure each alone. Yields (member, error)."""
     fn = members[0].oj.fn
     t0 = time.perf_counter()
+    error: BaseException | None = None
     try:
         fn.compute([m.prepared for m in members])
-        share = (time.perf_counter() - t0) / len(members)
+    except Exception as exc:
+        error = exc
+    took = time.perf_counter() - t0
+    if error is None or len(members) == 1:
+        total = sum(m.n_voxels for m in members)
         for m in members:
-            m.oj.compute_s += share
+            m.oj.compute_s += took / len(members)
             if len(members) > 1:
                 _log(
                     m,
-                    f"computed in a batch of {len(members)} series "
-                    f"({sum(x.n_voxels for x in members)} voxels) in {share * len(members):.3f} s",
+                    f"computed in a batch of {len(members)} series ({total} voxels) "
+                    f"in {took:.3f} s",
                 )
-            yield m, None
+            yield m, error
         return
-    except Exception as exc:
-        if len(members) == 1:
-            members[0].oj.compute_s += time.perf_counter() - t0
-            yield members[0], exc
-            return
-        failure = f"{type(exc).__name__}: {exc}".replace("\n", " ")
+    failure = f"{type(error).__name__}: {error}".replace("\n", " ")
     for m in members:  # find the culprit: each one alone
         _log(m, f"the batch of {len(members)} series failed ({failure}); computing this one alone")
         t0 = time.perf_counter()
         try:
             fn.compute([m.prepared])
+            alone: BaseException | None = None
         except Exception as exc:
-            m.oj.compute_s += time.perf_counter() - t0
-            yield m, exc
-            continue
+            alone = exc
         m.oj.compute_s += time.perf_counter() - t0
-        yield m, None
+        yield m, alone
 
 
 def _flush(members: list[_Member]) -> Iterator[JobResult]:
