@@ -53,11 +53,14 @@ def asl_phantoms(tmp_path_factory):
     return tmp, out
 
 
-def test_batched_asl_fit_is_bit_identical_to_fits_alone(asl_phantoms, tmp_path, monkeypatch):
+@pytest.mark.parametrize("device", ["cpu", pytest.param("gpu", marks=pytest.mark.gpu)])
+def test_batched_asl_fit_is_bit_identical_to_fits_alone(
+    asl_phantoms, tmp_path, monkeypatch, device
+):
     tmp, ph = asl_phantoms
 
     def prep(sub, folder, **kw):
-        return prepare_asl(ph[sub]["asl"], tmp_path / folder / sub, device="cpu", **kw)
+        return prepare_asl(ph[sub]["asl"], tmp_path / folder / sub, device=device, **kw)
 
     # sub-02 calibrated with one M0 of blood (scalar M0), the others voxelwise
     ref = {"m0_ref_mask": ph["02"]["mask"], "m0_ref_tissue": "gm"}
@@ -84,7 +87,7 @@ def test_batched_asl_fit_is_bit_identical_to_fits_alone(asl_phantoms, tmp_path, 
         assert batch[s].batch_size == (1 if s == "03" else 3)
     # and the written maps equal run_asl's
     res = write_asl(batch["04"])
-    direct = run_asl(ph["04"]["asl"], tmp_path / "direct", device="cpu", report=False)
+    direct = run_asl(ph["04"]["asl"], tmp_path / "direct", device=device, report=False)
     for name in ("cbf", "att", "status"):
         np.testing.assert_array_equal(
             np.asarray(nib.load(res.outputs[name]).dataobj),
@@ -339,6 +342,25 @@ def test_batching_is_automatic_only_on_a_gpu():
     assert is_batchable(pipes["asl"]) and not is_batchable(pipes["dsc"])
     assert not is_batchable("no.such.module:f")
     assert auto_batch_voxels(opts, pipes) == 0  # NumPy: off
+
+
+@pytest.mark.gpu
+def test_batching_is_automatic_on_a_gpu(asl_phantoms, tmp_path):
+    _, ph = asl_phantoms
+    pipes = {"asl": "gpuperf.asl.pipeline:run_asl", "dsc": "gpuperf.dsc.pipeline:run_dsc"}
+    assert auto_batch_voxels({"asl": {"device": "gpu"}, "dsc": {}}, pipes) > 10_000
+    root = _asl_bids(tmp_path, ph)
+    auto = run_participants(root, tmp_path / "auto", device="gpu", modality=["asl"])
+    one = run_participants(root, tmp_path / "one", device="gpu", modality=["asl"], batch_voxels=0)
+    assert auto.exit_code == 0 and one.exit_code == 0
+    assert "batch of 2" in (tmp_path / "auto" / "logs" / "sub-01_asl.log").read_text()
+    for p in published_files(tmp_path / "one"):
+        if p.name.endswith(".nii.gz"):
+            rel = p.relative_to(tmp_path / "one")
+            np.testing.assert_array_equal(
+                np.asarray(nib.load(p).dataobj),
+                np.asarray(nib.load(tmp_path / "auto" / rel).dataobj),
+            )
 
 
 def test_cli_batch_voxels_option(tmp_path, monkeypatch):
