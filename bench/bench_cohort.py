@@ -177,3 +177,77 @@ def test_cohort_overlap_emulated_gpu(benchmark, cohort, prefetch, tmp_path):
         overlap=round((stage + compute) / last.wall_s, 3),
         best_overlap=round((stage + compute) / max(stage, compute), 3),
     )
+
+
+#: ASL batching benchmark: many small multi-PLD pCASL subjects (the case batching is for).
+ASL_SUBJECTS = 16
+ASL_SHAPES = {"laptop": (16, 16, 4), "brain": (32, 32, 8)}
+
+
+@pytest.fixture(scope="module")
+def asl_cohort(tmp_path_factory, bench_size):
+    from gpuperf.asl.simulate import write_phantom
+
+    tmp = tmp_path_factory.mktemp("aslcohort")
+    ph = write_phantom(
+        tmp / "phantom", "pcasl", shape=ASL_SHAPES[bench_size], repeats=1, noise_sd=2.0
+    )
+    root = tmp / "bids"
+    root.mkdir()
+    (root / "dataset_description.json").write_text('{"Name": "bench", "BIDSVersion": "1.9.0"}')
+    for i in range(1, ASL_SUBJECTS + 1):
+        perf = root / f"sub-{i:03d}" / "perf"
+        perf.mkdir(parents=True)
+        for key, name in (("asl", "asl.nii.gz"), ("m0", "m0scan.nii.gz")):
+            raw = ph[key].read_bytes()
+            gz = raw if raw[:2] == b"\x1f\x8b" else gzip.compress(raw, compresslevel=1)
+            (perf / f"sub-{i:03d}_{name}").write_bytes(gz)
+        for key, name in (("asl_json", "asl.json"), ("aslcontext", "aslcontext.tsv")):
+            shutil.copyfile(ph[key], perf / f"sub-{i:03d}_{name}")
+        if ph.get("m0_json"):
+            shutil.copyfile(ph["m0_json"], perf / f"sub-{i:03d}_m0scan.json")
+    return root, tmp
+
+
+@pytest.mark.parametrize("batch", ["off", "on"])
+def test_cohort_asl_batching(benchmark, backend, asl_cohort, batch, tmp_path):
+    """Small ASL subjects fitted one call each (``off``) or several per call (``on``,
+    :mod:`gpuperf.cohort.batching`); outputs are identical, only the wall time differs. On
+    NumPy batching gains little (one vectorised call per subject already); on a GPU it saves
+    the fixed launch/transfer costs of each subject's fit."""
+    root, tmp = asl_cohort
+    device = "gpu" if backend.name == "cupy" else "cpu"
+    runs = []
+    outs = iter(range(100))
+
+    def setup():
+        return (tmp_path / f"out{next(outs)}",), {}
+
+    def run(out):
+        r = run_participants(
+            root,
+            out,
+            modality=["asl"],
+            config=CohortConfig(asl={"report": False}),
+            device=device,
+            batch_voxels=0 if batch == "off" else 10**7,
+            work_dir=tmp / "work",
+        )
+        assert r.exit_code == 0, [x.error for x in r.failed]
+        runs.append(r)
+
+    benchmark.pedantic(run, setup=setup, rounds=2, iterations=1, warmup_rounds=0)
+    last = runs[-1]
+    voxels = sum(r.summary.get("voxels", 0) for r in last.results)
+    record(
+        benchmark,
+        stage="cohort.run",
+        method="asl_gkm_batch_" + batch,
+        voxels=voxels,
+        backend=backend,
+        note=f"{ASL_SUBJECTS} small pCASL subjects, batching {batch}",
+        subjects=ASL_SUBJECTS,
+        subjects_per_min=round(60 * ASL_SUBJECTS / last.wall_s, 2),
+        wall_s=round(last.wall_s, 3),
+        sum_compute_s=round(sum(r.compute_s for r in last.results), 3),
+    )

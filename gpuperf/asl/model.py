@@ -263,6 +263,33 @@ class ASLModel:
                 )
         return d
 
+    def fit_key(self) -> tuple:
+        """Everything the fit of a voxel depends on besides its data, as a hashable tuple.
+
+        Two models with equal keys fit any voxel identically, so the voxels of several
+        subjects can be concatenated and fitted in one call (the cohort runner's batching).
+        Sample order matters (the data columns follow ``pld_s``), so the arrays enter as bytes.
+        """
+        return (
+            self.method,
+            self.labeling_type,
+            self.pld_s.tobytes(),
+            self.tau_s.tobytes(),
+            self.t1_tissue_s,
+            self.t1_blood_s,
+            self.lambda_,
+            self.alpha,
+            self.bs_factor,
+            self.arterial,
+            self.att_start_s,
+            self.cbf_bounds,
+            self.att_bounds,
+            self.max_iter,
+            str(self.device),
+            self.dtype.name,
+            self.memory_budget,
+        )
+
     # ------------------------------------------------------------------------------------------
     def fit(self, data: Any, m0: Any, mask: Any = None, reporter: Any = None) -> ASLFit:
         """Quantify CBF (and ATT) voxelwise.

@@ -6,7 +6,8 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields, replace
 from os import PathLike
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from gpuperf.asl.preprocess import (
     short_tr_factor,
 )
 from gpuperf.backend import get_backend
-from gpuperf.errors import InputError
+from gpuperf.errors import GpuperfError, InputError
 from gpuperf.io.nifti import gather, load_mask, scatter, sidecar_path
 from gpuperf.io.outputs import OutputWriter
 from gpuperf.progress import ensure_reporter
@@ -80,7 +81,69 @@ def _voxel_m0(series: ASLSeries, t1_tissue_s: float) -> tuple[np.ndarray | None,
     return (m0 / factor).astype(np.float32), info
 
 
-def run_asl(
+@dataclass
+class PreparedASL:
+    """One ASL series loaded, validated and reduced to the voxel block to fit.
+
+    The first stage of :func:`run_asl` (:func:`prepare_asl`); :func:`compute_asl_batch` fills
+    :attr:`fit` (for one or several subjects at once) and :func:`write_asl` writes the maps.
+
+    Attributes
+    ----------
+    model : ASLModel or None
+        None for a series of precomputed ``cbf`` volumes (nothing to fit).
+    deltam : ndarray (V, K) or None
+        Difference signals of the voxels in :attr:`mask` (series signal units).
+    m0 : float or ndarray (V,)
+        M0 for the fit (tissue-equivalent, short-TR corrected), scalar for a reference region
+        or ``M0Estimate``.
+    data : ndarray (V, N)
+        The series' voxels in the mask (used for precomputed ``cbf`` volumes).
+    mask : ndarray of bool (X, Y, Z)
+    writer : OutputWriter
+        Checked (overwrite policy) before anything is computed; nothing is staged yet.
+    fit : ASLFit or None
+        Set by :func:`compute_asl_batch`.
+    fit_s : float
+        Seconds of the fit (of the whole batch when fitted with other subjects).
+    """
+
+    asl_path: Path
+    out_dir: Path
+    prefix: str
+    series: ASLSeries
+    backend: Any
+    mask: np.ndarray
+    data: np.ndarray
+    writer: OutputWriter
+    names: list[str]
+    sources: list[Path]
+    model: ASLModel | None = None
+    deltam: np.ndarray | None = None
+    m0: Any = None
+    constants: dict[str, Any] = field(default_factory=dict)
+    mask_path: str | PathLike | None = None
+    overwrite: bool = False
+    report: bool = True
+    reporter: Any = None
+    t_start: float = 0.0
+    fit: ASLFit | None = None
+    fit_s: float = 0.0
+    batch_size: int = 1
+
+    @property
+    def n_voxels(self) -> int:
+        """Voxels to fit."""
+        return int(self.mask.sum())
+
+    @property
+    def batch_key(self) -> tuple | None:
+        """Subjects with equal keys can be fitted in one call (:meth:`ASLModel.fit_key`);
+        None: nothing to fit (precomputed CBF volumes)."""
+        return None if self.model is None else self.model.fit_key()
+
+
+def prepare_asl(
     asl_path: str | PathLike,
     out_dir: str | PathLike,
     *,
@@ -100,46 +163,15 @@ def run_asl(
     memory_budget: int | None = None,
     reporter: Any = None,
     report: bool = True,
-) -> ASLRunResult:
-    """Quantify CBF (and ATT) from a BIDS ASL series and write the maps.
+) -> PreparedASL:
+    """Load and validate an ASL series: everything of :func:`run_asl` before the fit.
 
-    Parameters
-    ----------
-    asl_path : path-like
-        ``*_asl.nii.gz`` with ``*_asl.json`` and ``*_aslcontext.tsv`` beside it.
-    out_dir : path-like
-        Output folder.
-    m0_path : path-like, optional
-        M0 image overriding the sidecar's M0Type.
-    m0_ref_mask : path-like, optional
-        Reference-region mask: calibrate with one M0 of blood from this region instead of
-        voxelwise (needs ``m0_ref_tissue``).
-    m0_ref_tissue : {'csf', 'wm', 'gm'}, optional
-        Tissue of the reference region (T1, T2 and partition coefficient in
-        :data:`gpuperf.asl.preprocess.REFERENCE_TISSUES`).
-    mask_path : path-like, optional
-        Brain mask; default: voxels with M0 above 10 % of its 99th percentile (all voxels when
-        there is no voxelwise M0).
-    model : {'auto', 'whitepaper', 'gkm'}
-        ``auto``: consensus formula for one PLD, kinetic-model fit for several.
-    t1_tissue_s, t1_blood_s, lambda_, alpha : float, optional
-        Override defaults and sidecar values (T1 of blood defaults from MagneticFieldStrength,
-        alpha from LabelingEfficiency, else 0.85 pCASL / 0.68 CASL / 0.98 PASL).
-    arterial : bool
-        Fit the macrovascular component (aBV, aBAT) too ((p)CASL kinetic model).
-    prefix : str, optional
-        Output prefix (default: the series name without ``_asl``).
-    device : {'auto', 'cpu', 'gpu'}
-    overwrite : bool
-    memory_budget : int, optional
-        Bytes per chunk.
-    reporter : gpuperf.progress.Reporter, optional
-    report : bool
-        Also write ``<prefix>_report.html``, the visual QC page (:mod:`gpuperf.report`).
+    Parameters are those of :func:`run_asl`. Raises the same errors, before any voxel is
+    fitted (including :class:`~gpuperf.errors.OutputExistsError`).
 
     Returns
     -------
-    ASLRunResult
+    PreparedASL
     """
     t_start = time.perf_counter()
     rep = ensure_reporter(reporter)
@@ -234,8 +266,28 @@ def run_asl(
     has_diff = any(t in ("control", "label", "deltam") for t in types)
     with rep.status("gathering voxels"):
         data = gather(image.data, mask)
+    common = {
+        "asl_path": asl_path,
+        "out_dir": Path(out_dir),
+        "prefix": prefix,
+        "series": series,
+        "backend": backend,
+        "mask": mask,
+        "data": data,
+        "mask_path": mask_path,
+        "overwrite": overwrite,
+        "report": report,
+        "reporter": reporter,
+        "t_start": t_start,
+    }
     if not has_diff:
-        return _precomputed_cbf(series, data, mask, out_dir, prefix, overwrite, backend, t_start)
+        if series.indices("cbf").size == 0:
+            raise InputError(series.path, "volume_type", "no control, label, deltam or cbf volume")
+        writer = OutputWriter(
+            out_dir, prefix, reference=image, overwrite=overwrite, inputs=[series.path]
+        )
+        writer.expect(["cbf"])
+        return PreparedASL(writer=writer, names=["cbf"], sources=[series.path], **common)
     if m0_for_fit is None:
         raise InputError(
             js,
@@ -280,34 +332,119 @@ def run_asl(
         writer.expect(["qc"], ext=".npz")
     if report:
         writer.expect(["report"], ext=".html")
-    try:
-        rep.log(
-            f"ASL: {series.labeling_type}, {asl_model.method}, {int(mask.sum())} voxels, "
-            f"{samples.deltam.shape[1]} samples, backend {backend.name}"
-        )
-        t_fit = time.perf_counter()
-        fit = asl_model.fit(samples.deltam, m0_for_fit, reporter=reporter)
-        fit_s = time.perf_counter() - t_fit
+    constants = {
+        "LabelingEfficiencySource": alpha_src,
+        "T1BloodSource": "command line" if t1_blood_s is not None else "MagneticFieldStrength",
+        "MagneticFieldStrength": series.field_strength_t,
+        "BackgroundSuppression": series.background_suppression,
+        "BackgroundSuppressionNumberPulses": series.bs_pulses,
+        "BackgroundSuppressionEfficiencyPerPulse": K.BS_EFFICIENCY_PER_PULSE,
+        "M0Type": series.m0_type,
+        # informational: scanners may average pairs before export, so no check against it
+        "TotalAcquiredPairs": series.sidecar.get("TotalAcquiredPairs"),
+        **m0_info,
+        "Samples": int(samples.deltam.shape[1]),
+        "Voxels": int(mask.sum()),
+        "StatusCodes": STATUS_MEANINGS,
+    }
+    if series.is_pasl:
+        constants["BolusCutOffTechnique"] = series.bolus_cutoff_technique
+    return PreparedASL(
+        writer=writer,
+        names=names,
+        sources=sources,
+        model=asl_model,
+        deltam=samples.deltam,
+        m0=m0_for_fit,
+        constants=constants,
+        **common,
+    )
 
-        constants = {
-            **asl_model.constants(),
-            "LabelingEfficiencySource": alpha_src,
-            "T1BloodSource": "command line" if t1_blood_s is not None else "MagneticFieldStrength",
-            "MagneticFieldStrength": series.field_strength_t,
-            "BackgroundSuppression": series.background_suppression,
-            "BackgroundSuppressionNumberPulses": series.bs_pulses,
-            "BackgroundSuppressionEfficiencyPerPulse": K.BS_EFFICIENCY_PER_PULSE,
-            "M0Type": series.m0_type,
-            # informational: scanners may average pairs before export, so no check against it
-            "TotalAcquiredPairs": series.sidecar.get("TotalAcquiredPairs"),
-            **m0_info,
-            "Samples": int(samples.deltam.shape[1]),
-            "Voxels": int(mask.sum()),
-            "StatusCodes": STATUS_MEANINGS,
-        }
-        if series.is_pasl:
-            constants["BolusCutOffTechnique"] = series.bolus_cutoff_technique
-        writer.provenance = provenance(backend, constants, sources=sources)
+
+def compute_asl_batch(prepared: Sequence[PreparedASL], reporter: Any = None) -> None:
+    """Fit one or several prepared series; sets each one's :attr:`PreparedASL.fit`.
+
+    Series with the same :attr:`PreparedASL.batch_key` (same model, timings, constants,
+    bounds, precision, device) are fitted by ONE call of :meth:`ASLModel.fit` over their
+    concatenated voxels (one kernel launch per chunk instead of one per subject), then the
+    maps are split back. The fit is voxelwise (each voxel's result depends only on its own
+    ΔM/M0 and the model), so every subject's maps are bit-identical to fitting it alone.
+
+    Parameters
+    ----------
+    prepared : sequence of PreparedASL
+        From :func:`prepare_asl`; series without a model (precomputed CBF) are skipped.
+    reporter : gpuperf.progress.Reporter, optional
+        Fit progress (default: the reporter of a lone subject, none for a batch).
+
+    Raises
+    ------
+    GpuperfError
+        On a failure of the fit (then no subject of the call has a result).
+    """
+    groups: dict[tuple, list[PreparedASL]] = {}
+    for p in prepared:
+        if p.batch_key is not None:
+            groups.setdefault(p.batch_key, []).append(p)
+    for group in groups.values():
+        model = group[0].model
+        progress = group[0].reporter if reporter is None and len(group) == 1 else reporter
+        for p in group:
+            ensure_reporter(p.reporter).log(
+                f"ASL: {p.series.labeling_type}, {model.method}, {p.n_voxels} voxels, "
+                f"{p.deltam.shape[1]} samples, backend {p.backend.name}"
+                + (
+                    f"; fitted with {len(group) - 1} other series "
+                    f"({sum(q.n_voxels for q in group)} voxels in one call)"
+                    if len(group) > 1
+                    else ""
+                )
+            )
+        t_fit = time.perf_counter()
+        if len(group) == 1:
+            fits = [model.fit(group[0].deltam, group[0].m0, reporter=progress)]
+        else:
+            deltam = np.concatenate([p.deltam for p in group], axis=0)
+            # a scalar M0 (reference region, M0Estimate) becomes a per-voxel column: the fit
+            # casts both to the model's dtype, so the values are the same bits
+            m0 = np.concatenate(
+                [np.broadcast_to(np.asarray(p.m0, dtype=np.float64), (p.n_voxels,)) for p in group]
+            )
+            whole = model.fit(deltam, m0, reporter=progress)
+            fits = split_fit(whole, [p.n_voxels for p in group])
+        fit_s = time.perf_counter() - t_fit
+        for p, f in zip(group, fits, strict=True):
+            p.fit, p.fit_s, p.batch_size = f, fit_s, len(group)
+
+
+def split_fit(fit: ASLFit, sizes: Sequence[int]) -> list[ASLFit]:
+    """Cut a fit of concatenated voxels (V,) into consecutive fits of ``sizes`` voxels."""
+    if sum(sizes) != fit.cbf.shape[0]:
+        raise ValueError(f"sizes sum to {sum(sizes)}, the fit has {fit.cbf.shape[0]} voxels")
+    edges = np.cumsum([0, *sizes])
+    arrays = {
+        f.name: getattr(fit, f.name)
+        for f in fields(ASLFit)
+        if isinstance(getattr(fit, f.name), np.ndarray)
+    }
+    return [
+        replace(fit, **{k: v[a:b].copy() for k, v in arrays.items()}, extra=dict(fit.extra))
+        for a, b in zip(edges[:-1], edges[1:], strict=True)
+    ]
+
+
+def write_asl(prep: PreparedASL) -> ASLRunResult:
+    """Write the maps of a fitted :class:`PreparedASL` (last stage of :func:`run_asl`)."""
+    writer, series, mask, backend = prep.writer, prep.series, prep.mask, prep.backend
+    if prep.model is None:
+        return _precomputed_cbf(prep)
+    if prep.fit is None:
+        raise GpuperfError(f"{prep.asl_path}: write_asl before compute_asl_batch")
+    rep = ensure_reporter(prep.reporter)
+    asl_model, fit, fit_s = prep.model, prep.fit, prep.fit_s
+    try:
+        constants = {**asl_model.constants(), **prep.constants}
+        writer.provenance = provenance(backend, constants, sources=prep.sources)
         descr = {
             "cbf": ("ml/100g/min", "Cerebral blood flow"),
             "att": ("s", "Arterial transit time"),
@@ -320,7 +457,7 @@ def run_asl(
             "abat_stderr": ("s", "Standard error of aBAT"),
         }
         outputs: dict[str, Path] = {}
-        for name in names:
+        for name in prep.names:
             if name == "status":
                 status = np.full(mask.shape, -1, dtype=np.int16)
                 status[mask] = fit.status
@@ -340,43 +477,145 @@ def run_asl(
             full = np.full(mask.shape, np.nan, dtype=np.float32)
             full[mask] = arr
             outputs[name] = writer.add_map(name, full, units=units, description=desc)
-        qc = _qc_curves(asl_model, fit, samples.deltam, m0_for_fit, mask)
+        qc = _qc_curves(asl_model, fit, prep.deltam, prep.m0, mask)
         if qc is not None:
             try:
                 from gpuperf.report.collect import stage_extra
             except ImportError:  # pragma: no cover - the report package is optional here
                 stage_extra = None
             if stage_extra is not None:
-                qc["timings"] = {"fit": fit_s, "total_before_write": time.perf_counter() - t_start}
+                qc["timings"] = {
+                    "fit": fit_s,
+                    "total_before_write": time.perf_counter() - prep.t_start,
+                }
                 outputs["qc"] = stage_extra(writer, qc)
-        elapsed = time.perf_counter() - t_start
+        elapsed = time.perf_counter() - prep.t_start
         writer.commit(elapsed_s=elapsed)
         ok = (fit.status == 0) | (fit.status == 4)
         summary = {
             "method": asl_model.method,
             "labeling_type": series.labeling_type,
             "voxels": int(mask.sum()),
-            "samples": int(samples.deltam.shape[1]),
+            "samples": int(prep.deltam.shape[1]),
             "converged": int(ok.sum()),
             "median_cbf": float(np.nanmedian(fit.cbf[ok])) if ok.any() else float("nan"),
             "fit_seconds": fit_s,
             "elapsed_seconds": elapsed,
             "backend": backend.name,
         }
+        if prep.batch_size > 1:
+            summary["fit_batch_subjects"] = prep.batch_size
         if fit.att is not None and ok.any():
             summary["median_att_s"] = float(np.nanmedian(fit.att[ok]))
         result = ASLRunResult(outputs, summary, fit, constants)
     except BaseException:
         writer.abort()  # nothing staged survives a failure or an interruption
         raise
-    if report:
+    if prep.report:
         from gpuperf.report import publish_run_report
 
         for path in publish_run_report(
-            out_dir, prefix, "asl", mask=mask_path, overwrite=overwrite, reporter=rep
+            prep.out_dir,
+            prep.prefix,
+            "asl",
+            mask=prep.mask_path,
+            overwrite=prep.overwrite,
+            reporter=rep,
         ):
             result.outputs["report"] = path
     return result
+
+
+def run_asl(
+    asl_path: str | PathLike,
+    out_dir: str | PathLike,
+    *,
+    m0_path: str | PathLike | None = None,
+    m0_ref_mask: str | PathLike | None = None,
+    m0_ref_tissue: str | None = None,
+    mask_path: str | PathLike | None = None,
+    model: str = "auto",
+    t1_tissue_s: float | None = None,
+    t1_blood_s: float | None = None,
+    lambda_: float | None = None,
+    alpha: float | None = None,
+    arterial: bool = False,
+    prefix: str | None = None,
+    device: str = "auto",
+    overwrite: bool = False,
+    memory_budget: int | None = None,
+    reporter: Any = None,
+    report: bool = True,
+) -> ASLRunResult:
+    """Quantify CBF (and ATT) from a BIDS ASL series and write the maps.
+
+    Parameters
+    ----------
+    asl_path : path-like
+        ``*_asl.nii.gz`` with ``*_asl.json`` and ``*_aslcontext.tsv`` beside it.
+    out_dir : path-like
+        Output folder.
+    m0_path : path-like, optional
+        M0 image overriding the sidecar's M0Type.
+    m0_ref_mask : path-like, optional
+        Reference-region mask: calibrate with one M0 of blood from this region instead of
+        voxelwise (needs ``m0_ref_tissue``).
+    m0_ref_tissue : {'csf', 'wm', 'gm'}, optional
+        Tissue of the reference region (T1, T2 and partition coefficient in
+        :data:`gpuperf.asl.preprocess.REFERENCE_TISSUES`).
+    mask_path : path-like, optional
+        Brain mask; default: voxels with M0 above 10 % of its 99th percentile (all voxels when
+        there is no voxelwise M0).
+    model : {'auto', 'whitepaper', 'gkm'}
+        ``auto``: consensus formula for one PLD, kinetic-model fit for several.
+    t1_tissue_s, t1_blood_s, lambda_, alpha : float, optional
+        Override defaults and sidecar values (T1 of blood defaults from MagneticFieldStrength,
+        alpha from LabelingEfficiency, else 0.85 pCASL / 0.68 CASL / 0.98 PASL).
+    arterial : bool
+        Fit the macrovascular component (aBV, aBAT) too ((p)CASL kinetic model).
+    prefix : str, optional
+        Output prefix (default: the series name without ``_asl``).
+    device : {'auto', 'cpu', 'gpu'}
+    overwrite : bool
+    memory_budget : int, optional
+        Bytes per chunk.
+    reporter : gpuperf.progress.Reporter, optional
+    report : bool
+        Also write ``<prefix>_report.html``, the visual QC page (:mod:`gpuperf.report`).
+
+    Returns
+    -------
+    ASLRunResult
+    """
+    prep = prepare_asl(
+        asl_path,
+        out_dir,
+        m0_path=m0_path,
+        m0_ref_mask=m0_ref_mask,
+        m0_ref_tissue=m0_ref_tissue,
+        mask_path=mask_path,
+        model=model,
+        t1_tissue_s=t1_tissue_s,
+        t1_blood_s=t1_blood_s,
+        lambda_=lambda_,
+        alpha=alpha,
+        arterial=arterial,
+        prefix=prefix,
+        device=device,
+        overwrite=overwrite,
+        memory_budget=memory_budget,
+        reporter=reporter,
+        report=report,
+    )
+    compute_asl_batch([prep])
+    return write_asl(prep)
+
+
+# The three stages, for callers that fit several subjects in one call (the cohort runner):
+# ``run_asl.prepare(...)`` has run_asl's signature; see gpuperf.cohort.jobs (batching).
+run_asl.prepare = prepare_asl  # type: ignore[attr-defined]
+run_asl.compute = compute_asl_batch  # type: ignore[attr-defined]
+run_asl.write = write_asl  # type: ignore[attr-defined]
 
 
 #: CBF percentiles of the voxels whose curves go into ``<prefix>_qc.npz`` for the QC report.
@@ -434,31 +673,26 @@ def _qc_curves(model: ASLModel, fit: ASLFit, deltam, m0, mask) -> dict[str, Any]
     }
 
 
-def _precomputed_cbf(series, data, mask, out_dir, prefix, overwrite, backend, t_start):
+def _precomputed_cbf(prep: PreparedASL) -> ASLRunResult:
     """A series of ``cbf`` volumes only: their mean is written as the CBF map (no model)."""
+    series, writer = prep.series, prep.writer
     idx = series.indices("cbf")
-    if idx.size == 0:
-        raise InputError(series.path, "volume_type", "no control, label, deltam or cbf volume")
-    cbf = data[:, idx].mean(axis=1)
-    writer = OutputWriter(
-        out_dir, prefix, reference=series.image, overwrite=overwrite, inputs=[series.path]
-    )
-    writer.expect(["cbf"])
+    cbf = prep.data[:, idx].mean(axis=1)
     writer.provenance = provenance(
-        backend,
+        prep.backend,
         {"Method": "mean of cbf volumes (precomputed)", "CBFVolumes": idx.tolist()},
         sources=[series.path],
     )
     out = {
         "cbf": writer.add_map(
             "cbf",
-            scatter(cbf, mask),
+            scatter(cbf, prep.mask),
             units="ml/100g/min",
             description="Mean of the series' precomputed cbf volumes",
         )
     }
-    elapsed = time.perf_counter() - t_start
+    elapsed = time.perf_counter() - prep.t_start
     writer.commit(elapsed_s=elapsed)
     return ASLRunResult(
-        out, {"method": "precomputed", "voxels": int(mask.sum()), "elapsed_seconds": elapsed}
+        out, {"method": "precomputed", "voxels": int(prep.mask.sum()), "elapsed_seconds": elapsed}
     )

@@ -80,6 +80,12 @@ def run_command(
         "options (incomplete ones are always redone).",
     ),
     prefetch: int = typer.Option(2, "--prefetch", help="Subjects decompressed ahead."),
+    batch_voxels: int = typer.Option(
+        None,
+        "--batch-voxels",
+        help="Fit consecutive compatible subjects in one GPU call, up to N voxels per batch "
+        "(0: one subject at a time). Default: automatic (on for the GPU, off on NumPy).",
+    ),
     work_dir: Path = typer.Option(
         None, "--work-dir", help="Scratch folder for decompressed inputs (default: system tmp)."
     ),
@@ -126,6 +132,7 @@ def run_command(
             gpus=_split(gpus),
             overwrite=overwrite,
             prefetch=prefetch,
+            batch_voxels=batch_voxels,
             work_dir=work_dir,
             reporter=reporter,
         )

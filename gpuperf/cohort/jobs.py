@@ -21,6 +21,10 @@ Life of a job (:func:`run_job`):
    files, drop the old done-marker, move each file into place (``os.replace``, atomic), and
    write the new done-marker last (atomically). A run killed at any point leaves no partial
    file under a final name, and no marker for a job whose outputs are incomplete.
+
+:func:`run_job` is :func:`open_job` (steps 0-3 and the scratch folder), the pipeline call, and
+:func:`finish_job` (step 5); :mod:`gpuperf.cohort.batching` uses the same pieces around the
+stages of several pipelines computed together.
 """
 
 from __future__ import annotations
@@ -385,6 +389,160 @@ def _result(job: Job, status: str, **kw: Any) -> JobResult:
     )
 
 
+@dataclass
+class OpenJob:
+    """A job past its checks and its staging, its scratch output folder made: ready to compute.
+
+    Made by :func:`open_job`; the pipeline writes into :attr:`tmp_out`; :func:`finish_job`
+    publishes; :meth:`close` (always) removes the scratch folders and closes the log.
+    """
+
+    job: Job
+    out_dir: Path
+    options: Mapping[str, Any]
+    pipeline: str | Pipeline
+    fn: Pipeline
+    fp: str
+    reporter: FileReporter
+    log_path: Path
+    staged: Staged
+    tmp_out: Path
+    stage_s: float = 0.0
+    compute_s: float = 0.0
+
+    def call_args(self) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """Positional and keyword arguments of the pipeline (or of its ``prepare`` stage)."""
+        kwargs = _pipeline_kwargs(self.job, self.options)
+        return (self.staged.series, self.tmp_out), {
+            "prefix": self.job.prefix,
+            "overwrite": True,
+            "reporter": self.reporter,
+            **kwargs,
+        }
+
+    def close(self) -> None:
+        shutil.rmtree(self.tmp_out, ignore_errors=True)
+        self.staged.cleanup()
+        self.reporter.close()
+
+
+def _failed(
+    job: Job,
+    exc: BaseException,
+    log_path: Path,
+    reporter: FileReporter | None,
+    staged: Staged | None,
+    stage_s: float = 0.0,
+    compute_s: float = 0.0,
+) -> JobResult:
+    msg = str(exc) if isinstance(exc, GpuperfError) else f"{type(exc).__name__}: {exc}"
+    if staged is not None:  # name the user's files, not the scratch copies
+        msg = _restore_paths(msg, staged.renames)
+    if reporter is not None:
+        reporter.log(f"FAILED: {msg}\n{traceback.format_exc()}")
+    return _result(
+        job,
+        "failed",
+        stage_s=stage_s,
+        compute_s=compute_s,
+        error_type=type(exc).__name__,
+        error=msg.replace("\n", " "),
+        log=str(log_path),
+    )
+
+
+def open_job(
+    job: Job,
+    out_dir: str | PathLike,
+    options: Mapping[str, Any],
+    pipeline: str | Pipeline,
+    *,
+    staged: Staged | None = None,
+    overwrite: bool = False,
+    work_dir: str | PathLike | None = None,
+) -> OpenJob | JobResult:
+    """Steps 0-3 of a job (tidy, fingerprint, skip, stage) and its scratch output folder.
+
+    Returns a :class:`JobResult` (``skipped`` or ``failed``, everything cleaned up) when there
+    is nothing to compute, else an :class:`OpenJob` whose :meth:`OpenJob.close` the caller
+    must call. Parameters are those of :func:`run_job`.
+    """
+    out_dir = Path(out_dir)
+    final_dir = out_dir / job.out_subdir
+    log_path = out_dir / "logs" / f"{job.job_id}.log"
+    reporter: FileReporter | None = None
+    tmp_out: Path | None = None
+    stage_s = 0.0
+    opened = False
+    try:
+        reporter = FileReporter(log_path)
+        reporter.log(f"=== {job.job_id}: {job.series} (gpuperf {__version__}, pid {os.getpid()})")
+        fn = resolve_pipeline(pipeline)
+        if final_dir.is_dir():
+            remove_leftovers(job, final_dir)  # of a killed earlier run of this job
+        fp = fingerprint(job, options, pipeline)
+        if is_complete(job, out_dir, fp):
+            reporter.log("complete for the same inputs and parameters: skipped")
+            outputs = list((read_marker(job, out_dir) or {}).get("Outputs", {}))
+            return _result(job, "skipped", outputs=outputs, log=str(log_path))
+        old = read_marker(job, out_dir)
+        if old is not None and old.get("Fingerprint") != fp and not overwrite:
+            raise OutputExistsError(
+                f"{final_dir}: outputs of a complete earlier run with other inputs or parameters "
+                "exist; pass --overwrite to replace them (or use another output folder)"
+            )
+        final_dir.mkdir(parents=True, exist_ok=True)
+        if staged is None:
+            staged = stage_inputs(job, work_dir)
+        stage_s = staged.seconds
+        reporter.log(f"inputs staged in {stage_s:.3f} s")
+        tmp_out = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{job.job_id}-", dir=final_dir))
+        opened = True
+        return OpenJob(
+            job, out_dir, options, pipeline, fn, fp, reporter, log_path, staged, tmp_out, stage_s
+        )
+    except Exception as exc:
+        return _failed(job, exc, log_path, reporter, staged, stage_s)
+    finally:
+        if not opened:
+            if tmp_out is not None:
+                shutil.rmtree(tmp_out, ignore_errors=True)
+            if staged is not None:
+                staged.cleanup()
+            if reporter is not None:
+                reporter.close()
+
+
+def finish_job(oj: OpenJob, res: Any) -> JobResult:
+    """Publish what the pipeline wrote into ``oj.tmp_out`` (step 5); ``res`` is its return
+    value. Returns the ``done`` result, or ``failed`` if publishing fails."""
+    try:
+        t0 = time.perf_counter()
+        outputs = _publish(
+            oj.job, oj.out_dir, oj.tmp_out, oj.staged.renames, oj.fp, oj.options, oj.pipeline, res
+        )
+        publish_s = time.perf_counter() - t0
+        oj.reporter.log(f"published {len(outputs)} files")
+        summary = dict(getattr(res, "summary", {}) or {})
+        return _result(
+            oj.job,
+            "done",
+            stage_s=oj.stage_s,
+            compute_s=oj.compute_s,
+            publish_s=publish_s,
+            outputs=outputs,
+            log=str(oj.log_path),
+            summary=_jsonable(summary),
+        )
+    except Exception as exc:
+        return fail_job(oj, exc)
+
+
+def fail_job(oj: OpenJob, exc: BaseException) -> JobResult:
+    """The ``failed`` result of an open job (logged with its traceback)."""
+    return _failed(oj.job, exc, oj.log_path, oj.reporter, oj.staged, oj.stage_s, oj.compute_s)
+
+
 def run_job(
     job: Job,
     out_dir: str | PathLike,
@@ -419,79 +577,22 @@ def run_job(
     -------
     JobResult
     """
-    out_dir = Path(out_dir)
-    final_dir = out_dir / job.out_subdir
-    log_path = out_dir / "logs" / f"{job.job_id}.log"
-    reporter: FileReporter | None = None
-    tmp_out: Path | None = None
-    stage_s = compute_s = publish_s = 0.0
+    oj = open_job(
+        job, out_dir, options, pipeline, staged=staged, overwrite=overwrite, work_dir=work_dir
+    )
+    if isinstance(oj, JobResult):
+        return oj
     try:
-        reporter = FileReporter(log_path)
-        reporter.log(f"=== {job.job_id}: {job.series} (gpuperf {__version__}, pid {os.getpid()})")
-        fn = resolve_pipeline(pipeline)
-        if final_dir.is_dir():
-            remove_leftovers(job, final_dir)  # of a killed earlier run of this job
-        fp = fingerprint(job, options, pipeline)
-        if is_complete(job, out_dir, fp):
-            reporter.log("complete for the same inputs and parameters: skipped")
-            outputs = list((read_marker(job, out_dir) or {}).get("Outputs", {}))
-            return _result(job, "skipped", outputs=outputs, log=str(log_path))
-        old = read_marker(job, out_dir)
-        if old is not None and old.get("Fingerprint") != fp and not overwrite:
-            raise OutputExistsError(
-                f"{final_dir}: outputs of a complete earlier run with other inputs or parameters "
-                "exist; pass --overwrite to replace them (or use another output folder)"
-            )
-        final_dir.mkdir(parents=True, exist_ok=True)
-        if staged is None:
-            staged = stage_inputs(job, work_dir)
-        stage_s = staged.seconds
-        reporter.log(f"inputs staged in {stage_s:.3f} s")
-        tmp_out = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{job.job_id}-", dir=final_dir))
-        kwargs = _pipeline_kwargs(job, options)
+        args, kwargs = oj.call_args()
         t0 = time.perf_counter()
-        res = fn(
-            staged.series, tmp_out, prefix=job.prefix, overwrite=True, reporter=reporter, **kwargs
-        )
-        compute_s = time.perf_counter() - t0
-        reporter.log(f"pipeline finished in {compute_s:.3f} s")
-        t0 = time.perf_counter()
-        outputs = _publish(job, out_dir, tmp_out, staged.renames, fp, options, pipeline, res)
-        publish_s = time.perf_counter() - t0
-        reporter.log(f"published {len(outputs)} files")
-        summary = dict(getattr(res, "summary", {}) or {})
-        return _result(
-            job,
-            "done",
-            stage_s=stage_s,
-            compute_s=compute_s,
-            publish_s=publish_s,
-            outputs=outputs,
-            log=str(log_path),
-            summary=_jsonable(summary),
-        )
+        res = oj.fn(*args, **kwargs)
+        oj.compute_s = time.perf_counter() - t0
+        oj.reporter.log(f"pipeline finished in {oj.compute_s:.3f} s")
+        return finish_job(oj, res)
     except Exception as exc:
-        msg = str(exc) if isinstance(exc, GpuperfError) else f"{type(exc).__name__}: {exc}"
-        if staged is not None:  # name the user's files, not the scratch copies
-            msg = _restore_paths(msg, staged.renames)
-        if reporter is not None:
-            reporter.log(f"FAILED: {msg}\n{traceback.format_exc()}")
-        return _result(
-            job,
-            "failed",
-            stage_s=stage_s,
-            compute_s=compute_s,
-            error_type=type(exc).__name__,
-            error=msg.replace("\n", " "),
-            log=str(log_path),
-        )
+        return fail_job(oj, exc)
     finally:
-        if tmp_out is not None:
-            shutil.rmtree(tmp_out, ignore_errors=True)
-        if staged is not None:
-            staged.cleanup()
-        if reporter is not None:
-            reporter.close()
+        oj.close()
 
 
 def _jsonable(obj: Any) -> Any:

@@ -5,7 +5,9 @@ of :func:`run_participants`:
 
 - ``workers=1`` (default): jobs run in this process, one after another, while a thread pool
   decompresses and stages the next ``prefetch`` subjects (zlib releases the GIL, so reading the
-  next subjects overlaps with computing the current one);
+  next subjects overlaps with computing the current one); with ``batch_voxels`` (automatic on
+  a GPU), consecutive compatible ASL subjects are fitted in one backend call
+  (:mod:`gpuperf.cohort.batching`);
 - ``workers=N``: N local worker processes (``spawn``: safe with CUDA), each staging and computing
   its own subjects; the processes overlap each other's I/O and compute;
 - ``scheduler=ADDRESS`` or ``cluster='slurm'``: Dask distributed. Tasks receive file paths
@@ -31,12 +33,14 @@ from pathlib import Path
 from typing import Any
 
 from gpuperf._version import __version__
+from gpuperf.cohort.batching import auto_batch_voxels, run_batched
 from gpuperf.cohort.bids import Job, find_jobs
 from gpuperf.cohort.config import CohortConfig, check_pipeline_options, load_config
 from gpuperf.cohort.jobs import (
     DEFAULT_PIPELINES,
     JobResult,
     Pipeline,
+    Staged,
     fingerprint,
     is_complete,
     remove_leftovers,
@@ -137,8 +141,11 @@ def _local_results(
     overwrite: bool,
     prefetch: int,
     work_dir: str | PathLike | None,
+    batch_voxels: int = 0,
 ) -> Iterator[JobResult]:
-    """Run jobs in this process, staging the next ``prefetch`` ones in threads."""
+    """Run jobs in this process, staging the next ``prefetch`` ones in threads; with
+    ``batch_voxels > 1``, consecutive compatible subjects are computed together
+    (:mod:`gpuperf.cohort.batching`)."""
     todo: list[Job] = []
     for job in jobs:  # done jobs are reported at once and never staged
         try:
@@ -153,16 +160,37 @@ def _local_results(
             todo.append(job)
     if not todo:
         return
+    if batch_voxels > 1:
+        yield from run_batched(
+            _staged_ahead(todo, prefetch, work_dir),
+            out_dir,
+            options,
+            pipelines,
+            batch_voxels=batch_voxels,
+            overwrite=overwrite,
+            work_dir=work_dir,
+        )
+        return
+    for job, staged in _staged_ahead(todo, prefetch, work_dir):
+        yield run_job(
+            job,
+            out_dir,
+            options[job.modality],
+            pipelines[job.modality],
+            staged=staged,
+            overwrite=overwrite,
+            work_dir=work_dir,
+        )
+
+
+def _staged_ahead(
+    todo: list[Job], prefetch: int, work_dir: str | PathLike | None
+) -> Iterator[tuple[Job, Staged | None]]:
+    """Each job with its inputs staged by a thread pool ``prefetch`` jobs ahead (None when
+    ``prefetch <= 0`` or staging failed: the job then stages, and reports, itself)."""
     if prefetch <= 0:  # no read-ahead: each job stages its own inputs (for comparisons)
         for job in todo:
-            yield run_job(
-                job,
-                out_dir,
-                options[job.modality],
-                pipelines[job.modality],
-                overwrite=overwrite,
-                work_dir=work_dir,
-            )
+            yield job, None
         return
     pool = ThreadPoolExecutor(max_workers=prefetch, thread_name_prefix="gpuperf-stage")
     pending: dict[int, Future] = {}
@@ -181,15 +209,7 @@ def _local_results(
                 staged = fut.result()
             except Exception:
                 staged = None  # run_job stages again and reports the error as a failure
-            yield run_job(
-                job,
-                out_dir,
-                options[job.modality],
-                pipelines[job.modality],
-                staged=staged,
-                overwrite=overwrite,
-                work_dir=work_dir,
-            )
+            yield job, staged
     finally:
         for fut in pending.values():
             fut.cancel()
@@ -434,6 +454,7 @@ def run_participants(
     work_dir: str | PathLike | None = None,
     pipelines: Mapping[str, str | Pipeline] | None = None,
     reporter: Reporter | None = None,
+    batch_voxels: int | None = None,
 ) -> CohortRun:
     """Process every selected series of a BIDS dataset (BIDS-App ``participant`` level).
 
@@ -473,6 +494,12 @@ def run_participants(
         ``run_asl``. The injection point used by tests.
     reporter : Reporter, optional
         One progress bar over subjects plus one line per subject.
+    batch_voxels : int, optional
+        With ``workers=1``: compute consecutive compatible subjects (same pipeline, model and
+        constants; see :mod:`gpuperf.cohort.batching`) in one backend call, up to this many
+        voxels per batch; 0 or 1: one subject at a time. Default: automatic, on for a GPU
+        backend with a budget from its free memory, off on NumPy (nothing to gain). Outputs
+        are the same either way. Worker processes and Dask run one subject per call.
 
     Returns
     -------
@@ -486,6 +513,8 @@ def run_participants(
     out_dir = Path(out_dir)
     if workers < 1:
         raise InputError(None, "workers", f"must be >= 1, found {workers}")
+    if batch_voxels is not None and batch_voxels < 0:
+        raise InputError(None, "batch_voxels", f"must be >= 0, found {batch_voxels}")
     if out_dir.resolve() == bids_dir.resolve() or bids_dir.resolve() in out_dir.resolve().parents:
         if not out_dir.resolve().is_relative_to(bids_dir.resolve() / "derivatives"):
             raise InputError(
@@ -511,6 +540,11 @@ def run_participants(
             options[m]["device"] = device
     for m in sorted({j.modality for j in jobs}):  # fail now, not once per subject
         check_pipeline_options(options[m], resolve_pipeline(pipes[m]), cfg.source, m)
+    local = not (scheduler or cluster) and workers == 1
+    if not local or not jobs:
+        batch_voxels = 0  # worker processes and Dask compute one subject per call
+    elif batch_voxels is None:
+        batch_voxels = auto_batch_voxels(options, pipes)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_shared(out_dir / "dataset_description.json", dataset_description(bids_dir))
     effective = cfg.to_dict()
@@ -524,6 +558,7 @@ def run_participants(
             "session_label": session_label,
             "modality": modality,
             "workers": workers,
+            "batch_voxels": batch_voxels,
             "gpus": list(gpus) if gpus else None,
             "scheduler": scheduler,
             "cluster": cluster,
@@ -563,7 +598,9 @@ def run_participants(
             )
         else:
             order = {j.job_id: i for i, j in enumerate(jobs)}
-            for r in _local_results(jobs, out_dir, options, pipes, overwrite, prefetch, work_dir):
+            for r in _local_results(
+                jobs, out_dir, options, pipes, overwrite, prefetch, work_dir, batch_voxels
+            ):
                 yield order[r.job_id], r
 
     try:
