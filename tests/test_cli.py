@@ -32,9 +32,20 @@ def test_info_reports_backends():
 def test_gpu_without_gpu_is_exit_2_not_fallback(tmp_path):
     env = {"GPUPERF_DISABLE_GPU": "1", "PATH": "/usr/bin:/bin"}
     r = subprocess.run(
-        [sys.executable, "-m", "gpuperf", "demo", "--out", str(tmp_path / "d"), "--device", "gpu",
-         "--quiet"],
-        capture_output=True, text=True, env=env,
+        [
+            sys.executable,
+            "-m",
+            "gpuperf",
+            "demo",
+            "--out",
+            str(tmp_path / "d"),
+            "--device",
+            "gpu",
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
     )
     assert r.returncode == 2, r.stdout + r.stderr
     assert "no GPU is usable" in r.stderr and "Traceback" not in r.stderr
