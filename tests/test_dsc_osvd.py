@@ -102,6 +102,68 @@ def test_kernel_source_on_host_matches_numpy_twin(dtype, rtol):
     _compare(twin, kern, rtol)
 
 
+def _several_plans(dtype, n=60, tr=1.5):
+    """Three AIFs of different arrival and width (plans of different sizes), their voxels
+    interleaved, coefficients padded to the largest plan's M."""
+    rng = np.random.default_rng(5)
+    t = np.arange(n) * tr
+    plans, coefs, index = [], [], []
+    for p, (t0, width, n_vox) in enumerate([(9.0, 1.5, 700), (15.0, 3.0, 500), (6.0, 0.8, 300)]):
+        s = np.clip(t - t0, 0, None)
+        aif = 40 * (s / (3 * width)) ** 3 * np.exp(3 - s / width)
+        mtt = rng.uniform(1.0, 10.0, (n_vox, 1))
+        conc = (np.exp(-t[None, :] / mtt) * rng.uniform(0.005, 0.02, (n_vox, 1))) @ (
+            dec.toeplitz_matrix(aif, tr).T
+        )
+        conc += rng.normal(0, 0.03, conc.shape) * conc.max(1, keepdims=True)
+        plan = osvd.make_plan(aif, tr)
+        plans.append(plan)
+        coefs.append(osvd.coefficients(conc.astype(dtype), plan))
+        index.append(np.full(n_vox, p, dtype=np.int32))
+    m_max = max(c.shape[1] for c in coefs)
+    coef = np.concatenate([np.pad(c, ((0, 0), (0, m_max - c.shape[1]))) for c in coefs])
+    order = rng.permutation(coef.shape[0])  # interleave the plans' voxels
+    return plans, coefs, np.ascontiguousarray(coef[order]), np.concatenate(index)[order], order
+
+
+@pytest.mark.parametrize("dtype,rtol", [(np.float32, 1e-5), (np.float64, 1e-10)])
+def test_kernel_source_with_several_plans(dtype, rtol):
+    """One launch with a plan per voxel: each voxel's outputs are bit-identical to a launch of
+    its own plan alone, and match the NumPy twin of the several-plan launch."""
+    from conftest import in_ci
+
+    from gpuperf.cuda.host import find_cxx
+
+    if find_cxx() is None and not in_ci():
+        pytest.skip("no host C++ compiler (g++) to build the kernel source")
+    plans, coefs, coef, index, order = _several_plans(dtype)
+    assert len({p.basis.shape[0] for p in plans}) > 1  # really different sizes
+    assert len({p.set_rows.size for p in plans}) > 1
+    kern = osvd.select_host(coef, plans, plan_index=index)
+    twin = osvd.select_numpy_multi(coef, plans, index)
+    _compare(twin, kern, rtol)
+    start = np.cumsum([0] + [c.shape[0] for c in coefs])
+    where = np.argsort(order)  # position of each original voxel in the shuffled launch
+    for p, (plan, c) in enumerate(zip(plans, coefs, strict=True)):
+        alone = osvd.select_host(c, plan)
+        at = where[start[p] : start[p + 1]]
+        assert (index[at] == p).all()
+        for name in ("rmax", "tmax_index", "set_index", "oi", "passed"):
+            np.testing.assert_array_equal(getattr(kern, name)[at], getattr(alone, name))
+    # the twin with each plan's voxels contiguous (as a batch of subjects): each plan's block
+    # is exactly its own run (the twin's BLAS blocks make its bits depend on the neighbours)
+    unshuffled = np.empty_like(coef)
+    unshuffled[order] = coef
+    twin = osvd.select_numpy_multi(unshuffled, plans, np.sort(index))
+    for p, (plan, c) in enumerate(zip(plans, coefs, strict=True)):
+        single = osvd.select_numpy(c, plan)
+        for name in ("rmax", "tmax_index", "set_index", "oi", "passed"):
+            got = getattr(twin, name)[start[p] : start[p + 1]]
+            np.testing.assert_array_equal(got, getattr(single, name))
+    with pytest.raises(ValueError, match="plan_index"):
+        osvd.select_host(coef, plans)
+
+
 def test_kernel_limits_checked():
     conc, aif, tr = _curves(4, n=300)
     with pytest.raises(GpuperfError, match="too large"):

@@ -16,6 +16,10 @@ distinct set, the oscillation index
 over the full padded length L, and the choice of the lowest threshold with ``OI < limit``
 (default 0.035, as the reference toolboxes). That selection is ``kernels/dsc/osvd_select.cu``
 on the GPU and :func:`select_numpy` here (its twin: same sets, same order, same outputs).
+
+Several AIFs (the subjects of a batch, :func:`gpuperf.dsc.model.fit_dr2s_batch`) share one
+launch: their plans are padded to common sizes (:func:`stack_plans`) and each voxel carries
+the index of its plan; :func:`select_numpy_multi` is the twin of such a launch.
 """
 
 from __future__ import annotations
@@ -292,35 +296,119 @@ def residue(coef: Any, plan: OSVDPlan, set_index: Any, xp: Any = np) -> Any:
     return xp.where(keep, coef, 0) @ basis
 
 
+@dataclass(frozen=True)
+class StackedPlans:
+    """Several :class:`OSVDPlan` (one per AIF) padded to common sizes for one kernel launch.
+
+    Attributes
+    ----------
+    basis : ndarray (P, M_max, L)
+        Each plan's basis, zero rows past its own ``M``.
+    set_rows : ndarray (P, S_max) int32
+        Each plan's ``set_rows``, zero past its own count.
+    n_sets : ndarray (P,) int32
+    n : int
+        Frames N (equal for all plans); ``L = 2N``.
+    """
+
+    basis: np.ndarray
+    set_rows: np.ndarray
+    n_sets: np.ndarray
+    n: int
+
+    @property
+    def n_pad(self) -> int:
+        return 2 * self.n
+
+    @property
+    def n_coef(self) -> int:
+        return self.basis.shape[1]
+
+
+def stack_plans(plans: Any) -> StackedPlans:
+    """Pad one plan or a sequence of plans (same frame count) to common sizes.
+
+    Coefficient arrays for the stacked launch have ``M_max`` columns; a voxel's columns past
+    its own plan's ``M`` are never read (its ``set_rows`` stop before them).
+    """
+    plans = [plans] if isinstance(plans, OSVDPlan) else list(plans)
+    if not plans:
+        raise ValueError("no oSVD plan to stack")
+    n = plans[0].n
+    if any(p.n != n for p in plans):
+        raise GpuperfError(f"oSVD plans of different frame counts: {[p.n for p in plans]}")
+    m_max = max(p.basis.shape[0] for p in plans)
+    s_max = max(p.set_rows.size for p in plans)
+    basis = np.zeros((len(plans), m_max, 2 * n))
+    set_rows = np.zeros((len(plans), s_max), dtype=np.int32)
+    for i, p in enumerate(plans):
+        basis[i, : p.basis.shape[0]] = p.basis
+        set_rows[i, : p.set_rows.size] = p.set_rows
+    n_sets = np.asarray([p.set_rows.size for p in plans], dtype=np.int32)
+    return StackedPlans(basis, set_rows, n_sets, n)
+
+
+def _plan_index(plan_index: Any, v: int, n_plans: int) -> np.ndarray:
+    if plan_index is None:
+        if n_plans != 1:
+            raise ValueError("plan_index is needed with several plans")
+        return np.zeros(v, dtype=np.int32)
+    idx = np.asarray(plan_index, dtype=np.int32).reshape(-1)
+    if idx.size != v or (v and (idx.min() < 0 or idx.max() >= n_plans)):
+        raise ValueError(f"plan_index must give each of {v} voxels a plan in [0, {n_plans})")
+    return idx
+
+
 def _launch_args(
-    coef_t: Any, plan: OSVDPlan, basis: Any, rows: Any, oi_limit: float, outs: tuple
+    coef_t: Any, sp: StackedPlans, dev: Any, plan_index: Any, oi_limit: float, outs: tuple
 ) -> tuple:
+    """Arguments of ``osvd_select<T>`` (order: :data:`gpuperf.dsc.kernels.OSVD_PARAMS`);
+    ``dev(array, dtype)`` puts a host array where the kernel runs."""
     dtype = np.dtype(coef_t.dtype)
     return (
         coef_t,
-        basis,
-        rows,
-        np.int32(plan.set_rows.size),
-        np.int32(plan.n_pad),
-        np.int32(plan.n),
+        dev(sp.basis, dtype),
+        dev(sp.set_rows, np.int32),
+        dev(sp.n_sets, np.int32),
+        plan_index,
+        np.int64(sp.n_coef * sp.n_pad),
+        np.int32(sp.set_rows.shape[1]),
+        np.int32(sp.n_pad),
+        np.int32(sp.n),
         np.int64(coef_t.shape[1]),
         dtype.type(oi_limit),
         *outs,
     )
 
 
+def _check_coef(coef: Any, sp: StackedPlans) -> None:
+    if coef.shape[1] < sp.n_coef:
+        raise ValueError(f"coef has {coef.shape[1]} columns, the plans need {sp.n_coef}")
+
+
 def select_cupy(
-    coef: Any, plan: OSVDPlan, oi_limit: float = DEFAULT_OI_LIMIT, threads: int = 128
+    coef: Any,
+    plan: Any,
+    oi_limit: float = DEFAULT_OI_LIMIT,
+    threads: int = 128,
+    plan_index: Any = None,
 ) -> OSVDResult:
-    """The ``osvd_select`` CUDA kernel (one thread per voxel) on a CuPy ``coef`` (V, M)."""
+    """The ``osvd_select`` CUDA kernel (one thread per voxel) on a CuPy ``coef`` (V, M).
+
+    ``plan`` is one :class:`OSVDPlan`, or a sequence of them with ``plan_index`` (V,) giving
+    each voxel's plan (``coef`` then has the largest plan's M columns, see :func:`stack_plans`).
+    """
     import cupy as cp
 
     from gpuperf.dsc.kernels import osvd_kernel
 
-    check_kernel_limits(plan)
+    sp = stack_plans(plan)
+    check_kernel_limits(sp)
+    _check_coef(coef, sp)
     dtype = np.dtype(coef.dtype)
     v = coef.shape[0]
-    coef_t = cp.ascontiguousarray(coef.T)  # time-major (M, V): coalesced per-thread reads
+    idx = cp.asarray(_plan_index(plan_index, v, sp.n_sets.size))
+    coef_t = cp.ascontiguousarray(coef[:, : sp.n_coef].T)  # time-major (M, V): coalesced reads
     outs = (
         cp.empty(v, dtype=cp.int32),
         cp.empty(v, dtype=dtype),
@@ -328,12 +416,7 @@ def select_cupy(
         cp.empty(v, dtype=cp.int32),
     )
     args = _launch_args(
-        coef_t,
-        plan,
-        cp.asarray(plan.basis, dtype=dtype),
-        cp.asarray(plan.set_rows, dtype=cp.int32),
-        oi_limit,
-        outs,
+        coef_t, sp, lambda a, dt: cp.asarray(np.ascontiguousarray(a, dt)), idx, oi_limit, outs
     )
     osvd_kernel(dtype)(((v + threads - 1) // threads,), (threads,), args)
     set_index, oi, rmax, tmax_index = outs
@@ -342,38 +425,68 @@ def select_cupy(
 
 def select_host(
     coef: np.ndarray,
-    plan: OSVDPlan,
+    plan: Any,
     oi_limit: float = DEFAULT_OI_LIMIT,
     threads: int = 64,
     n_threads: int = 2,
+    plan_index: Any = None,
 ) -> OSVDResult:
-    """The same kernel source built as host C++ (g++) and run on the CPU: the parity harness."""
+    """The same kernel source built as host C++ (g++) and run on the CPU: the parity harness.
+
+    ``plan`` and ``plan_index`` as for :func:`select_cupy`.
+    """
     from gpuperf.dsc.kernels import osvd_host_library
 
-    check_kernel_limits(plan)
+    sp = stack_plans(plan)
+    check_kernel_limits(sp)
+    _check_coef(coef, sp)
     dtype = np.dtype(coef.dtype)
     v = coef.shape[0]
+    idx = _plan_index(plan_index, v, sp.n_sets.size)
     lib, name = osvd_host_library(dtype)
-    coef_t = np.ascontiguousarray(coef.T)
+    coef_t = np.ascontiguousarray(coef[:, : sp.n_coef].T)
     outs = (np.empty(v, np.int32), np.empty(v, dtype), np.empty(v, dtype), np.empty(v, np.int32))
-    args = _launch_args(
-        coef_t,
-        plan,
-        np.ascontiguousarray(plan.basis, dtype=dtype),
-        np.ascontiguousarray(plan.set_rows, dtype=np.int32),
-        oi_limit,
-        outs,
-    )
+    args = _launch_args(coef_t, sp, np.ascontiguousarray, idx, oi_limit, outs)
     lib.launch(name, (v + threads - 1) // threads, threads, args, n_threads=n_threads)
     set_index, oi, rmax, tmax_index = outs
     return OSVDResult(rmax, tmax_index, set_index, oi, oi < oi_limit)
 
 
-def check_kernel_limits(plan: OSVDPlan) -> None:
-    """Raise if the plan exceeds the kernel's fixed per-thread arrays."""
-    if plan.set_rows.size > MAX_SETS or plan.n_pad > MAX_PAD:
+def select_numpy_multi(
+    coef: np.ndarray,
+    plans: Any,
+    plan_index: Any,
+    oi_limit: float = DEFAULT_OI_LIMIT,
+) -> OSVDResult:
+    """NumPy twin of a several-plan launch: the voxels of each plan by :func:`select_numpy`
+    (a loop over plans, not voxels); ``coef`` (V, M_max) as for :func:`select_cupy`."""
+    plans = [plans] if isinstance(plans, OSVDPlan) else list(plans)
+    v = coef.shape[0]
+    idx = _plan_index(plan_index, v, len(plans))
+    out = OSVDResult(
+        np.empty(v, dtype=coef.dtype),
+        np.empty(v, dtype=np.int32),
+        np.empty(v, dtype=np.int32),
+        np.empty(v, dtype=coef.dtype),
+        np.empty(v, dtype=bool),
+    )
+    for p, plan in enumerate(plans):
+        sel = np.flatnonzero(idx == p)
+        if sel.size == 0:
+            continue
+        m = plan.basis.shape[0]
+        res = select_numpy(np.ascontiguousarray(coef[sel, :m]), plan, oi_limit)
+        for name in ("rmax", "tmax_index", "set_index", "oi", "passed"):
+            getattr(out, name)[sel] = getattr(res, name)
+    return out
+
+
+def check_kernel_limits(plan: OSVDPlan | StackedPlans) -> None:
+    """Raise if the plan(s) exceed the kernel's fixed per-thread arrays."""
+    n_sets = int(np.max(plan.n_sets)) if isinstance(plan, StackedPlans) else plan.set_rows.size
+    if n_sets > MAX_SETS or plan.n_pad > MAX_PAD:
         raise GpuperfError(
-            f"oSVD plan too large for the GPU kernel: {plan.set_rows.size} sets (max {MAX_SETS}), "
+            f"oSVD plan too large for the GPU kernel: {n_sets} sets (max {MAX_SETS}), "
             f"{plan.n_pad} padded samples (max {MAX_PAD}, i.e. {MAX_PAD // 2} frames); "
             "use --device cpu"
         )
