@@ -19,6 +19,7 @@ OSIPI convention. Times are measured from the first frame.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -187,6 +188,26 @@ class DSCModel:
             **{f"AIF_{k}": v for k, v in self.aif_options.items()},
         }
 
+    def fit_key(self) -> tuple:
+        """Models with equal keys can compute their subjects in one call (:meth:`fit_batch`):
+        everything the per-voxel work depends on (the AIF, the baseline and the TE are applied
+        per subject before it)."""
+        return (
+            "dsc",
+            self.tr_s,
+            self.method,
+            self.threshold,
+            self.osvd_thresholds,
+            self.oi_limit,
+            self.mu,
+            self.leakage,
+            self.kh,
+            self.rho,
+            self.device,
+            self.dtype.str,
+            self.memory_budget,
+        )
+
     # ------------------------------------------------------------------------------------------
     def fit(
         self,
@@ -215,6 +236,20 @@ class DSCModel:
         gamma_fit_aif : bool
             Replace the AIF by its gamma-variate fit (recirculation removed).
         """
+        return self.fit_batch(
+            [self.prepare(signal, aif, mask, ref_mask, gamma_fit_aif)], return_residue
+        )[0]
+
+    def prepare(
+        self,
+        signal: np.ndarray,
+        aif: Any = "auto",
+        mask: np.ndarray | None = None,
+        ref_mask: np.ndarray | None = None,
+        gamma_fit_aif: bool = False,
+    ) -> PreparedDSC:
+        """Everything of :meth:`fit` before the per-voxel deconvolution: mask, dR2* (on the
+        backend), bolus arrival, AIF. Parameters as for :meth:`fit`; raises its input errors."""
         t_start = time.perf_counter()
         signal = np.asarray(signal)
         if signal.ndim not in (2, 4):
@@ -240,6 +275,12 @@ class DSCModel:
         idx = np.flatnonzero(mflat)
         if idx.size == 0:
             raise InputError(None, "mask", "the mask is empty")
+        ref_local = None
+        if ref_mask is not None:
+            ref = np.asarray(ref_mask, bool)
+            if ref.shape != spatial:
+                raise InputError(None, "ref_mask", f"shape {ref.shape} != the data's {spatial}")
+            ref_local = ref.reshape(-1, order=order)[idx]
         block = np.ascontiguousarray(flat[idx], dtype=self.dtype)
         backend = get_backend(self.device)
         xp = backend.xp
@@ -288,36 +329,78 @@ class DSCModel:
             from gpuperf.dsc.aif import fit_gamma_aif
 
             aif_curve, aif_info = fit_gamma_aif(aif_curve, self.tr_s)
-        fit = self._fit_dr2s(
-            backend, dr2s, flags, np.asarray(aif_curve, np.float64), aif_vox_local, return_residue
+        aif_curve = np.asarray(aif_curve, np.float64)
+        _check_aif(aif_curve, n_t, self.tr_s)
+        return PreparedDSC(
+            backend=backend,
+            dr2s=dr2s,
+            flags=flags,
+            aif=aif_curve,
+            aif_voxels=aif_vox_local,
+            n_baseline=n_base,
+            spatial=spatial,
+            order=order,
+            idx=idx,
+            n_grid=flat.shape[0],
+            mask=mask,
+            ref=ref_local,
+            usable=usable,
+            aif_info=aif_info,
+            t_start=t_start,
         )
-        fit.n_baseline = n_base
-        fit.info.update(aif_info)
-        if ref_mask is not None:
-            ref = np.asarray(ref_mask, bool)
-            if ref.shape != spatial:
-                raise InputError(None, "ref_mask", f"shape {ref.shape} != the data's {spatial}")
-            fit.rcbv = self._rcbv(fit.cbv, ref.reshape(-1, order=order)[idx], usable)
-        # back onto the input grid
+
+    def fit_batch(
+        self, prepared: Sequence[PreparedDSC], return_residue: bool = False
+    ) -> list[DSCFit]:
+        """Deconvolve several prepared subjects (each with its own AIF) in one call.
+
+        All must have been prepared by models with this model's :meth:`fit_key` and have the
+        same number of frames. oSVD runs the threshold selection of every subject's voxels as
+        ONE kernel launch (a plan per AIF, :func:`gpuperf.dsc.osvd.select_cupy`); everything
+        else is per subject and per chunk exactly as for a subject alone, so each subject's
+        maps are bit-identical to :meth:`fit` of it alone.
+
+        Returns
+        -------
+        list of DSCFit, one per prepared subject, in order.
+        """
+        if not prepared:
+            return []
+        if len({p.dr2s.shape[1] for p in prepared}) > 1:
+            raise GpuperfError("fit_batch: subjects with different frame counts")
+        fits = self._fit_dr2s_many(
+            prepared[0].backend,
+            [(p.dr2s, p.flags, p.aif, p.aif_voxels) for p in prepared],
+            return_residue,
+        )
+        return [self._finish(p, f) for p, f in zip(prepared, fits, strict=True)]
+
+    def _finish(self, p: PreparedDSC, fit: DSCFit) -> DSCFit:
+        """Reference-region rCBV and the maps back onto the input grid."""
+        spatial, order, idx = p.spatial, p.order, p.idx
+        fit.n_baseline = p.n_baseline
+        fit.info.update(p.aif_info)
+        if p.ref is not None:
+            fit.rcbv = self._rcbv(fit.cbv, p.ref, p.usable)
         for name in ("cbf", "cbv", "mtt", "tmax", "ttp", "threshold", "oi", "k2", "rcbv"):
             vals = getattr(fit, name)
             if vals is not None:
-                out = np.full(flat.shape[0], np.nan, dtype=np.float32)
+                out = np.full(p.n_grid, np.nan, dtype=np.float32)
                 out[idx] = vals
                 setattr(fit, name, out.reshape(spatial, order=order))
-        stat = np.zeros(flat.shape[0], dtype=np.int32)
+        stat = np.zeros(p.n_grid, dtype=np.int32)
         stat[idx] = fit.status
         fit.status = stat.reshape(spatial, order=order)
-        if aif_vox_local is not None:  # flat C-order indices into the input grid
+        if p.aif_voxels is not None:  # flat C-order indices into the input grid
             fit.aif_voxels = np.sort(
                 np.ravel_multi_index(
-                    np.unravel_index(idx[aif_vox_local], spatial, order=order), spatial
+                    np.unravel_index(idx[p.aif_voxels], spatial, order=order), spatial
                 )
             )
-        fit.mask = mask
-        fit.info["elapsed_s"] = time.perf_counter() - t_start
-        fit.info["backend"] = backend.name
-        fit.info["device"] = backend.device_name
+        fit.mask = p.mask
+        fit.info["elapsed_s"] = time.perf_counter() - p.t_start
+        fit.info["backend"] = p.backend.name
+        fit.info["device"] = p.backend.device_name
         return fit
 
     def fit_concentration(
@@ -357,13 +440,48 @@ class DSCModel:
         aif_voxels: np.ndarray | None,
         return_residue: bool,
     ) -> DSCFit:
+        return self._fit_dr2s_many(backend, [(dr2s, flags, aif, aif_voxels)], return_residue)[0]
+
+    def _fit_dr2s_many(
+        self, backend: Backend, items: Sequence[tuple], return_residue: bool
+    ) -> list[DSCFit]:
+        """Deconvolve subjects ``(dr2s (V, N), flags (V,), aif (N,), aif_voxels)``.
+
+        Each subject is chunked as if alone; the oSVD chunks' coefficients are queued and their
+        selection runs as one kernel launch for all queued chunks (:class:`_OSVDQueue`).
+        """
+        subjects = [self._start(backend, *it, return_residue) for it in items]
+        if self.method == "osvd":
+            total = sum(sub.v for sub in subjects)
+            bytes_per_voxel = 4 * subjects[0].n * self.dtype.itemsize * 8
+            # a launch holds at most what one chunk of the whole batch would hold
+            launch_voxels = chunk_slices(
+                total, bytes_per_voxel, self.memory_budget, backend, min_voxels=256
+            )[0]
+            queue = _OSVDQueue(backend, self.oi_limit, launch_voxels.stop - launch_voxels.start)
+            for sub in subjects:
+                for sl in sub.chunks:
+                    queue.add(sub, sl, osvd_mod.coefficients(sub.dr2s[sl], sub.plan, backend.xp))
+            queue.flush()
+        else:
+            for sub in subjects:
+                self._deconvolve(backend, sub)
+        return [self._end(backend, sub) for sub in subjects]
+
+    def _start(
+        self,
+        backend: Backend,
+        dr2s: Any,
+        flags: Any,
+        aif: np.ndarray,
+        aif_voxels: np.ndarray | None,
+        return_residue: bool,
+    ) -> _Subject:
+        """Per subject, before the deconvolution: leakage, CBV, TTP, the AIF's operator."""
         xp = backend.xp
         dt = self.tr_s
         v, n = dr2s.shape
-        if aif.size != n:
-            raise InputError(None, "aif", f"AIF has {aif.size} samples, the data {n}")
-        if not np.all(np.isfinite(aif)) or trapz(aif, dt) <= 0:
-            raise GpuperfError("the AIF is not finite or has no positive area under the curve")
+        _check_aif(aif, n, dt)
         usable = backend.to_host(flags) == 0
         k2 = None
         if self.leakage == "bsw":
@@ -372,55 +490,52 @@ class DSCModel:
                 cand[aif_voxels] = False
             dr2s, bsw = bsw_correct(dr2s, dt, cand, xp, backend.to_host)
             k2 = backend.to_host(bsw.k2).astype(np.float32)
-        scale = self.kh / self.rho
-        cbv = 100.0 * scale * trapz(dr2s, dt, xp) / trapz(aif, dt)
-        ttp = xp.argmax(dr2s, axis=1).astype(self.dtype) * dt
-
-        rmax = xp.empty(v, dtype=self.dtype)
-        tmax_i = xp.empty(v, dtype=xp.int32)
-        thr = xp.full(v, np.nan if self.threshold is None else self.threshold, dtype=self.dtype)
-        oi = xp.full(v, np.nan, dtype=self.dtype)
-        residue = xp.empty((v, n), dtype=self.dtype) if return_residue else None
+        sub = _Subject(dr2s=dr2s, flags=flags, aif=aif, aif_voxels=aif_voxels, v=v, n=n, k2=k2)
+        sub.cbv = 100.0 * (self.kh / self.rho) * trapz(dr2s, dt, xp) / trapz(aif, dt)
+        sub.ttp = xp.argmax(dr2s, axis=1).astype(self.dtype) * dt
+        sub.rmax = xp.empty(v, dtype=self.dtype)
+        sub.tmax_i = xp.empty(v, dtype=xp.int32)
+        sub.thr = xp.full(v, np.nan if self.threshold is None else self.threshold, dtype=self.dtype)
+        sub.oi = xp.full(v, np.nan, dtype=self.dtype)
+        sub.residue = xp.empty((v, n), dtype=self.dtype) if return_residue else None
         bytes_per_voxel = 4 * n * self.dtype.itemsize * (8 if self.method == "osvd" else 6)
-        plan = None
-        op = None
         if self.method == "osvd":
-            plan = osvd_mod.make_plan(aif, dt, self.osvd_thresholds)
+            sub.plan = osvd_mod.make_plan(aif, dt, self.osvd_thresholds)
         elif self.method == "ssvd":
-            op = xp.asarray(
+            sub.op = xp.asarray(
                 dec.truncated_pinv(dec.toeplitz_matrix(aif, dt), self.threshold).T, dtype=self.dtype
             )
         elif self.method == "csvd":
-            op = xp.asarray(dec.csvd_operator(aif, dt, self.threshold), dtype=self.dtype)
+            sub.op = xp.asarray(dec.csvd_operator(aif, dt, self.threshold), dtype=self.dtype)
         # >= 256 voxels a chunk: results are then bitwise independent of the chunk size
-        for sl in chunk_slices(v, bytes_per_voxel, self.memory_budget, backend, min_voxels=256):
-            c = dr2s[sl]
-            if self.method == "osvd":
-                res, plan, coef = osvd_mod.osvd(
-                    c, aif, dt, xp=xp, plan=plan, oi_limit=self.oi_limit
-                )
-                rmax[sl] = res.rmax
-                tmax_i[sl] = res.tmax_index
-                thr[sl] = xp.asarray(plan.set_threshold, dtype=self.dtype)[res.set_index]
-                oi[sl] = res.oi
-                flags[sl] |= xp.where(res.passed, 0, st.OSVD_NO_PASS).astype(xp.int32)
-                if residue is not None:
-                    residue[sl] = osvd_mod.residue(coef, plan, res.set_index, xp)
-                continue
+        sub.chunks = chunk_slices(v, bytes_per_voxel, self.memory_budget, backend, min_voxels=256)
+        return sub
+
+    def _deconvolve(self, backend: Backend, sub: _Subject) -> None:
+        """sSVD, cSVD, Tikhonov: one operator (or GCV) per subject, chunk by chunk."""
+        xp = backend.xp
+        for sl in sub.chunks:
+            c = sub.dr2s[sl]
             if self.method == "tikhonov":
-                r, mu_rel = dec.tikhonov(c, aif, dt, self.mu, xp)
-                thr[sl] = mu_rel
+                r, mu_rel = dec.tikhonov(c, sub.aif, self.tr_s, self.mu, xp)
+                sub.thr[sl] = mu_rel
             else:
-                r = c @ op
-            tmax_i[sl] = xp.argmax(r, axis=1).astype(xp.int32)
-            rmax[sl] = r.max(axis=1)
-            if residue is not None:
-                residue[sl] = r
-        cbf = 6000.0 * scale * rmax
+                r = c @ sub.op
+            sub.tmax_i[sl] = xp.argmax(r, axis=1).astype(xp.int32)
+            sub.rmax[sl] = r.max(axis=1)
+            if sub.residue is not None:
+                sub.residue[sl] = r
+
+    def _end(self, backend: Backend, sub: _Subject) -> DSCFit:
+        """Per subject, after the deconvolution: CBF, MTT, Tmax, status, host maps."""
+        xp = backend.xp
+        dt = self.tr_s
+        rmax, flags, cbv = sub.rmax, sub.flags, sub.cbv
+        cbf = 6000.0 * (self.kh / self.rho) * rmax
         flags |= xp.where(rmax > 0, 0, st.NONPOSITIVE_FLOW).astype(xp.int32)
         with np.errstate(divide="ignore", invalid="ignore"):
             mtt = xp.where(rmax > 0, 60.0 * cbv / xp.where(rmax > 0, cbf, 1), np.nan)
-        tmax = tmax_i.astype(self.dtype) * dt
+        tmax = sub.tmax_i.astype(self.dtype) * dt
         h = backend.to_host
         status = h(flags).astype(np.int32)
         bad = (status & st.INPUT_FLAGS) != 0
@@ -430,20 +545,21 @@ class DSCModel:
             arr[bad] = np.nan
             return arr
 
+        k2 = sub.k2
         return DSCFit(
             cbf=out(cbf),
             cbv=out(cbv),
             mtt=out(mtt),
             tmax=out(tmax),
-            ttp=out(ttp),
-            threshold=out(thr),
-            oi=out(oi),
+            ttp=out(sub.ttp),
+            threshold=out(sub.thr),
+            oi=out(sub.oi),
             status=status,
-            aif=aif,
+            aif=sub.aif,
             k2=None if k2 is None else np.where(bad, np.nan, k2).astype(np.float32),
-            aif_voxels=aif_voxels,
-            residue=None if residue is None else h(residue),
-            info={"osvd_sets": None if plan is None else plan.set_threshold.tolist()},
+            aif_voxels=sub.aif_voxels,
+            residue=None if sub.residue is None else h(sub.residue),
+            info={"osvd_sets": None if sub.plan is None else sub.plan.set_threshold.tolist()},
         )
 
     @staticmethod
@@ -455,3 +571,163 @@ class DSCModel:
         if mean <= 0:
             raise GpuperfError(f"mean CBV in the reference mask is {mean:.4g}: rCBV undefined")
         return (cbv / mean).astype(np.float32)
+
+
+def _check_aif(aif: np.ndarray, n: int, dt_s: float) -> None:
+    if aif.size != n:
+        raise InputError(None, "aif", f"AIF has {aif.size} samples, the data {n}")
+    if not np.all(np.isfinite(aif)) or trapz(aif, dt_s) <= 0:
+        raise GpuperfError("the AIF is not finite or has no positive area under the curve")
+
+
+@dataclass
+class PreparedDSC:
+    """One subject ready for :meth:`DSCModel.fit_batch` (from :meth:`DSCModel.prepare`).
+
+    Attributes
+    ----------
+    backend : Backend
+    dr2s : backend array (V, N)
+        dR2* (1/s) of the voxels in the mask.
+    flags : backend int32 array (V,)
+        Input status flags (:mod:`gpuperf.dsc.status`).
+    aif : ndarray (N,)
+        AIF dR2* (1/s), float64.
+    aif_voxels : ndarray or None
+        Indices into the V voxels averaged into the AIF.
+    n_baseline : int
+    spatial, order, idx, n_grid : the input grid, its flattening order, the mask's flat
+        indices in that order, the number of grid points.
+    mask : ndarray of bool (spatial)
+    ref : ndarray of bool (V,) or None
+        Reference region for rCBV.
+    usable : ndarray of bool (V,)
+    aif_info : dict
+        Gamma-variate fit of the AIF, when asked for.
+    t_start : float
+        perf_counter() at the start of :meth:`DSCModel.prepare`.
+    """
+
+    backend: Any
+    dr2s: Any
+    flags: Any
+    aif: np.ndarray
+    aif_voxels: np.ndarray | None
+    n_baseline: int
+    spatial: tuple
+    order: str
+    idx: np.ndarray
+    n_grid: int
+    mask: np.ndarray
+    ref: np.ndarray | None
+    usable: np.ndarray
+    aif_info: dict
+    t_start: float
+
+    @property
+    def n_voxels(self) -> int:
+        return int(self.idx.size)
+
+    @property
+    def n_frames(self) -> int:
+        return int(self.dr2s.shape[1])
+
+
+@dataclass
+class _Subject:
+    """Working state of one subject inside :meth:`DSCModel._fit_dr2s_many`."""
+
+    dr2s: Any
+    flags: Any
+    aif: np.ndarray
+    aif_voxels: np.ndarray | None
+    v: int
+    n: int
+    k2: np.ndarray | None = None
+    cbv: Any = None
+    ttp: Any = None
+    rmax: Any = None
+    tmax_i: Any = None
+    thr: Any = None
+    oi: Any = None
+    residue: Any = None
+    plan: osvd_mod.OSVDPlan | None = None
+    op: Any = None
+    chunks: list = field(default_factory=list)
+
+
+class _OSVDQueue:
+    """oSVD chunks waiting for their threshold selection (possibly of several subjects).
+
+    On a GPU the queued chunks' coefficients are padded to a common width and selected by ONE
+    ``osvd_select`` launch with a plan index per voxel; the kernel is one thread per voxel, so
+    each voxel's outputs do not depend on what else is in the launch. On NumPy each chunk is
+    selected by :func:`gpuperf.dsc.osvd.select_numpy` as it would be alone (its BLAS blocks
+    make a voxel's bits depend on its neighbours, so chunks are not merged there).
+    """
+
+    def __init__(self, backend: Backend, oi_limit: float, launch_voxels: int) -> None:
+        self.backend = backend
+        self.oi_limit = oi_limit
+        self.launch_voxels = max(1, int(launch_voxels))
+        self.pending: list[tuple[_Subject, slice, Any]] = []
+        self.n_pending = 0
+
+    def add(self, sub: _Subject, sl: slice, coef: Any) -> None:
+        if self.backend.xp is np:
+            self._store(sub, sl, coef, osvd_mod.select_numpy(coef, sub.plan, self.oi_limit))
+            return
+        self.pending.append((sub, sl, coef))
+        self.n_pending += coef.shape[0]
+        if self.n_pending >= self.launch_voxels:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        xp = self.backend.xp
+        pending, self.pending, self.n_pending = self.pending, [], 0
+        subs = list(dict.fromkeys(id(p[0]) for p in pending))
+        plans = {id(p[0]): p[0].plan for p in pending}
+        plan_list = [plans[k] for k in subs]
+        if len(pending) == 1:
+            coef, index = pending[0][2], None
+        else:
+            m_max = max(c.shape[1] for _, _, c in pending)
+            total = sum(c.shape[0] for _, _, c in pending)
+            coef = xp.zeros((total, m_max), dtype=pending[0][2].dtype)
+            index = np.empty(total, dtype=np.int32)
+            at = 0
+            for sub, _, c in pending:
+                coef[at : at + c.shape[0], : c.shape[1]] = c
+                index[at : at + c.shape[0]] = subs.index(id(sub))
+                at += c.shape[0]
+        res = osvd_mod.select_cupy(
+            coef,
+            plan_list if index is not None else plan_list[0],
+            self.oi_limit,
+            plan_index=index,
+        )
+        at = 0
+        for sub, sl, c in pending:
+            part = slice(at, at + c.shape[0])
+            at = part.stop
+            self._store(
+                sub,
+                sl,
+                c,
+                osvd_mod.OSVDResult(*(getattr(res, f)[part] for f in _RESULT_FIELDS)),
+            )
+
+    def _store(self, sub: _Subject, sl: slice, coef: Any, res: osvd_mod.OSVDResult) -> None:
+        xp = self.backend.xp
+        sub.rmax[sl] = res.rmax
+        sub.tmax_i[sl] = res.tmax_index
+        sub.thr[sl] = xp.asarray(sub.plan.set_threshold, dtype=sub.thr.dtype)[res.set_index]
+        sub.oi[sl] = res.oi
+        sub.flags[sl] |= xp.where(res.passed, 0, st.OSVD_NO_PASS).astype(xp.int32)
+        if sub.residue is not None:
+            sub.residue[sl] = osvd_mod.residue(coef, sub.plan, res.set_index, xp)
+
+
+_RESULT_FIELDS = ("rmax", "tmax_index", "set_index", "oi", "passed")
