@@ -3,7 +3,8 @@
 A GPU fit of one small subject is dominated by fixed costs (kernel launches, transfers,
 synchronisations), not by its voxels; concatenating the voxels of several subjects and fitting
 them in one call amortises them. A pipeline takes part when it exposes its three stages as
-attributes (``run_asl`` does; see :mod:`gpuperf.asl.pipeline`):
+attributes (``run_asl`` and ``run_dsc`` do; see :mod:`gpuperf.asl.pipeline` and
+:mod:`gpuperf.dsc.pipeline`):
 
 - ``pipeline.prepare(series, out_dir, *, prefix, overwrite, reporter, **options)`` -> an object
   with ``batch_key`` (hashable; equal keys may be computed together; None: nothing to batch)
@@ -15,11 +16,12 @@ attributes (``run_asl`` does; see :mod:`gpuperf.asl.pipeline`):
 ``pipeline(...)`` itself must be ``write`` of ``compute([prepare(...)])``, so a subject's
 outputs are the same whether it was computed alone or in a batch (the fits are voxelwise).
 
-:func:`run_batched` groups *consecutive* jobs whose prepared keys are equal, up to a voxel
-budget (jobs of a pipeline without stages, e.g. DSC, run at once and do not break a group, so
-the ASL series of a cohort that also has DSC series are still batched), and keeps the job
-contract of :func:`gpuperf.cohort.jobs.run_job` (logs, done-markers, atomic publication,
-failure isolation):
+:func:`run_batched` groups *consecutive* jobs of a modality whose prepared keys are equal (one
+open group per modality, so alternating ASL and DSC jobs batch each on their own), up to a voxel
+budget (jobs of a pipeline without stages run at once and do not break a group; a job of the
+same modality with other settings closes its modality's group), and keeps the job contract of
+:func:`gpuperf.cohort.jobs.run_job` (logs, done-markers, atomic publication, failure
+isolation):
 
 - a subject failing in ``prepare`` or ``write`` fails alone;
 - if a batched ``compute`` fails, each subject of the batch is computed again alone, so only
@@ -196,16 +198,18 @@ def run_batched(
     Yields
     ------
     JobResult
-        One per job; a job of a pipeline without stages may come out before the jobs of a
-        batch opened ahead of it.
+        One per job; a job may come out before the jobs of a batch opened ahead of it (of
+        another modality, or of a pipeline without stages).
     """
     out_dir = Path(out_dir)
-    group: list[_Member] = []
-    total = 0
+    # one open group per pipeline (modality): a cohort's jobs alternate modalities
+    # (sub-01_asl, sub-01_dsc, sub-02_asl, ...), and each modality batches on its own
+    groups: dict[tuple, list[_Member]] = {}
+    totals: dict[tuple, int] = {}
     try:
         for job, staged in pairs:
             pipe, opts = pipelines[job.modality], options[job.modality]
-            if not is_batchable(pipe):  # run now; an open group of other jobs stays open
+            if not is_batchable(pipe):  # run now; the open groups of other jobs stay open
                 yield run_job(
                     job, out_dir, opts, pipe, staged=staged, overwrite=overwrite, work_dir=work_dir
                 )
@@ -232,20 +236,24 @@ def run_batched(
             except BaseException:
                 oj.close()
                 raise
-            member = _Member(oj, prepared, (job.modality, pipeline_name(pipe), key), n_vox)
+            stream = (job.modality, pipeline_name(pipe))
+            member = _Member(oj, prepared, (*stream, key), n_vox)
+            group = groups.setdefault(stream, [])
             fits = key is not None and group and member.key == group[0].key
-            if group and not (fits and total + n_vox <= batch_voxels):
+            if group and not (fits and totals[stream] + n_vox <= batch_voxels):
                 yield from _flush(group)
-                total = 0
+                totals[stream] = 0
             group.append(member)
-            total += n_vox
-            if key is None or total >= batch_voxels:
+            totals[stream] = totals.get(stream, 0) + n_vox
+            if key is None or totals[stream] >= batch_voxels:
                 yield from _flush(group)
-                total = 0
-        yield from _flush(group)
+                totals[stream] = 0
+        for group in groups.values():
+            yield from _flush(group)
     finally:
-        for m in group:
-            m.oj.close()
+        for group in groups.values():
+            for m in group:
+                m.oj.close()
 
 
 __all__ = ["AUTO_BYTES_PER_VOXEL", "auto_batch_voxels", "is_batchable", "run_batched"]
