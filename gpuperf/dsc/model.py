@@ -663,8 +663,13 @@ class _OSVDQueue:
     ``osvd_select`` launch with a plan index per voxel; the kernel is one thread per voxel, so
     each voxel's outputs do not depend on what else is in the launch. On NumPy each chunk is
     selected by :func:`gpuperf.dsc.osvd.select_numpy` as it would be alone (its BLAS blocks
-    make a voxel's bits depend on its neighbours, so chunks are not merged there).
+    make a voxel's bits depend on its neighbours, so chunks are not merged there), unless
+    :attr:`host_kernel` is set: then NumPy arrays go through the GPU path with the kernel
+    source built as host C++ (:func:`gpuperf.dsc.osvd.select_host`; tests without a GPU).
     """
+
+    #: Test hook: on NumPy, merge chunks and run the kernel source on the host.
+    host_kernel = False
 
     def __init__(self, backend: Backend, oi_limit: float, launch_voxels: int) -> None:
         self.backend = backend
@@ -674,7 +679,7 @@ class _OSVDQueue:
         self.n_pending = 0
 
     def add(self, sub: _Subject, sl: slice, coef: Any) -> None:
-        if self.backend.xp is np:
+        if self.backend.xp is np and not self.host_kernel:
             self._store(sub, sl, coef, osvd_mod.select_numpy(coef, sub.plan, self.oi_limit))
             return
         self.pending.append((sub, sl, coef))
@@ -702,7 +707,8 @@ class _OSVDQueue:
                 coef[at : at + c.shape[0], : c.shape[1]] = c
                 index[at : at + c.shape[0]] = subs.index(id(sub))
                 at += c.shape[0]
-        res = osvd_mod.select_cupy(
+        select = osvd_mod.select_host if xp is np else osvd_mod.select_cupy
+        res = select(
             coef,
             plan_list if index is not None else plan_list[0],
             self.oi_limit,
