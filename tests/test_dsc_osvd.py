@@ -184,3 +184,22 @@ def test_cupy_kernel_matches_numpy_twin(dtype, rtol):
         *(cp.asnumpy(x) for x in (g.rmax, g.tmax_index, g.set_index, g.oi, g.passed))
     )
     _compare(twin, kern, rtol)
+
+
+@pytest.mark.gpu
+def test_cupy_kernel_with_several_plans():
+    import cupy as cp
+
+    plans, coefs, coef, index, order = _several_plans(np.float32)
+    twin_in = np.empty_like(coef)
+    twin_in[order] = coef
+    g = osvd.select_cupy(cp.asarray(coef), plans, plan_index=index)
+    got = osvd.OSVDResult(
+        *(cp.asnumpy(x) for x in (g.rmax, g.tmax_index, g.set_index, g.oi, g.passed))
+    )
+    twin = osvd.select_numpy_multi(twin_in, plans, np.sort(index))
+    back = np.argsort(order)  # shuffled launch position of each twin voxel
+    kern = osvd.OSVDResult(
+        *(getattr(got, f)[back] for f in ("rmax", "tmax_index", "set_index", "oi", "passed"))
+    )
+    _compare(twin, kern, 1e-5)
