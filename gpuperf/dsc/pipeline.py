@@ -80,8 +80,8 @@ class PreparedDSCRun:
     fit: DSCFit | None = None
     fit_s: float = 0.0
     batch_size: int = 1
-    _n_voxels: int = field(default=0, repr=False)
-    _key: tuple | None = field(default=None, repr=False)
+    _n_voxels: int = field(init=False, repr=False)
+    _key: tuple = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         # kept: ``data`` is dropped after the compute
@@ -274,6 +274,8 @@ def compute_dsc_batch(prepared: Sequence[PreparedDSCRun], reporter: Any = None) 
     """
     groups: dict[tuple, list[PreparedDSCRun]] = {}
     for p in prepared:
+        if p.data is None:  # computed already (its inputs were released then)
+            continue
         groups.setdefault(p.batch_key, []).append(p)
     for group in groups.values():
         total = sum(p.n_voxels for p in group)
@@ -292,7 +294,8 @@ def compute_dsc_batch(prepared: Sequence[PreparedDSCRun], reporter: Any = None) 
         fit_s = time.perf_counter() - t_fit
         for p, f in zip(group, fits, strict=True):
             p.fit, p.fit_s, p.batch_size = f, fit_s, len(group)
-            p.data = None  # the device arrays are no longer needed
+    for p in prepared:  # all computed: the device arrays are no longer needed (a failed call
+        p.data = None  # keeps them, so that the runner can compute each subject again alone)
 
 
 def write_dsc(prep: PreparedDSCRun) -> DSCRunResult:
