@@ -265,7 +265,7 @@ def compute_dsc_batch(prepared: Sequence[PreparedDSCRun], reporter: Any = None) 
     prepared : sequence of PreparedDSCRun
         From :func:`prepare_dsc`.
     reporter : gpuperf.progress.Reporter, optional
-        Unused for the fit itself (kept for the signature of the batching runner).
+        Fit status line (default: the reporter of a lone subject, none for a batch).
 
     Raises
     ------
@@ -290,7 +290,9 @@ def compute_dsc_batch(prepared: Sequence[PreparedDSCRun], reporter: Any = None) 
                 )
             )
         t_fit = time.perf_counter()
-        fits = group[0].model.fit_batch([p.data for p in group])
+        progress = ensure_reporter(group[0].reporter if len(group) == 1 else reporter)
+        with progress.status("fitting"):
+            fits = group[0].model.fit_batch([p.data for p in group])
         fit_s = time.perf_counter() - t_fit
         for p, f in zip(group, fits, strict=True):
             p.fit, p.fit_s, p.batch_size = f, fit_s, len(group)
