@@ -166,8 +166,9 @@ def select_numpy(
     Thresholds are visited from the lowest up; a voxel leaves the active set at the first
     threshold whose OI is below the limit (that *is* the lowest passing threshold, so stopping
     there changes nothing), and its residue maximum and Tmax index are read off then. Each step
-    subtracts the frequencies the next threshold drops from the residue and its second
-    difference with one rank-few GEMM. Blocks are time-major ``(2L - 2, voxels)`` so that the
+    subtracts the frequencies the next threshold drops from the residue with one rank-few GEMM;
+    the second difference is taken from the residue, as in the kernel. Blocks are time-major
+    ``(L, voxels)`` so that the
     per-voxel max and sum run as contiguous vector operations across voxels; they are
     cache-sized and run on ``workers`` threads (NumPy and BLAS release the GIL).
 
@@ -189,9 +190,11 @@ def select_numpy(
     rows = plan.set_rows
     basis = plan.basis.astype(dtype)
     # [r | second difference of r] as rows of one operator: OI needs both for every set
-    both_t = np.concatenate([basis, basis[:, 2:] - 2 * basis[:, 1:-1] + basis[:, :-2]], axis=1).T
-    ops = [np.ascontiguousarray(both_t[:, : rows[0]])] + [
-        np.ascontiguousarray(both_t[:, rows[s] : rows[s - 1]]) for s in range(1, rows.size)
+    # r(t) as rows of one operator; its second difference is taken from r, as the kernel does
+    # (a second-difference operator would double the GEMM for the same numbers)
+    basis_t = basis.T
+    ops = [np.ascontiguousarray(basis_t[:, : rows[0]])] + [
+        np.ascontiguousarray(basis_t[:, rows[s] : rows[s - 1]]) for s in range(1, rows.size)
     ]
     out = (
         np.empty(v, dtype=np.int32),  # set index
@@ -251,7 +254,7 @@ def _select_block(c: np.ndarray, ops: list, plan: OSVDPlan, limit: Any, out: lis
     rows = plan.set_rows
     n_sets, n_pad, n = rows.size, plan.n_pad, plan.n
     c_t = np.ascontiguousarray(c.T)  # (M, nb)
-    x = ops[0] @ c_t[: rows[0]]  # lowest threshold: every kept frequency, (2L - 2, nb)
+    x = ops[0] @ c_t[: rows[0]]  # lowest threshold: every kept frequency, (L, nb)
     active = np.arange(c.shape[0])  # block columns still searching (x, c_t hold them)
     pending = np.ones(c.shape[0], dtype=bool)
     # scratch reused across thresholds: fresh multi-MB temporaries cost page faults each time
@@ -261,8 +264,12 @@ def _select_block(c: np.ndarray, ops: list, plan: OSVDPlan, limit: Any, out: lis
         if s > 0:
             np.matmul(ops[s], c_t[rows[s] : rows[s - 1]], out=tmp)
             x -= tmp
-        rmax = x[:n_pad].max(axis=0)
-        rough = np.abs(x[n_pad:], out=tmp[n_pad:]).sum(axis=0)
+        rmax = x.max(axis=0)
+        d2 = tmp[: n_pad - 2]  # r_t - 2 r_{t-1} + r_{t-2}, evaluated in the kernel's order
+        np.multiply(x[1:-1], 2, out=d2)
+        np.subtract(x[2:], d2, out=d2)
+        d2 += x[:-2]
+        rough = np.abs(d2, out=d2).sum(axis=0)
         with np.errstate(divide="ignore", invalid="ignore"):
             val = np.where(rmax > 0, rough / (n_pad * rmax), np.inf).astype(x.dtype)
         ok = val < limit
