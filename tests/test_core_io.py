@@ -214,3 +214,19 @@ def test_chunk_floor_and_no_small_tail():
     sl = chunk_slices(1050, 10, memory_budget=1, min_voxels=256)
     assert [s.stop - s.start for s in sl] == [256, 256, 256, 282]
     assert chunk_slices(100, 10, memory_budget=1, min_voxels=256) == [slice(0, 100)]
+
+
+def test_equal_maps_give_equal_files(series, tmp_path):
+    """No time stamp in the gzip header: byte-identical outputs for identical maps."""
+    import time
+
+    path, data = series
+    img = load_image(path)
+    blobs = []
+    for i in range(2):
+        with OutputWriter(tmp_path / f"o{i}", "p", reference=img) as w:
+            w.add_map("cbf", data[..., 0], units="a", description="b")
+            w.commit()
+        blobs.append((tmp_path / f"o{i}" / "p_cbf.nii.gz").read_bytes())
+        time.sleep(1.1)  # a time stamp would differ now
+    assert blobs[0] == blobs[1]

@@ -45,14 +45,18 @@ def atomic_write_bytes(path: str | PathLike, data: bytes) -> None:
 
 
 def gzip_bytes(raw: bytes) -> bytes:
-    """Deflate at level 1 (nibabel's default for .nii.gz): ISA-L when installed, ~4x zlib."""
+    """Deflate at level 1 (nibabel's default for .nii.gz): ISA-L when installed, ~4x zlib.
+
+    The gzip header's time stamp is 0, as nibabel writes it: equal maps give equal files
+    (reruns and cohort workers are compared byte for byte).
+    """
     try:
         from isal import igzip
     except ImportError:
         import gzip
 
         return gzip.compress(raw, compresslevel=1, mtime=0)
-    return igzip.compress(raw, compresslevel=1)
+    return igzip.compress(raw, compresslevel=1, mtime=0)
 
 
 def _umask() -> int:
