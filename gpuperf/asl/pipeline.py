@@ -25,7 +25,7 @@ from gpuperf.asl.preprocess import (
 )
 from gpuperf.backend import get_backend
 from gpuperf.errors import GpuperfError, InputError
-from gpuperf.io.nifti import gather, load_mask, scatter, sidecar_path
+from gpuperf.io.nifti import gather, load_mask, nifti_stem, scatter, sidecar_path
 from gpuperf.io.outputs import OutputWriter
 from gpuperf.progress import ensure_reporter
 from gpuperf.provenance import provenance
@@ -55,10 +55,7 @@ class ASLRunResult:
 
 
 def _default_prefix(asl_path: Path) -> str:
-    name = asl_path.name
-    for ext in (".nii.gz", ".nii"):
-        if name.endswith(ext):
-            name = name[: -len(ext)]
+    name = nifti_stem(asl_path)
     return name[: -len("_asl")] if name.endswith("_asl") else name
 
 

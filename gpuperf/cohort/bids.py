@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from gpuperf.errors import InputError
+from gpuperf.io.nifti import NIFTI_SUFFIXES, nifti_stem
 
 #: Modalities the cohort runner knows and the default glob (relative to the subject or session
 #: folder) that finds each one's series.
@@ -29,15 +30,8 @@ DEFAULT_PATTERNS = {"asl": "perf/*_asl.nii*", "dsc": "perf/*_dsc.nii*"}
 MODALITIES = tuple(DEFAULT_PATTERNS)
 
 _ENTITY = re.compile(r"^([a-zA-Z0-9]+)-([a-zA-Z0-9]+)$")
-_NIFTI = (".nii.gz", ".nii")
-
-
-def strip_nifti(name: str) -> str:
-    """``sub-01_asl.nii.gz`` -> ``sub-01_asl``."""
-    for ext in _NIFTI:
-        if name.endswith(ext):
-            return name[: -len(ext)]
-    return name
+_NIFTI = NIFTI_SUFFIXES
+strip_nifti = nifti_stem  # ``sub-01_asl.nii.gz`` -> ``sub-01_asl``
 
 
 def parse_entities(name: str) -> tuple[dict[str, str], str]:

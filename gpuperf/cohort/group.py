@@ -35,6 +35,7 @@ import numpy as np
 from gpuperf.cohort.bids import MODALITIES, modality_tagged, parse_entities, strip_nifti
 from gpuperf.cohort.jobs import MARKER_PREFIX
 from gpuperf.errors import GpuperfError, InputError
+from gpuperf.io.nifti import read_sidecar
 
 COLUMNS = (
     "subject",
@@ -320,13 +321,7 @@ def group_table(
             img = first if p == map_files[0][1] else load_image(p, role="map")
             if img.data.ndim != 3:
                 continue
-            units = (
-                json.loads(
-                    p.with_name(strip_nifti(p.name) + ".json").read_text(encoding="utf-8")
-                ).get("Units", "n/a")
-                if p.with_name(strip_nifti(p.name) + ".json").is_file()
-                else "n/a"
-            )
+            units = read_sidecar(p).get("Units", "n/a")
             finite = np.isfinite(img.data)
             stats = {r: _stats(img.data[m & finite]) for r, m in regions.items()}
             ref = stats.get(reference_region) if reference_region else None

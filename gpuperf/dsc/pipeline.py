@@ -32,7 +32,14 @@ from gpuperf.dsc.model import KH_DEFAULT, RHO_DEFAULT, DSCFit, DSCModel, Prepare
 from gpuperf.dsc.osvd import DEFAULT_OI_LIMIT, DEFAULT_THRESHOLDS
 from gpuperf.dsc.signal import check_te_tr
 from gpuperf.errors import GpuperfError
-from gpuperf.io.nifti import load_image, load_mask, read_sidecar, sidecar_path
+from gpuperf.io.nifti import (
+    is_nifti,
+    load_image,
+    load_mask,
+    nifti_stem,
+    read_sidecar,
+    sidecar_path,
+)
 from gpuperf.io.outputs import OutputWriter
 from gpuperf.progress import Reporter, ensure_reporter
 from gpuperf.provenance import provenance
@@ -112,18 +119,6 @@ class DSCRunResult:
     summary: dict[str, Any] = field(default_factory=dict)
 
 
-def _is_nifti(p: Path) -> bool:
-    return p.name.endswith((".nii", ".nii.gz"))
-
-
-def default_prefix(series_path: Path) -> str:
-    name = series_path.name
-    for suffix in (".nii.gz", ".nii"):
-        if name.endswith(suffix):
-            return name[: -len(suffix)]
-    return series_path.stem
-
-
 def prepare_dsc(
     series_path: str | PathLike,
     out_dir: str | PathLike,
@@ -182,7 +177,7 @@ def prepare_dsc(
     if str(aif) != "auto":
         ap = Path(aif)
         inputs.append(ap)
-        if _is_nifti(ap):
+        if is_nifti(ap):
             aif_arg = load_mask(ap, img, role="AIF mask")
             aif_source = f"mask {ap}"
         else:
@@ -218,7 +213,7 @@ def prepare_dsc(
     prov = provenance(backend, params, sources=[str(p) for p in inputs])
     writer = OutputWriter(
         out_dir,
-        prefix or default_prefix(series_path),
+        prefix or nifti_stem(series_path),
         reference=img,
         provenance=prov,
         overwrite=overwrite,

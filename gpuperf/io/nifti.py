@@ -20,21 +20,29 @@ from gpuperf.errors import InputError
 #: Largest affine difference (mm) still treated as the same grid.
 AFFINE_ATOL_MM = 1e-3
 
-_NIFTI_SUFFIXES = (".nii", ".nii.gz")
+#: NIfTI file-name endings, longest first.
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
 
-def _strip_nifti_suffix(path: Path) -> str:
-    name = path.name
-    for suffix in (".nii.gz", ".nii"):
+def is_nifti(path: str | PathLike) -> bool:
+    """Whether a file name ends in ``.nii`` or ``.nii.gz``."""
+    return Path(path).name.endswith(NIFTI_SUFFIXES)
+
+
+def nifti_stem(path: str | PathLike) -> str:
+    """The file name without its NIfTI ending: ``sub-01_asl.nii.gz`` -> ``sub-01_asl``
+    (other names are returned whole)."""
+    name = Path(path).name
+    for suffix in NIFTI_SUFFIXES:
         if name.endswith(suffix):
             return name[: -len(suffix)]
-    return path.stem
+    return name
 
 
 def sidecar_path(path: str | PathLike) -> Path:
     """The BIDS JSON sidecar next to an image: ``x.nii.gz`` -> ``x.json``."""
     p = Path(path)
-    return p.with_name(_strip_nifti_suffix(p) + ".json")
+    return p.with_name(nifti_stem(p) + ".json")
 
 
 def read_sidecar(path: str | PathLike, required: bool = False) -> dict[str, Any]:
@@ -104,7 +112,7 @@ def load_image(
     p = Path(path)
     if not p.exists():
         raise InputError(p, "file", f"{role} file does not exist")
-    if not p.name.endswith(_NIFTI_SUFFIXES):
+    if not is_nifti(p):
         raise InputError(p, "format", f"expected a NIfTI file (.nii or .nii.gz) for the {role}")
     try:
         img = _load_nifti(p)

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from gpuperf.errors import GpuperfError, OutputExistsError
-from gpuperf.io.nifti import LoadedImage
+from gpuperf.io.nifti import LoadedImage, sidecar_path
 from gpuperf.provenance import jsonable
 
 _TMP_PREFIX = ".gpuperf-tmp-"
@@ -135,7 +135,7 @@ class OutputWriter:
             final = self.path_for(name, ext)
             self._check_target(final)
             if ext == ".nii.gz":
-                self._check_target(final.with_name(final.name[: -len(".nii.gz")] + ".json"))
+                self._check_target(sidecar_path(final))
 
     # -- staging -----------------------------------------------------------------------------
     def _stage(self, final: Path) -> Path:
@@ -181,7 +181,7 @@ class OutputWriter:
         else:
             img.to_filename(str(tmp))
         sidecar = {"Units": units, "Description": description, **dict(extra or {})}
-        self._sidecars[final.with_name(final.name[: -len(".nii.gz")] + ".json")] = sidecar
+        self._sidecars[sidecar_path(final)] = sidecar
         return final
 
     def add_json(self, name: str, obj: Mapping[str, Any], with_provenance: bool = False) -> Path:

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from gpuperf.errors import InputError
+from gpuperf.io.nifti import nifti_stem, sidecar_path
 
 #: The ``extra`` argument of :func:`gpuperf.report.write_run_report` (every key optional).
 EXTRA_FORMAT = """\
@@ -128,14 +129,6 @@ class RunOutputs:
         return {}
 
 
-def _nifti_name(path: Path) -> str:
-    name = path.name
-    for suffix in (".nii.gz", ".nii"):
-        if name.endswith(suffix):
-            return name[: -len(suffix)]
-    return path.stem
-
-
 def find_runs(out_dir: str | PathLike) -> list[tuple[str, str]]:
     """Runs in an output folder: ``[(prefix, modality), ...]`` sorted by prefix.
 
@@ -146,7 +139,7 @@ def find_runs(out_dir: str | PathLike) -> list[tuple[str, str]]:
     out_dir = Path(out_dir)
     runs = []
     for p in sorted(out_dir.glob("*_cbf.nii*")):
-        prefix = _nifti_name(p)[: -len("_cbf")]
+        prefix = nifti_stem(p)[: -len("_cbf")]
         runs.append((prefix, detect_modality(out_dir, prefix)))
     return runs
 
@@ -230,7 +223,7 @@ def load_run(
     # another run whose prefix extends this one ("sub-01" and "sub-01_dsc") is not ours
     longer = [p for p, _ in find_runs(out_dir) if p.startswith(prefix + "_")]
     for p in sorted(out_dir.glob(f"{glob_escape(prefix)}_*.nii*")):
-        m = pat.match(_nifti_name(p))
+        m = pat.match(nifti_stem(p))
         if not m or p.name.startswith(".") or any(p.name.startswith(o + "_") for o in longer):
             continue
         name = m.group(1)
@@ -246,7 +239,7 @@ def load_run(
             masks[name] = (data, p)
             run.mask_files.append(p)
             continue
-        run.maps[name] = MapInfo(name, p, data, _read_json(p.with_name(_nifti_name(p) + ".json")))
+        run.maps[name] = MapInfo(name, p, data, _read_json(sidecar_path(p)))
         run.affine, run.zooms_mm = affine, zooms
     if not run.maps and not masks:
         raise InputError(out_dir, "files", f"no map named {prefix}_<name>.nii.gz in this folder")
