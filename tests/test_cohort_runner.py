@@ -239,7 +239,7 @@ def test_gunzip_multi_member_and_truncated(tmp_path, monkeypatch, use_isal):
 def test_bookkeeping_files_are_readable_by_others(tmp_path):
     import stat
 
-    from gpuperf.cohort.jobs import _UMASK
+    from gpuperf.io.outputs import _UMASK
 
     root = make_bids(tmp_path / "bids", subjects=("01",))
     out = tmp_path / "out"

@@ -48,10 +48,9 @@ from typing import Any
 from gpuperf._version import __version__
 from gpuperf.cohort.bids import Job, inherited_sidecars, merged_sidecar, strip_nifti
 from gpuperf.errors import GpuperfError, OutputExistsError
+from gpuperf.io.outputs import TMP_PREFIX, atomic_write_bytes
 from gpuperf.progress import Reporter
 
-#: Prefix of the temporary output folder of a job (hidden; BIDS tools ignore dot files).
-TMP_PREFIX = ".gpuperf-tmp-"
 #: Prefix of a job's done-marker file, inside the job's output folder.
 MARKER_PREFIX = ".gpuperf-done_"
 #: Where the default pipelines live (``module:function``), resolved lazily in the worker.
@@ -62,16 +61,6 @@ DEFAULT_PIPELINES = {
 _COPY_BUFFER = 4 << 20
 
 Pipeline = Callable[..., Any]
-
-
-def _read_umask() -> int:
-    # os.umask can only be read by setting it; done once, at import, before any thread of ours
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _read_umask()
 
 
 @dataclass
@@ -126,33 +115,15 @@ def pipeline_name(spec: str | Pipeline) -> str:
 
 
 def write_shared(path: str | PathLike, data: bytes | str | Any, tag: str = "") -> None:
-    """Write atomically (temporary file in the same folder, fsync, rename), readable by others.
+    """:func:`gpuperf.io.outputs.atomic_write_bytes` of bytes, text or JSON (anything else).
 
-    Like :func:`gpuperf.io.outputs.atomic_write_bytes`, but the file gets the usual
-    ``0o666 & ~umask`` permissions (``mkstemp`` gives ``0o600``; cohort bookkeeping is read by
-    colleagues on shared clusters) and the temporary name ``.gpuperf-tmp-<tag>-*`` can be found
-    and removed by the next run of the same job if this process is killed mid-write.
-    Non-bytes/str data are written as JSON.
+    ``tag`` (the job id) lets the next run of the same job remove a killed write's leftover.
     """
     if not isinstance(data, (bytes, str)):
         from gpuperf.provenance import jsonable
 
         data = json.dumps(jsonable(data), indent=2) + "\n"
-    if isinstance(data, str):
-        data = data.encode()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{tag}-" if tag else TMP_PREFIX, dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o666 & ~_UMASK)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, data.encode() if isinstance(data, str) else data, tag=tag)
 
 
 def remove_leftovers(job: Job, folder: Path) -> None:

@@ -24,20 +24,36 @@ from gpuperf.errors import GpuperfError, OutputExistsError
 from gpuperf.io.nifti import LoadedImage, sidecar_path
 from gpuperf.provenance import jsonable
 
-_TMP_PREFIX = ".gpuperf-tmp-"
+#: Prefix of every temporary file and folder gpuperf writes next to its outputs.
+TMP_PREFIX = ".gpuperf-tmp-"
 
 
-def atomic_write_bytes(path: str | PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
+def _read_umask() -> int:
+    # os.umask can only be read by setting it: done once, at import, before any thread of ours
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+
+
+def atomic_write_bytes(path: str | PathLike, data: bytes, tag: str = "") -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename.
+
+    The file gets the usual ``0o666 & ~umask`` mode (``mkstemp`` alone gives 0600). ``tag``
+    names the temporary file ``.gpuperf-tmp-<tag>-*`` so that a later run can find and remove
+    the leftover of a killed one.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{tag}-" if tag else TMP_PREFIX, dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual mode
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -57,12 +73,6 @@ def gzip_bytes(raw: bytes) -> bytes:
 
         return gzip.compress(raw, compresslevel=1, mtime=0)
     return igzip.compress(raw, compresslevel=1, mtime=0)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def atomic_write_json(path: str | PathLike, obj: Any) -> None:
@@ -144,7 +154,7 @@ class OutputWriter:
             raise GpuperfError("OutputWriter already committed")
         if self._tmp is None:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            self._tmp = Path(tempfile.mkdtemp(prefix=_TMP_PREFIX, dir=self.out_dir))
+            self._tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=self.out_dir))
         tmp = self._tmp / final.name
         self._pending = [(t, f) for t, f in self._pending if f != final]
         self._pending.append((tmp, final))
