@@ -48,6 +48,7 @@ from typing import Any
 from gpuperf._version import __version__
 from gpuperf.cohort.bids import Job, inherited_sidecars, merged_sidecar, strip_nifti
 from gpuperf.errors import GpuperfError, OutputExistsError
+from gpuperf.io.nifti import gunzip_bytes
 from gpuperf.io.outputs import TMP_PREFIX, atomic_write_bytes
 from gpuperf.progress import Reporter
 
@@ -58,7 +59,6 @@ DEFAULT_PIPELINES = {
     "dsc": "gpuperf.dsc.pipeline:run_dsc",
     "asl": "gpuperf.asl.pipeline:run_asl",
 }
-_COPY_BUFFER = 4 << 20
 
 Pipeline = Callable[..., Any]
 
@@ -221,34 +221,9 @@ class Staged:
 
 
 def _gunzip(src: Path, dst: Path) -> None:
-    """Decompress ``src`` into ``dst`` in large chunks.
-
-    Uses ISA-L (``isal``, ~1.6x faster inflate) when installed, else zlib on 4 MiB chunks:
-    both release the GIL while inflating, so prefetch threads really overlap the computation
-    (``gzip.open`` reads in small pieces and holds the GIL much of the time).
-    """
-    try:
-        from isal import igzip
-    except ImportError:
-        igzip = None
-    if igzip is not None:
-        with igzip.open(src, "rb") as fin, open(dst, "wb") as fout:
-            shutil.copyfileobj(fin, fout, _COPY_BUFFER)
-        return
-    with open(src, "rb") as fin, open(dst, "wb") as fout:
-        dec = zlib.decompressobj(31)  # gzip container, CRC and length checked at the end
-        while chunk := fin.read(_COPY_BUFFER):
-            while chunk:
-                fout.write(dec.decompress(chunk))
-                if not dec.eof:
-                    break
-                chunk = dec.unused_data  # a further gzip member (or trailing padding)
-                if not chunk.strip(b"\0"):
-                    break
-                dec = zlib.decompressobj(31)
-        if not dec.eof:
-            raise EOFError("compressed file ended before the end-of-stream marker")
-        fout.write(dec.flush())
+    """Decompress ``src`` into ``dst`` with :func:`gpuperf.io.nifti.gunzip_bytes` (ISA-L when
+    installed; both it and zlib release the GIL, so prefetch threads overlap the compute)."""
+    dst.write_bytes(gunzip_bytes(src.read_bytes()))
 
 
 def _stage_image(src: Path, folder: Path, renames: dict[str, str]) -> Path:
