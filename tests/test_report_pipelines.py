@@ -81,7 +81,14 @@ def test_dsc_pipeline_report(dsc_outputs):
     assert maps <= set(re.findall(r'id="map-([a-z0-9_]+)"', text))
     # montages + AIF curve + AIF voxels + voxel curves
     assert refs.n_img == len(maps) + 3
-    assert "recomputed from phantom_dsc.nii.gz" in text and "no warnings" in text
+    # the run saved its voxel curves: the report does not read the series again
+    assert "saved by the pipeline" in text and "no warnings" in text
+    assert "recomputed from phantom_dsc.nii.gz" not in text
+    from gpuperf.report import load_extra
+
+    curves = load_extra(out / "phantom_dsc_qc.npz")["curves"]
+    assert curves["measured"].shape == (curves["cbf_map"].size, curves["time_s"].size)
+    np.testing.assert_allclose(curves["cbf_recomputed"], curves["cbf_map"], rtol=1e-3)
 
 
 @needs_mpl

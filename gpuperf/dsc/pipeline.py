@@ -91,6 +91,7 @@ class PreparedDSCRun:
     fit_s: float = 0.0
     batch_size: int = 1
     aif_png: Any = None  # Future of the AIF plot's PNG bytes, drawn while the fit runs
+    curves: dict | None = None  # a few voxels' curves for the QC report (``<prefix>_qc.npz``)
     _n_voxels: int = field(init=False, repr=False)
     _key: tuple = field(init=False, repr=False)
 
@@ -224,6 +225,7 @@ def prepare_dsc(
     writer.expect(["aif"], ext=".json")
     if report:
         writer.expect(["report"], ext=".html")
+        writer.expect(["qc"], ext=".npz")
     rep.log(
         f"DSC {method} on {backend.device_name}: {series_path.name} "
         f"({img.shape3d} x {n_t} frames, TE {te} s, TR {tr} s)"
@@ -298,6 +300,8 @@ def compute_dsc_batch(prepared: Sequence[PreparedDSCRun], reporter: Any = None) 
         fit_s = time.perf_counter() - t_fit
         for p, f in zip(group, fits, strict=True):
             p.fit, p.fit_s, p.batch_size = f, fit_s, len(group)
+            if p.report:  # while dR2* is still in memory: the report need not read it again
+                p.curves = _report_curves(p)
     for p in prepared:  # all computed: the device arrays are no longer needed (a failed call
         p.data = None  # keeps them, so that the runner can compute each subject again alone)
 
@@ -356,6 +360,10 @@ def write_dsc(prep: PreparedDSCRun) -> DSCRunResult:
             with_provenance=True,
         )
         _add_aif_plot(writer, prep.aif_png, time_s, fit.aif, rep)
+        if prep.curves is not None:
+            from gpuperf.report import stage_extra
+
+            stage_extra(writer, {"curves": prep.curves})
         elapsed = time.perf_counter() - prep.t_start
         outputs = writer.commit(elapsed_s=elapsed)
         if prep.report:
@@ -488,6 +496,39 @@ def run_dsc(
 run_dsc.prepare = prepare_dsc  # type: ignore[attr-defined]
 run_dsc.compute = compute_dsc_batch  # type: ignore[attr-defined]
 run_dsc.write = write_dsc  # type: ignore[attr-defined]
+
+
+def _report_curves(p: PreparedDSCRun) -> dict | None:
+    """A few voxels' dR2* and deconvolved residues for the QC report (``EXTRA_FORMAT``).
+
+    The voxels are those the report would pick (CBF near its 10/50/90th percentiles, one flagged
+    voxel); their residues come from the run's own model on those rows, and the CBF so
+    recomputed is shown beside the map's value as a check.
+    """
+    from gpuperf.report.curves import pick_voxels
+
+    d, fit = p.data, p.fit
+    cbf = np.asarray(fit.cbf).reshape(-1, order=d.order)[d.idx]
+    status = np.asarray(fit.status).reshape(-1, order=d.order)[d.idx]
+    rows, labels = pick_voxels(cbf, np.ones(cbf.shape, dtype=bool), status)
+    if rows.size == 0:
+        return None
+    dr2s = d.backend.to_host(d.dr2s[d.backend.asarray(rows)]).astype(np.float64)
+    sub = p.model.fit_concentration(dr2s, fit.aif, return_residue=True)
+    ijk = np.unravel_index(d.idx[rows], d.spatial, order=d.order)
+    tr = p.model.tr_s
+    curves = {
+        "time_s": np.arange(dr2s.shape[1]) * tr,
+        "measured": dr2s,
+        "labels": [f"{lab} ({i}, {j}, {k})" for lab, i, j, k in zip(labels, *ijk, strict=True)],
+        "units": "ΔR2*, 1/s",
+        "cbf_map": cbf[rows].astype(np.float64),
+        "cbf_recomputed": np.asarray(sub.cbf, np.float64).reshape(-1),
+        "baseline_s": (0.0, (d.n_baseline - 1) * tr),
+    }
+    if sub.residue is not None:
+        curves["residue"] = np.asarray(sub.residue, np.float64)
+    return curves
 
 
 @functools.lru_cache(maxsize=1)

@@ -138,8 +138,8 @@ def write_run_report(
         Selects the modality's sections and checks; "auto" guesses from the files.
     extra : dict, optional
         QC arrays only the pipeline has (voxel curves, residue functions, baseline window,
-        timings, warnings): see :data:`gpuperf.report.collect.EXTRA_FORMAT`. Without it,
-        ``<prefix>_qc.npz`` is read when present.
+        timings, warnings): see :data:`gpuperf.report.collect.EXTRA_FORMAT`. Merged over
+        ``<prefix>_qc.npz`` (what the pipeline saved) when that exists.
     mask : path-like, optional
         Analysis mask (default: the run's mask file, or its input mask, else derived).
     overwrite : bool
@@ -171,10 +171,8 @@ def write_run_report(
         from gpuperf.report.collect import detect_modality
 
         modality = detect_modality(out_dir, prefix)
-    if extra is None:
-        qc = out_dir / f"{prefix}_qc.npz"
-        extra = load_extra(qc) if qc.exists() else {}
-    extra = normalize_extra(extra)
+    qc = out_dir / f"{prefix}_qc.npz"  # what the pipeline saved; ``extra`` adds to or overrides it
+    extra = normalize_extra({**(load_extra(qc) if qc.exists() else {}), **dict(extra or {})})
     html_text, _errors = build_run_html(run, modality, extra, max_slices=max_slices, t_start=t0)
     atomic_write_bytes(target, html_text.encode("utf-8"))
     return target
