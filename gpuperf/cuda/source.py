@@ -68,6 +68,9 @@ def read_kernel(relpath: str | os.PathLike) -> str:
     return path.read_text(encoding="utf-8")
 
 
+_TREE_HASH: dict[Path, tuple[tuple, str]] = {}
+
+
 def kernel_tree_hash() -> str:
     """SHA-256 over every kernel source file (path and content).
 
@@ -75,13 +78,20 @@ def kernel_tree_hash() -> str:
     which hashing the top-level source alone would miss.
     """
     root = kernel_dir()
+    paths = sorted(p for p in root.rglob("*") if p.suffix in KERNEL_SUFFIXES)
+    # called on every launch path: re-read the sources only when a file's stat changed
+    stamp = tuple((str(p), p.stat().st_mtime_ns, p.stat().st_size) for p in paths)
+    cached = _TREE_HASH.get(root)
+    if cached is not None and cached[0] == stamp:
+        return cached[1]
     h = hashlib.sha256()
-    for path in sorted(p for p in root.rglob("*") if p.suffix in KERNEL_SUFFIXES):
+    for path in paths:
         h.update(path.relative_to(root).as_posix().encode())
         h.update(b"\0")
         h.update(path.read_bytes())
         h.update(b"\0")
-    return h.hexdigest()
+    _TREE_HASH[root] = (stamp, h.hexdigest())
+    return _TREE_HASH[root][1]
 
 
 def cache_dir(kind: str) -> Path:
