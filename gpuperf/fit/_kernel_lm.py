@@ -79,57 +79,78 @@ def fixed_mask(fixed: np.ndarray) -> int:
     return int(sum(1 << k for k, f in enumerate(np.asarray(fixed, dtype=bool)) if f))
 
 
-def lm_host(
-    model: Any, x, y, w, w_per_voxel, c, p0, lower, upper, fixed, s: LMSettings, n_threads=None
-):
-    """Run the kernel's host build on one chunk (arrays as in :func:`lm_numpy`; ``w`` (N,)
-    shared, (V, N) per voxel, or None)."""
-    dt = y.dtype
+def _kernel_args(xp, x, y, w, w_per_voxel, c, p0, lower, upper, fixed, s: LMSettings):
+    """The kernel's argument list for one chunk, on ``xp`` (NumPy for the host build, CuPy on
+    the GPU): one marshalling for both, so the host parity tests check the GPU's too.
+
+    Voxel-major inputs are uploaded as they are and transposed to time-major on ``xp``; scalars
+    are NumPy scalars of the C parameter's width. Returns ``(args, outputs)``, the outputs
+    ``(params (P, V), stderr (P, V), chi2, n_iter, status)`` being filled by the launch.
+    """
+    dt = np.dtype(y.dtype)
     T = dt.type
     n_vox, n_samples = y.shape
     n_par = p0.shape[1]
-    lib = host_library(model)
-    yt = np.ascontiguousarray(y.T)
+    yt = xp.ascontiguousarray(xp.asarray(np.ascontiguousarray(y, dtype=dt)).T)
     if w is None:
-        wt = None
+        # a shared weight of 1 is exact (1 * r == r), and avoids passing a null pointer
+        wt, w_per_voxel = xp.ones(n_samples, dtype=dt), False
     else:
-        wt = np.ascontiguousarray(w.T if w_per_voxel else w, dtype=dt)
-    xc = np.ascontiguousarray(x, dtype=dt)
-    cc = np.ascontiguousarray(c if np.size(c) else np.zeros(1), dtype=dt)
-    p0t, lot, hit = (np.ascontiguousarray(a.T, dtype=dt) for a in (p0, lower, upper))
-    params = np.empty((n_par, n_vox), dtype=dt)
-    stderr = np.empty((n_par, n_vox), dtype=dt)
-    chi2 = np.empty(n_vox, dtype=dt)
-    n_iter = np.empty(n_vox, dtype=np.int32)
-    status = np.empty(n_vox, dtype=np.int8)
-    grid = max(1, -(-n_vox // BLOCK_SIZE))
-    threads = n_threads if n_threads is not None else (os.cpu_count() or 1)
+        wd = xp.asarray(np.ascontiguousarray(w, dtype=dt))
+        wt = xp.ascontiguousarray(wd.T) if w_per_voxel else wd
+    xd = xp.asarray(np.ascontiguousarray(x, dtype=dt))
+    cd = xp.asarray(np.ascontiguousarray(c if np.size(c) else np.zeros(1), dtype=dt))
+    p0t, lot, hit = (
+        xp.asarray(np.ascontiguousarray(np.asarray(a, dtype=dt).T)) for a in (p0, lower, upper)
+    )
+    outs = (
+        xp.empty((n_par, n_vox), dtype=dt),
+        xp.empty((n_par, n_vox), dtype=dt),
+        xp.empty(n_vox, dtype=dt),
+        xp.empty(n_vox, dtype=np.int32),
+        xp.empty(n_vox, dtype=np.int8),
+    )
     args = (
         yt,
         wt,
-        int(bool(w_per_voxel)),
-        xc,
-        cc,
+        np.int32(bool(w_per_voxel)),
+        xd,
+        cd,
         p0t,
         lot,
         hit,
-        fixed_mask(fixed),
-        n_samples,
-        n_vox,
-        s.max_iter,
+        np.uint32(fixed_mask(fixed)),
+        np.int32(n_samples),
+        np.int64(n_vox),
+        np.int32(s.max_iter),
         T(s.xtol),
         T(s.ftol),
         T(s.lambda0),
         T(s.lambda_min),
         T(s.lambda_max),
         T(s.accept_tol),
-        params,
-        stderr,
-        chi2,
-        n_iter,
-        status,
+        *outs,
     )
-    lib.launch(_launcher_name(model, dt), grid, BLOCK_SIZE, args, n_threads=threads)
+    return args, outs
+
+
+def _grid(n_vox: int) -> int:
+    return max(1, -(-n_vox // BLOCK_SIZE))
+
+
+def lm_host(
+    model: Any, x, y, w, w_per_voxel, c, p0, lower, upper, fixed, s: LMSettings, n_threads=None
+):
+    """Run the kernel's host build on one chunk (arrays as in :func:`lm_numpy`; ``w`` (N,)
+    shared, (V, N) per voxel, or None)."""
+    args, (params, stderr, chi2, n_iter, status) = _kernel_args(
+        np, x, y, w, w_per_voxel, c, p0, lower, upper, fixed, s
+    )
+    threads = n_threads if n_threads is not None else (os.cpu_count() or 1)
+    plain = [a.item() if isinstance(a, np.generic) else a for a in args]
+    host_library(model).launch(
+        _launcher_name(model, y.dtype), _grid(y.shape[0]), BLOCK_SIZE, plain, n_threads=threads
+    )
     return params.T.copy(), stderr.T.copy(), chi2, n_iter, status
 
 
@@ -144,60 +165,10 @@ def lm_cupy(
     backend: Any, model: Any, x, y, w, w_per_voxel, c, p0, lower, upper, fixed, s: LMSettings
 ):
     """Run the CUDA kernel on one chunk; inputs are host arrays, results come back to the host."""
-    xp = backend.xp
-    dt = np.dtype(y.dtype)
-    T = dt.type
-    n_vox, n_samples = y.shape
-    n_par = p0.shape[1]
-    kernel = cupy_kernel(model, dt)
-    # voxel-major upload, transpose to time-major on the device
-    yt = xp.ascontiguousarray(xp.asarray(np.ascontiguousarray(y, dtype=dt)).T)
-    if w is None:
-        # a shared weight of 1 is exact (1 * r == r), and avoids passing a null pointer
-        wt, w_per_voxel = xp.ones(n_samples, dtype=dt), False
-    else:
-        wd = xp.asarray(np.ascontiguousarray(w, dtype=dt))
-        wt = xp.ascontiguousarray(wd.T) if w_per_voxel else wd
-    xd = xp.asarray(np.ascontiguousarray(x, dtype=dt))
-    cd = xp.asarray(np.ascontiguousarray(c if np.size(c) else np.zeros(1), dtype=dt))
-    p0t, lot, hit = (
-        xp.asarray(np.ascontiguousarray(np.asarray(a, dtype=dt).T)) for a in (p0, lower, upper)
-    )
-    params = xp.empty((n_par, n_vox), dtype=dt)
-    stderr = xp.empty((n_par, n_vox), dtype=dt)
-    chi2 = xp.empty(n_vox, dtype=dt)
-    n_iter = xp.empty(n_vox, dtype=np.int32)
-    status = xp.empty(n_vox, dtype=np.int8)
-    grid = max(1, -(-n_vox // BLOCK_SIZE))
-    kernel(
-        (grid,),
-        (BLOCK_SIZE,),
-        (
-            yt,
-            wt,
-            np.int32(bool(w_per_voxel)),
-            xd,
-            cd,
-            p0t,
-            lot,
-            hit,
-            np.uint32(fixed_mask(fixed)),
-            np.int32(n_samples),
-            np.int64(n_vox),
-            np.int32(s.max_iter),
-            T(s.xtol),
-            T(s.ftol),
-            T(s.lambda0),
-            T(s.lambda_min),
-            T(s.lambda_max),
-            T(s.accept_tol),
-            params,
-            stderr,
-            chi2,
-            n_iter,
-            status,
-        ),
-    )
+    args, outs = _kernel_args(backend.xp, x, y, w, w_per_voxel, c, p0, lower, upper, fixed, s)
+    kernel = cupy_kernel(model, np.dtype(y.dtype))
+    kernel((_grid(y.shape[0]),), (BLOCK_SIZE,), args)
+    params, stderr, chi2, n_iter, status = outs
     return (
         backend.to_host(params.T),
         backend.to_host(stderr.T),
