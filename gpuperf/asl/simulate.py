@@ -10,7 +10,6 @@ noise-free phantoms are recovered exactly by the matching method.
 
 from __future__ import annotations
 
-import json
 from os import PathLike
 from pathlib import Path
 from typing import Any
@@ -18,8 +17,8 @@ from typing import Any
 import numpy as np
 
 from gpuperf.asl import constants as K
-from gpuperf.errors import OutputExistsError
 from gpuperf.fit.models.buxton import BUXTON_PASL, BUXTON_PCASL
+from gpuperf.io.outputs import OutputWriter
 
 KINDS = ("pcasl", "pasl", "single")
 
@@ -101,7 +100,6 @@ def write_phantom(
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     base = f"sub-{subject}"
     paths = {
         "asl": out / f"{base}_asl.nii.gz",
@@ -114,9 +112,9 @@ def write_phantom(
     if kind != "pasl":
         paths["m0"] = out / f"{base}_m0scan.nii.gz"
         paths["m0_json"] = out / f"{base}_m0scan.json"
-    for p in paths.values():
-        if p.exists() and not overwrite:
-            raise OutputExistsError(f"{p}: exists; pass overwrite=True (--overwrite)")
+    # all files or none, existing ones only with overwrite (the pipelines' writer)
+    writer = OutputWriter(out, "", overwrite=overwrite)
+    writer.expect([p.name for p in paths.values()], ext="")
 
     rng = np.random.default_rng(seed)
     ltype = "PASL" if kind == "pasl" else "PCASL"
@@ -178,7 +176,7 @@ def write_phantom(
     if noise_sd > 0:
         series = series + rng.normal(0.0, noise_sd, series.shape)
     aff = _affine()
-    nib.Nifti1Image(series.astype(np.float32), aff).to_filename(str(paths["asl"]))
+    staged = {"asl": nib.Nifti1Image(series.astype(np.float32), aff)}
     meta: dict[str, Any] = {
         "ArterialSpinLabelingType": ltype,
         "MagneticFieldStrength": field_strength_t,
@@ -202,19 +200,23 @@ def write_phantom(
         )
     else:
         meta.update({"M0Type": "Separate", "LabelingDuration": PCASL_TAU_S})
-    paths["asl_json"].write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-    paths["aslcontext"].write_text("volume_type\n" + "\n".join(types) + "\n", encoding="utf-8")
     if "m0" in paths:
         m0img = np.where(mask, m0_stored, 0.0)
         if noise_sd > 0:
             m0img = m0img + rng.normal(0.0, noise_sd, m0img.shape)
-        nib.Nifti1Image(m0img.astype(np.float32), aff).to_filename(str(paths["m0"]))
-        paths["m0_json"].write_text(
-            json.dumps({"RepetitionTimePreparation": M0_TR_S}, indent=2) + "\n", encoding="utf-8"
-        )
-    nib.Nifti1Image(mask.astype(np.uint8), aff).to_filename(str(paths["mask"]))
-    nib.Nifti1Image(cbf.astype(np.float32), aff).to_filename(str(paths["truth_cbf"]))
-    nib.Nifti1Image(att.astype(np.float32), aff).to_filename(str(paths["truth_att"]))
+        staged["m0"] = nib.Nifti1Image(m0img.astype(np.float32), aff)
+    staged["mask"] = nib.Nifti1Image(mask.astype(np.uint8), aff)
+    staged["truth_cbf"] = nib.Nifti1Image(cbf.astype(np.float32), aff)
+    staged["truth_att"] = nib.Nifti1Image(att.astype(np.float32), aff)
+    with writer:
+        for key, img in staged.items():
+            writer.add_image(paths[key].name, img)
+        writer.add_json(paths["asl_json"].name, meta)
+        context = "volume_type\n" + "\n".join(types) + "\n"
+        writer.add_file(paths["aslcontext"].name, lambda tmp: tmp.write_text(context), "")
+        if "m0" in paths:
+            writer.add_json(paths["m0_json"].name, {"RepetitionTimePreparation": M0_TR_S})
+        writer.commit()
     result: dict[str, Any] = {k: v for k, v in paths.items()}
     result.setdefault("m0", None)
     result["plds_s"] = plds.tolist()

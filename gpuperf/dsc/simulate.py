@@ -10,7 +10,6 @@ of voxels is pure artery (for the automatic AIF). The signal is
 
 from __future__ import annotations
 
-import gzip
 from os import PathLike
 from pathlib import Path
 from typing import Any
@@ -171,8 +170,7 @@ def write_phantom(
     """
     import nibabel as nib
 
-    from gpuperf.errors import OutputExistsError
-    from gpuperf.io.outputs import atomic_write_bytes, atomic_write_json
+    from gpuperf.io.outputs import OutputWriter
 
     out = Path(out_dir)
     ph = phantom_arrays(shape, n_frames, tr_s, te_s, noise_sd, seed)
@@ -187,33 +185,32 @@ def write_phantom(
         "truth_delay": (f"{prefix}_truth_delay.nii.gz", ph["delay"]),
         "truth_k2": (f"{prefix}_truth_k2.nii.gz", ph["k2"]),
     }
-    paths = {k: out / name for k, (name, _) in files.items()}
-    paths["sidecar"] = out / f"{prefix}_dsc.json"
-    if not overwrite:
-        for p in paths.values():
-            if p.exists():
-                raise OutputExistsError(f"{p}: exists; pass overwrite=True (--overwrite)")
-    out.mkdir(parents=True, exist_ok=True)
-    for key, (_name, data) in files.items():
-        dtype = np.uint8 if data.dtype == np.uint8 else np.float32
-        img = nib.Nifti1Image(np.asarray(data, dtype=dtype), affine)
-        img.header.set_xyzt_units("mm", "sec")
-        if key == "series":
-            zooms = img.header.get_zooms()
-            img.header.set_zooms(zooms[:3] + (tr_s,))
-        atomic_write_bytes(paths[key], gzip.compress(img.to_bytes(), compresslevel=4))
-    atomic_write_json(
-        paths["sidecar"],
-        {
-            "EchoTime": te_s,
-            "RepetitionTime": tr_s,
-            "MagneticFieldStrength": 3,
-            "Description": "gpuperf DSC phantom (simulated)",
-            "PhantomRegions_CBF_MTT": [list(r) for r in REGIONS],
-            "PhantomDelays_s": list(DELAYS_S),
-            "PhantomK2_per_s": list(K2_VALUES),
-            "NoiseSD": noise_sd,
-            "Seed": seed,
-        },
-    )
+    names = [name for name, _ in files.values()] + [f"{prefix}_dsc.json"]
+    # all files or none, existing ones only with overwrite (the pipelines' writer)
+    with OutputWriter(out, "", overwrite=overwrite) as writer:
+        writer.expect(names, ext="")
+        paths = {}
+        for key, (name, data) in files.items():
+            dtype = np.uint8 if data.dtype == np.uint8 else np.float32
+            img = nib.Nifti1Image(np.asarray(data, dtype=dtype), affine)
+            img.header.set_xyzt_units("mm", "sec")
+            if key == "series":
+                zooms = img.header.get_zooms()
+                img.header.set_zooms(zooms[:3] + (tr_s,))
+            paths[key] = writer.add_image(name, img)
+        paths["sidecar"] = writer.add_json(
+            f"{prefix}_dsc.json",
+            {
+                "EchoTime": te_s,
+                "RepetitionTime": tr_s,
+                "MagneticFieldStrength": 3,
+                "Description": "gpuperf DSC phantom (simulated)",
+                "PhantomRegions_CBF_MTT": [list(r) for r in REGIONS],
+                "PhantomDelays_s": list(DELAYS_S),
+                "PhantomK2_per_s": list(K2_VALUES),
+                "NoiseSD": noise_sd,
+                "Seed": seed,
+            },
+        )
+        writer.commit()
     return paths

@@ -217,6 +217,16 @@ class OutputWriter:
         tmp.write_text("\n".join(rows) + "\n", encoding="utf-8")
         return final
 
+    def add_image(self, filename: str, img: Any) -> Path:
+        """Stage a ready nibabel image under ``filename`` (``.nii`` or ``.nii.gz``), as it is:
+        no header template, no sidecar (phantoms and other inputs gpuperf makes)."""
+        raw = img.to_bytes()
+        return self.add_file(
+            filename,
+            lambda tmp: tmp.write_bytes(gzip_bytes(raw) if filename.endswith(".gz") else raw),
+            "",
+        )
+
     def add_file(self, name: str, write: Callable[[Path], None], ext: str) -> Path:
         """Stage a file produced by ``write(tmp_path)`` (e.g. a matplotlib ``savefig``)."""
         final = self.path_for(name, ext)
