@@ -615,24 +615,16 @@ run_asl.compute = compute_asl_batch  # type: ignore[attr-defined]
 run_asl.write = write_asl  # type: ignore[attr-defined]
 
 
-#: CBF percentiles of the voxels whose curves go into ``<prefix>_qc.npz`` for the QC report.
-QC_PERCENTILES = (10, 50, 90)
-
-
 def _qc_curves(model: ASLModel, fit: ASLFit, deltam, m0, mask) -> dict[str, Any] | None:
     """A few voxels' measured dM/M0 and fitted curves (``gpuperf.report`` EXTRA_FORMAT)."""
     if model.method != "gkm":
         return None
-    ok = np.flatnonzero(np.isin(fit.status, (0, 4)) & np.isfinite(fit.cbf))
-    if ok.size == 0:
+    from gpuperf.report.curves import pick_voxels
+
+    # the report's own choice (CBF nearest its 10/50/90th percentiles) among converged voxels
+    picks, _ = pick_voxels(fit.cbf, np.isin(fit.status, (0, 4)), None)
+    if picks.size == 0:
         return None
-    picks = []
-    for q in QC_PERCENTILES:
-        target = np.percentile(fit.cbf[ok], q)
-        i = int(ok[np.argmin(np.abs(fit.cbf[ok] - target))])
-        if i not in picks:
-            picks.append(i)
-    picks = np.array(picks)
     m0v = np.broadcast_to(np.asarray(m0, dtype=np.float64), (deltam.shape[0],))[picks]
     order = np.argsort(model.pld_s, kind="stable")
     measured = (deltam[picks] / m0v[:, None])[:, order]
