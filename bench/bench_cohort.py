@@ -21,7 +21,6 @@ the same as for distinct subjects.
 
 from __future__ import annotations
 
-import gzip
 import json
 import shutil
 
@@ -42,8 +41,7 @@ def cohort(tmp_path_factory, bench_size):
     tmp = tmp_path_factory.mktemp("cohort")
     shape = SHAPES[bench_size]
     ph = write_phantom(tmp / "phantom", shape=shape, n_frames=60, noise_sd=0.02, prefix="p")
-    raw = ph["series"].read_bytes()
-    gz = raw if raw[:2] == b"\x1f\x8b" else gzip.compress(raw, compresslevel=6)
+    gz = ph["series"].read_bytes()  # gzipped, as the phantom writer stores it
     meta = json.loads(ph["sidecar"].read_text())
     root = tmp / "bids"
     root.mkdir()
@@ -198,24 +196,21 @@ def asl_cohort(tmp_path_factory, bench_size):
     for i in range(1, ASL_SUBJECTS + 1):
         perf = root / f"sub-{i:03d}" / "perf"
         perf.mkdir(parents=True)
-        for key, name in (("asl", "asl.nii.gz"), ("m0", "m0scan.nii.gz")):
-            raw = ph[key].read_bytes()
-            gz = raw if raw[:2] == b"\x1f\x8b" else gzip.compress(raw, compresslevel=1)
-            (perf / f"sub-{i:03d}_{name}").write_bytes(gz)
-        for key, name in (("asl_json", "asl.json"), ("aslcontext", "aslcontext.tsv")):
+        for key, name in (
+            ("asl", "asl.nii.gz"),
+            ("m0", "m0scan.nii.gz"),
+            ("asl_json", "asl.json"),
+            ("aslcontext", "aslcontext.tsv"),
+        ):
             shutil.copyfile(ph[key], perf / f"sub-{i:03d}_{name}")
         if ph.get("m0_json"):
             shutil.copyfile(ph["m0_json"], perf / f"sub-{i:03d}_m0scan.json")
     return root, tmp
 
 
-@pytest.mark.parametrize("batch", ["off", "on"])
-def test_cohort_asl_batching(benchmark, backend, asl_cohort, batch, tmp_path):
-    """Small ASL subjects fitted one call each (``off``) or several per call (``on``,
-    :mod:`gpuperf.cohort.batching`); outputs are identical, only the wall time differs. On
-    NumPy batching gains little (one vectorised call per subject already); on a GPU it saves
-    the fixed launch/transfer costs of each subject's fit."""
-    root, tmp = asl_cohort
+def _batching_run(benchmark, backend, root, tmp, tmp_path, modality, method, batch, note):
+    """Time a cohort run with batching off (one call per subject) or on (several subjects per
+    call, :mod:`gpuperf.cohort.batching`); outputs are identical, only the wall time differs."""
     device = "gpu" if backend.name == "cupy" else "cpu"
     runs = []
     outs = iter(range(100))
@@ -227,8 +222,8 @@ def test_cohort_asl_batching(benchmark, backend, asl_cohort, batch, tmp_path):
         r = run_participants(
             root,
             out,
-            modality=["asl"],
-            config=CohortConfig(asl={"report": False}),
+            modality=[modality],
+            config=CohortConfig(**{modality: {"report": False}}),
             device=device,
             batch_voxels=0 if batch == "off" else 10**7,
             work_dir=tmp / "work",
@@ -238,19 +233,28 @@ def test_cohort_asl_batching(benchmark, backend, asl_cohort, batch, tmp_path):
 
     benchmark.pedantic(run, setup=setup, rounds=2, iterations=1, warmup_rounds=0)
     last = runs[-1]
-    voxels = sum(r.summary.get("voxels", 0) for r in last.results)
+    n = len(last.results)
     record(
         benchmark,
         stage="cohort.run",
-        method="asl_gkm_batch_" + batch,
-        voxels=voxels,
+        method=f"{method}_batch_{batch}",
+        voxels=sum(r.summary.get("voxels", 0) for r in last.results),
         backend=backend,
-        note=f"{ASL_SUBJECTS} small pCASL subjects, batching {batch}",
-        subjects=ASL_SUBJECTS,
-        subjects_per_min=round(60 * ASL_SUBJECTS / last.wall_s, 2),
+        note=f"{note}, batching {batch}",
+        subjects=n,
+        subjects_per_min=round(60 * n / last.wall_s, 2),
         wall_s=round(last.wall_s, 3),
         sum_compute_s=round(sum(r.compute_s for r in last.results), 3),
     )
+
+
+@pytest.mark.parametrize("batch", ["off", "on"])
+def test_cohort_asl_batching(benchmark, backend, asl_cohort, batch, tmp_path):
+    """Small ASL subjects. On NumPy batching gains little (one vectorised call per subject
+    already); on a GPU it saves the fixed launch/transfer costs of each subject's fit."""
+    root, tmp = asl_cohort
+    note = f"{ASL_SUBJECTS} small pCASL subjects"
+    _batching_run(benchmark, backend, root, tmp, tmp_path, "asl", "asl_gkm", batch, note)
 
 
 #: DSC batching benchmark: many small DSC subjects, each with its own automatic AIF.
@@ -270,8 +274,7 @@ def dsc_small_cohort(tmp_path_factory, bench_size):
             tmp / f"phantom{k}", shape=DSC_SHAPES[bench_size], n_frames=60, noise_sd=0.02,
             seed=k, prefix=f"p{k}",
         )  # fmt: skip
-        raw = ph["series"].read_bytes()
-        series.append(raw if raw[:2] == b"\x1f\x8b" else gzip.compress(raw, compresslevel=1))
+        series.append(ph["series"].read_bytes())  # gzipped, as the phantom writer stores it
         meta = json.loads(ph["sidecar"].read_text())
     root = tmp / "bids"
     root.mkdir()
@@ -286,42 +289,8 @@ def dsc_small_cohort(tmp_path_factory, bench_size):
 
 @pytest.mark.parametrize("batch", ["off", "on"])
 def test_cohort_dsc_batching(benchmark, backend, dsc_small_cohort, batch, tmp_path):
-    """Small DSC subjects (oSVD) computed one call each (``off``) or several per call (``on``:
-    one ``osvd_select`` launch for all their voxels, a plan per AIF); outputs are identical.
-    On NumPy the selection stays per subject, so ``on`` only saves Python overhead there."""
+    """Small DSC subjects (oSVD): ``on`` is one ``osvd_select`` launch for all their voxels, a
+    plan per AIF. On NumPy the selection stays per subject, so it only saves Python overhead."""
     root, tmp = dsc_small_cohort
-    device = "gpu" if backend.name == "cupy" else "cpu"
-    runs = []
-    outs = iter(range(100))
-
-    def setup():
-        return (tmp_path / f"out{next(outs)}",), {}
-
-    def run(out):
-        r = run_participants(
-            root,
-            out,
-            modality=["dsc"],
-            config=CohortConfig(dsc={"report": False}),
-            device=device,
-            batch_voxels=0 if batch == "off" else 10**7,
-            work_dir=tmp / "work",
-        )
-        assert r.exit_code == 0, [x.error for x in r.failed]
-        runs.append(r)
-
-    benchmark.pedantic(run, setup=setup, rounds=2, iterations=1, warmup_rounds=0)
-    last = runs[-1]
-    voxels = sum(r.summary.get("voxels", 0) for r in last.results)
-    record(
-        benchmark,
-        stage="cohort.run",
-        method="dsc_osvd_batch_" + batch,
-        voxels=voxels,
-        backend=backend,
-        note=f"{DSC_SUBJECTS} small DSC subjects, batching {batch}",
-        subjects=DSC_SUBJECTS,
-        subjects_per_min=round(60 * DSC_SUBJECTS / last.wall_s, 2),
-        wall_s=round(last.wall_s, 3),
-        sum_compute_s=round(sum(r.compute_s for r in last.results), 3),
-    )
+    note = f"{DSC_SUBJECTS} small DSC subjects"
+    _batching_run(benchmark, backend, root, tmp, tmp_path, "dsc", "dsc_osvd", batch, note)
