@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
@@ -174,8 +173,3 @@ def chunk_slices(
     if len(slices) > 1 and slices[-1].stop - slices[-1].start < min_voxels:
         slices[-2:] = [slice(slices[-2].start, n_voxels)]  # no chunk below the floor
     return slices
-
-
-def iter_chunks(n_voxels: int, bytes_per_voxel: int, **kw: Any) -> Iterator[slice]:
-    """Iterator form of :func:`chunk_slices`."""
-    yield from chunk_slices(n_voxels, bytes_per_voxel, **kw)
