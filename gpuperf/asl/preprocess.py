@@ -4,9 +4,10 @@ Steps (each a function, all vectorised over voxels):
 
 1. :func:`difference_samples` -- pairwise control - label subtraction in acquisition order within
    each (PLD, tau) group, plus ``deltam`` volumes used as they are.
-2. :func:`average_per_pld` -- mean over repeats of each (PLD, tau) (single-PLD quantification);
-   the kinetic-model fit keeps the repeats, so its residual-based noise estimate has more
-   degrees of freedom.
+2. :func:`average_per_pld` -- mean over repeats of each (PLD, tau), for inspecting the data;
+   the pipelines keep the repeats: the kinetic-model fit uses each one (its residual-based
+   noise estimate has more degrees of freedom) and the single-PLD formula, linear in dM,
+   averages its per-repeat values (:meth:`gpuperf.asl.model.ASLModel.fit`).
 3. :func:`short_tr_factor`, :func:`reference_region_m0_blood` -- M0.
 """
 
