@@ -189,18 +189,26 @@ def load_mask(path: str | PathLike, reference: LoadedImage, role: str = "mask") 
 def gather(data: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """Masked voxels of a 3D/4D array as a C-contiguous block.
 
+    The mask may have any number of dimensions; ``data`` has the mask's shape, optionally
+    followed by one sample axis.
+
     Returns
     -------
     ndarray, shape (V,) for 3D input or (V, T) for 4D input, in ``np.flatnonzero(mask)`` order.
     """
-    if data.shape[:3] != mask.shape:
+    if data.shape[: mask.ndim] != mask.shape:
         raise ValueError(f"data shape {data.shape} does not match mask shape {mask.shape}")
     return np.ascontiguousarray(data[mask])
 
 
-def scatter(values: np.ndarray, mask: np.ndarray, fill: float = np.nan) -> np.ndarray:
-    """Put per-voxel ``values`` (V,) or (V, K) back on the grid; outside the mask is ``fill``."""
+def scatter(
+    values: np.ndarray, mask: np.ndarray, fill: float = np.nan, dtype: Any = np.float32
+) -> np.ndarray:
+    """Put per-voxel ``values`` (V,) or (V, K) back on the grid; outside the mask is ``fill``.
+
+    The result has ``dtype`` (float32 by default; int32 for status maps with an integer fill).
+    """
     values = np.asarray(values)
-    out = np.full(mask.shape + values.shape[1:], fill, dtype=np.float32)
+    out = np.full(mask.shape + values.shape[1:], fill, dtype=dtype)
     out[mask] = values
     return out
