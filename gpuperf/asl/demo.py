@@ -18,11 +18,12 @@ def run_demo(out_dir: str | PathLike, device: str = "auto", reporter: Any = None
     -------
     dict
         ``voxels``, ``cbf_median_error_percent``, ``att_median_error_s`` (median absolute
-        errors over converged voxels, status 0 or 4), ``converged_fraction``, ``fit_seconds``,
+        errors over converged voxels, status 0 or AT_KINK), ``converged_fraction``, ``fit_seconds``,
         ``elapsed_seconds``, ``backend``.
     """
     import nibabel as nib
 
+    from gpuperf.asl.model import OK_FLAGS
     from gpuperf.asl.pipeline import run_asl
     from gpuperf.asl.simulate import write_phantom
 
@@ -45,7 +46,7 @@ def run_demo(out_dir: str | PathLike, device: str = "auto", reporter: Any = None
     cbf = np.asarray(nib.load(str(res.outputs["cbf"])).dataobj)[mask]
     att = np.asarray(nib.load(str(res.outputs["att"])).dataobj)[mask]
     status = np.asarray(nib.load(str(res.outputs["status"])).dataobj)[mask]
-    ok = (status == 0) | (status == 4)  # converged, or converged at a kink of the model
+    ok = np.isin(status, OK_FLAGS)  # converged, or converged at a kink of the model
     return {
         "voxels": int(mask.sum()),
         "converged_fraction": float(ok.mean()),
