@@ -218,9 +218,9 @@ class ASLModel:
             "ArterialSpinLabelingType": self.labeling_type,
             "PostLabelingDelaySeconds": sorted({round(float(v), 6) for v in self.pld_s}),
             (
-                "BolusDurationTI1Seconds"
-                if self.labeling_type == "PASL"
-                else "LabelingDurationSeconds"
+                "LabelingDurationSeconds"
+                if self.kinetics.time_from_labelling_start
+                else "BolusDurationTI1Seconds"
             ): sorted({round(float(v), 6) for v in self.tau_s}),
             "T1BloodSeconds": self.t1_blood_s,
             "PartitionCoefficientMlPerG": self.lambda_,

@@ -16,7 +16,7 @@ from os import PathLike
 from typing import Any
 
 from gpuperf.asl import constants as K
-from gpuperf.asl.kinetics import method_choices
+from gpuperf.asl.kinetics import METHODS, method_choices
 from gpuperf.asl.preprocess import REFERENCE_TISSUES
 from gpuperf.errors import InputError
 from gpuperf.options import Options, check_value, option
@@ -121,7 +121,7 @@ class ASLOptions(Options):
                 raise InputError(
                     None, specs[name].label, f"expected lower,upper with lower < upper; got {lo_hi}"
                 )
-        if self.arterial and self.model == "whitepaper":
+        if self.arterial and self.model in METHODS and not METHODS[self.model].fits:
             raise InputError(
                 None, specs["arterial"].label, "the arterial component needs the kinetic-model fit"
             )

@@ -359,6 +359,7 @@ def prepare_asl(
         "Samples": int(samples.deltam.shape[1]),
         "Voxels": int(mask.sum()),
         "StatusFlags": st.describe(STATUS_FLAGS),
+        "ASLOptions": opts.to_parameters(),
     }
     if series.is_pasl:
         constants["BolusCutOffTechnique"] = series.bolus_cutoff_technique
@@ -626,7 +627,7 @@ def _qc_curves(model: ASLModel, fit: ASLFit, deltam, m0, mask) -> dict[str, Any]
         model.labeling_type,
         fine_pld,
         fine_tau,
-        options=model.options.replace(model="gkm"),
+        options=model.options.replace(model=model.method),
     )
     cols = [fit.cbf[picks], fit.att[picks]]
     if model.arterial:
