@@ -17,7 +17,7 @@ from gpuperf.asl.pipeline import run_asl
 from gpuperf.asl.simulate import write_phantom
 from gpuperf.cli import app
 from gpuperf.cli.asl import asl_command
-from gpuperf.errors import InputError
+from gpuperf.errors import InputError, OutputExistsError
 from gpuperf.fit.models.buxton import BUXTON_PASL, BUXTON_PCASL
 
 runner = CliRunner()
@@ -199,3 +199,31 @@ def test_maps_are_bit_identical_to_before_the_refactoring():
     assert set(got) == set(EXPECTED)
     for key, digest in EXPECTED.items():
         assert got[key] == digest, key
+
+
+def test_run_result_carries_what_the_caller_needs_to_publish_a_report(single, tmp_path):
+    out = tmp_path / "o"
+    res = run_asl(single["asl"], out, device="cpu", prefix="p", mask_path=single["mask"])
+    assert (res.out_dir, res.prefix, res.modality) == (out, "p", "asl")
+    assert res.mask_path == single["mask"] and res.report_extra == {}
+    assert "report" not in res.outputs and not (out / "p_report.html").exists()
+
+
+def test_extra_outputs_are_checked_before_any_work(single, tmp_path):
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "p_report.html").write_text("old")
+    with pytest.raises(OutputExistsError, match="p_report.html"):
+        run_asl(single["asl"], out, device="cpu", prefix="p", extra_outputs=("report.html",))
+    assert sorted(f.name for f in out.iterdir()) == ["p_report.html"]
+
+
+def test_cli_publishes_the_report_unless_told_not_to(single, tmp_path):
+    args = ["asl", str(single["asl"]), "--mask", str(single["mask"]), "--device", "cpu", "-q"]
+    r = runner.invoke(app, [*args, "--out", str(tmp_path / "a"), "--prefix", "p"])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "a" / "p_report.html").is_file()
+    r = runner.invoke(app, [*args, "--out", str(tmp_path / "b"), "--prefix", "p", "--no-report"])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "b" / "p_cbf.nii.gz").is_file()
+    assert not (tmp_path / "b" / "p_report.html").exists()
