@@ -227,3 +227,14 @@ def test_cli_publishes_the_report_unless_told_not_to(single, tmp_path):
     assert r.exit_code == 0, r.output
     assert (tmp_path / "b" / "p_cbf.nii.gz").is_file()
     assert not (tmp_path / "b" / "p_report.html").exists()
+
+
+def test_cohort_config_values_obey_the_same_ranges(tmp_path):
+    cfg = tmp_path / "cohort.toml"
+    with pytest.raises(InputError, match=r"asl\.alpha") as err:
+        ASLOptions.from_mapping({"alpha": 2}, where=cfg)
+    assert "cohort.toml" in str(err.value)
+    with pytest.raises(InputError, match=r"asl\.report"):  # run-level keys are not options
+        ASLOptions.from_mapping({"report": False}, where=cfg)
+    o = ASLOptions.from_mapping({"model": "gkm", "cbf_bounds": [0, 200], "lambda_": 0.98})
+    assert (o.model, o.cbf_bounds, o.lambda_) == ("gkm", (0.0, 200.0), 0.98)

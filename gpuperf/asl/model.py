@@ -36,8 +36,6 @@ from gpuperf.errors import InputError
 from gpuperf.io.nifti import gather, scatter
 from gpuperf.status import Status
 
-#: "auto" and the registered methods (kept for callers of the old name).
-METHODS_ALL = ("auto", *METHODS)
 #: Flags an ASL status map can carry (listed in its sidecar).
 STATUS_FLAGS = (
     Status.NONPOSITIVE_INPUT,
