@@ -413,7 +413,7 @@ def test_asl_report_sections(asl_run):
     # 5 montages + CBF and ATT histograms + ΔM curves
     assert refs.n_img == 5 + 2 + 1
     assert "ΔM against PLD" in text and "Histograms" in text
-    assert "Per flag" in text and "FIT_FAILED" in text  # the failed voxels, by flag name
+    assert "Fit status" in text and "gpuperf.status" in text
 
 
 def test_report_overwrite_policy(asl_run):
