@@ -286,7 +286,8 @@ def signature(expr: str) -> KernelSignature:
     entry = SIGNATURES.get(key)
     if entry is None:
         raise SignatureError(
-            f"no stored signature for kernel {expr!r}: run `python bench/update_kernel_signatures.py`"
+            f"no stored signature for kernel {expr!r}: "
+            "run `python bench/update_kernel_signatures.py`"
         )
     return KernelSignature(key, tuple(Param(n, t) for t, n in entry))
 
