@@ -17,7 +17,7 @@ import pytest
 pytestmark = [pytest.mark.emulated_gpu, pytest.mark.usefixtures("emulated_gpu")]
 
 
-# -- the double itself ------------------------------------------------------------------------------
+# -- the double itself --
 def test_double_refuses_implicit_host_conversion(emulated_gpu):
     cp = emulated_gpu
     a = cp.asarray(np.arange(6.0).reshape(2, 3))
@@ -81,7 +81,7 @@ def test_gpu_status_probes_compile_matmul_fft(emulated_gpu):
     assert backend.get_backend("auto").name == "numpy"
 
 
-# -- LM fit --------------------------------------------------------------------------------------------
+# -- LM fit --
 def _lm_problem(model: str, n_vox: int):
     import sys
     from pathlib import Path
@@ -136,7 +136,7 @@ def test_lm_fit_chunking_and_zero_voxels(emulated_gpu):
     assert none.params.shape == (0, 2) and _lm_launches(emulated_gpu) == []
 
 
-# -- DSC -------------------------------------------------------------------------------------------------
+# -- DSC --
 @pytest.mark.parametrize("method", ["osvd", "csvd", "ssvd", "tikhonov"])
 def test_dsc_matches_numpy_auto_aif_bsw(emulated_gpu, method):
     from gpuperf.dsc import DSCModel
@@ -179,7 +179,7 @@ def test_osvd_select_kernel_matches_twin_with_device_plan_index(emulated_gpu):
     assert empty.rmax.shape == (0,)
 
 
-# -- ASL -------------------------------------------------------------------------------------------------
+# -- ASL --
 @pytest.mark.parametrize("kind", ["PCASL", "PASL", "PCASL-arterial"])
 def test_asl_fit_matches_numpy(emulated_gpu, kind):
     from gpuperf.asl.model import ASLModel
@@ -208,7 +208,7 @@ def test_asl_fit_matches_numpy(emulated_gpu, kind):
     assert fit_parity is not None
 
 
-# -- cohort batching (the cohort tests' own bodies, on the emulated device) -------------------------
+# -- cohort batching (the cohort tests' own bodies, on the emulated device) --
 def test_cohort_dsc_batching_on_device(dsc_phantoms, tmp_path, monkeypatch, request):
     pytest.importorskip("nibabel")
     from test_dsc_batching import test_batched_dsc_is_bit_identical_to_alone as body
