@@ -92,6 +92,9 @@ def test_every_option_has_help_and_a_sidecar_key():
     assert params["EchoTime"] == 0.03 and params["OSVDThresholds"] == list(
         osvd_mod.DEFAULT_THRESHOLDS
     )
+    # a run's options come back from its sidecar
+    opts = DSCOptions(method="csvd", threshold=0.3, kh=1.0, baseline=4, te_s=0.02, tr_s=1.2)
+    assert DSCOptions.from_parameters({**opts.sidecar_parameters(), "AIF": "auto"}) == opts
 
 
 # -- the model: keywords and options= are the same model ----------------------------------------

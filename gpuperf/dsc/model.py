@@ -55,6 +55,9 @@ _OSVDQueue = OSVDQueue
 _Subject = Subject
 
 
+#: Option names readable as model attributes (``model.kh``).
+_OPTION_NAMES = frozenset(DSCOptions.parameter_names())
+
 #: Flags of every DSC status map (a method adds its own, e.g. oSVD's OSVD_NO_PASS).
 _STATUS_FLAGS = (
     Status.NONPOSITIVE_INPUT,
@@ -153,13 +156,11 @@ class DSCModel:
         self.memory_budget = memory_budget
 
     def __getattr__(self, name: str) -> Any:
-        # model.method, model.kh, model.tr_s ...: the options (read-only)
-        if name != "options" and "options" in self.__dict__:
-            opts = self.__dict__["options"]
-            if name == "threshold":
-                return opts.resolved_threshold
-            if hasattr(opts, name) and not name.startswith("_"):
-                return getattr(opts, name)
+        # model.method, model.kh, model.tr_s ...: the options, read-only (threshold: the one
+        # used, i.e. the method's default when the option is None)
+        opts = self.__dict__.get("options")
+        if opts is not None and name in _OPTION_NAMES:
+            return opts.resolved_threshold if name == "threshold" else getattr(opts, name)
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     @property

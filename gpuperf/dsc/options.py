@@ -254,6 +254,13 @@ class DSCOptions(Options):
         return out
 
     @classmethod
+    def from_parameters(cls, parameters: Mapping[str, Any]) -> DSCOptions:
+        """Rebuild the options of a run from its sidecar ``Parameters`` (absent or null keys
+        keep their defaults; other keys are ignored), e.g. to recompute curves for a report."""
+        names = cls.parameter_names()
+        return cls(**{f: parameters[k] for f, k in names.items() if parameters.get(k) is not None})
+
+    @classmethod
     def parameter_names(cls) -> dict[str, str]:
         """Field name -> sidecar ``Parameters`` key."""
         return {f.name: f.metadata[_PARAM] for f in dataclasses.fields(cls) if _PARAM in f.metadata}
