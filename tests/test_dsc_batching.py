@@ -190,7 +190,9 @@ def dsc_cohort(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("dscc")
     ds = make_real_bids(tmp, subjects=("01", "02", "03"), modalities=("dsc", "asl"))
     cfg = tmp / "c.toml"
-    cfg.write_text(f'[dsc]\n[asl]\nreport = false\n[inputs]\nmasks_dir = "{ds["masks"]}"\n')
+    cfg.write_text(
+        f'[dsc]\nreport = false\n[asl]\nreport = false\n[inputs]\nmasks_dir = "{ds["masks"]}"\n'
+    )
     return ds, cfg
 
 

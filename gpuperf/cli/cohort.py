@@ -108,6 +108,12 @@ def run_command(
     maps: list[str] = typer.Option(
         None, "--map", help="group: map names to summarise (default: all perfusion maps)."
     ),
+    report: bool | None = typer.Option(
+        None,
+        "--report/--no-report",
+        help="participant: write each subject's QC report and the cohort page (default: on, "
+        "or the configuration's 'report' key).",
+    ),
     quiet: bool = QuietOption,
 ) -> None:
     """Process a BIDS dataset (BIDS-App interface): participant fits, group table."""
@@ -135,6 +141,7 @@ def run_command(
             batch_voxels=batch_voxels,
             work_dir=work_dir,
             reporter=reporter,
+            report=report,
         )
         if run.exit_code:
             typer.echo(

@@ -105,8 +105,6 @@ def summarize_run(out_dir: str | PathLike, prefix: str) -> dict[str, float]:
 
 
 def _thumbnail(out_dir: Path, prefix: str) -> bytes | None:
-    if not figures.matplotlib_available():
-        return None
     run = load_run(out_dir, prefix)
     m = run.maps.get("cbf")
     if m is None:
@@ -219,8 +217,6 @@ def write_cohort_report(
             f"least {MIN_SUBJECTS_FOR_OUTLIERS} have the number)",
         ),
     ]
-    if not figures.matplotlib_available():
-        summary.append(box("info", "matplotlib is not installed: thumbnails are omitted"))
     when = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     html_text = page(
         title,
