@@ -77,17 +77,9 @@ def dsc_command(
     )
     outputs = list(result.outputs)
     if report:
-        from gpuperf.report import publish_run_report
+        from gpuperf.report import publish_result
 
-        outputs += publish_run_report(
-            result.out_dir,
-            result.prefix,
-            result.modality,
-            result.report_extra,
-            mask=result.mask_path,
-            overwrite=overwrite,
-            reporter=rep,
-        )
+        outputs += publish_result(result, overwrite=overwrite, reporter=rep)
     if not quiet:
         s = result.summary
         typer.echo(
