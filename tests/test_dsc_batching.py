@@ -92,7 +92,6 @@ def test_batched_dsc_is_bit_identical_to_alone(
             tmp_path / folder / str(i),
             method=method,
             device=device,
-            report=False,
             **leak,
         )
 
@@ -130,7 +129,6 @@ def test_batched_dsc_is_bit_identical_to_alone(
         tmp_path / "direct",
         method=method,
         device=device,
-        report=False,
         **leak,
     )
     by_name = {p.name: p for p in direct.outputs}
@@ -146,7 +144,7 @@ def test_batched_dsc_is_bit_identical_to_alone(
 def test_write_before_compute_is_an_error(dsc_phantoms, tmp_path):
     from gpuperf.errors import GpuperfError
 
-    p = prepare_dsc(dsc_phantoms[0]["series"], tmp_path, device="cpu", report=False)
+    p = prepare_dsc(dsc_phantoms[0]["series"], tmp_path, device="cpu")
     with pytest.raises(GpuperfError, match="before compute"):
         write_dsc(p)
     assert not list(tmp_path.iterdir())  # nothing staged or published

@@ -217,3 +217,69 @@ def test_cli_threshold_parsing():
     assert parse_thresholds("0.1, 0.2,0.4") == (0.1, 0.2, 0.4)
     with pytest.raises(InputError):
         parse_thresholds("a:b")
+
+
+def test_pipeline_leaves_the_report_to_its_caller(phantom, tmp_path, monkeypatch):
+    """No HTML from the pipeline; the names the caller will write are checked first; the
+    result carries what the report needs; the status map uses the shared flags."""
+    from gpuperf.dsc import pipeline
+    from gpuperf.dsc.options import DSCOptions
+    from gpuperf.status import Status
+
+    (tmp_path / "x_report.html").write_text("old")
+    called = []
+    monkeypatch.setattr(pipeline.DSCModel, "fit_batch", lambda *a, **k: called.append(1))
+    with pytest.raises(OutputExistsError, match="x_report.html"):
+        run_dsc(
+            phantom["series"], tmp_path, device="cpu", prefix="x", extra_outputs=["report.html"]
+        )
+    assert not called and not list(tmp_path.glob("*.nii.gz"))
+    monkeypatch.undo()
+    opts = DSCOptions(method="osvd", baseline=5)
+    res = run_dsc(
+        phantom["series"],
+        tmp_path / "o",
+        options=opts,
+        mask_path=phantom["brainmask"],
+        device="cpu",
+        extra_outputs=("report.html",),
+    )
+    names = {p.name for p in res.outputs}
+    assert "phantom_dsc_qc.npz" in names and not any(n.endswith(".html") for n in names)
+    assert (res.out_dir, res.prefix, res.modality) == (tmp_path / "o", "phantom_dsc", "dsc")
+    assert res.report_extra == {"baseline_s": (0.0, 4 * 1.5)}
+    assert res.mask_path == phantom["brainmask"]
+    side = json.loads((tmp_path / "o" / "phantom_dsc_status.json").read_text())
+    assert side["Flags"][str(int(Status.OSVD_NO_PASS))].startswith("oSVD")
+    assert side["Parameters"]["Baseline"] == 5 and side["Parameters"]["Method"] == "osvd"
+    status = _load(tmp_path / "o" / "phantom_dsc_status.nii.gz")
+    brain = _load(phantom["brainmask"]) > 0
+    assert (status[~brain] == int(Status.OUTSIDE_MASK)).all()
+    assert not (status[brain] & int(Status.OUTSIDE_MASK)).any()
+    # without extra outputs: no QC extras either
+    res = run_dsc(phantom["series"], tmp_path / "p", options=opts, device="cpu")
+    assert not any(p.name.endswith("_qc.npz") for p in res.outputs)
+    with pytest.raises(TypeError, match="report"):
+        run_dsc(phantom["series"], tmp_path / "q", device="cpu", report=False)
+
+
+def test_cli_publishes_the_report(phantom, tmp_path):
+    from gpuperf.cli import app
+
+    r = CliRunner().invoke(
+        app, ["dsc", str(phantom["series"]), "--out", str(tmp_path), "--method", "csvd",
+              "--device", "cpu", "--quiet"],
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "phantom_dsc_report.html").exists()
+    assert (tmp_path / "phantom_dsc_qc.npz").exists()
+    r = CliRunner().invoke(
+        app, ["dsc", str(phantom["series"]), "--out", str(tmp_path / "n"), "--no-report",
+              "--threshold", "0.2", "--device", "cpu", "--quiet"],
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert not list((tmp_path / "n").glob("*.html")) and not list((tmp_path / "n").glob("*.npz"))
+    r = CliRunner().invoke(
+        app, ["dsc", str(phantom["series"]), "--out", str(tmp_path / "m"), "--threshold", "0"],
+    )  # fmt: skip
+    assert r.exit_code == 2 and "--threshold" in r.output and "Traceback" not in r.output

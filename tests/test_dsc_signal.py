@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 
 from gpuperf.dsc import DSCModel
-from gpuperf.dsc import status as st
 from gpuperf.dsc.model import auto_brain_mask
 from gpuperf.dsc.signal import check_te_tr, detect_bolus_arrival, signal_to_dr2s
 from gpuperf.dsc.simulate import phantom_arrays
 from gpuperf.errors import InputError
+from gpuperf.status import Status
 
 
 def test_te_in_milliseconds_is_rejected_with_hint():
@@ -48,9 +48,9 @@ def test_bad_voxels_flagged_not_fatal():
         sig, aif=np.mean(-np.log(sig[[0, 4]] / 500.0) / 0.03, axis=0)
     )
     assert fit.status[0] == 0 and fit.status[4] == 0
-    assert fit.status[1] & st.NONPOSITIVE_SIGNAL
-    assert fit.status[2] & st.NONFINITE_SIGNAL
-    assert fit.status[3] & st.NO_BASELINE
+    assert fit.status[1] & Status.NONPOSITIVE_INPUT
+    assert fit.status[2] & Status.NONFINITE_INPUT
+    assert fit.status[3] & Status.NO_BASELINE
     assert np.isfinite(fit.cbf[[0, 4]]).all()
     assert np.isnan(fit.cbf[1:4]).all() and np.isnan(fit.mtt[1:4]).all()
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from test_report_run import assert_self_contained
 
-from gpuperf.report import load_run, publish_run_report, voxel_curves
+from gpuperf.report import load_run, publish_result, voxel_curves
 from gpuperf.report.curves import dsc_curves_from_inputs, pick_voxels
 
 
@@ -45,15 +45,26 @@ def test_voxel_curves_keeps_rows_of_picked_voxels():
 
 @pytest.fixture(scope="module")
 def dsc_outputs(tmp_path_factory):
-    try:
-        from gpuperf.dsc.pipeline import run_dsc
-        from gpuperf.dsc.simulate import write_phantom
-    except ImportError as exc:  # pragma: no cover - only while the DSC pipeline is missing
-        pytest.skip(f"DSC pipeline not available: {exc}")
+    from gpuperf.dsc.pipeline import run_dsc
+    from gpuperf.dsc.simulate import write_phantom
+
     root = tmp_path_factory.mktemp("dsc_e2e")
     ph = write_phantom(root / "in", shape=(24, 24, 3), seed=1)
-    run_dsc(ph["series"], root / "out", mask_path=ph["brainmask"], device="cpu")
+    res = run_dsc(
+        ph["series"], root / "out", mask_path=ph["brainmask"], device="cpu",
+        extra_outputs=("report.html",),
+    )  # fmt: skip
+    publish(res)
     return root / "out", ph
+
+
+def publish(res):
+    """What ``gpuperf dsc``/``asl`` and the cohort runner do after the pipeline returns."""
+    from gpuperf.report import publish_run_report
+
+    return publish_run_report(
+        res.out_dir, res.prefix, res.modality, res.report_extra, mask=res.mask_path
+    )
 
 
 def test_dsc_curves_recomputed_match_maps(dsc_outputs):
@@ -68,7 +79,7 @@ def test_dsc_curves_recomputed_match_maps(dsc_outputs):
 
 def test_dsc_pipeline_report(dsc_outputs):
     out, _ = dsc_outputs
-    path = out / "phantom_dsc_report.html"  # run_dsc writes its report itself
+    path = out / "phantom_dsc_report.html"  # published from the pipeline's result
     assert path.exists()
     refs = assert_self_contained(path)
     text = path.read_text(encoding="utf-8")
@@ -96,9 +107,7 @@ def test_asl_pipeline_report(tmp_path):
     res = run_asl(ph["asl"], tmp_path / "out", mask_path=ph["mask"], device="cpu")
     prefix = res.outputs["cbf"].name[: -len("_cbf.nii.gz")]
     assert "report" not in res.outputs  # the pipeline does not draw it; its caller publishes it
-    (path,) = publish_run_report(
-        res.out_dir, res.prefix, res.modality, res.report_extra, mask=res.mask_path
-    )
+    (path,) = publish_result(res)
     assert path == tmp_path / "out" / f"{prefix}_report.html"
     refs = assert_self_contained(path)
     text = path.read_text(encoding="utf-8")

@@ -4,15 +4,24 @@ from __future__ import annotations
 
 import time
 from os import PathLike
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 
-def run_demo(out_dir: str | PathLike, device: str = "auto", reporter: Any = None) -> dict:
+def run_demo(
+    out_dir: str | PathLike,
+    device: str = "auto",
+    reporter: Any = None,
+    publish: Callable[[Any], Any] | None = None,
+) -> dict:
     """Write a noisy multi-PLD pCASL phantom under ``out_dir/phantom``, fit it with the Buxton
     kinetic model into ``out_dir/maps`` and summarise the errors against the truth maps.
+
+    ``publish(result)``, when given, is called with the pipeline's result once the maps are
+    written (``gpuperf demo`` passes :func:`gpuperf.report.publish_result`: the QC page).
 
     Returns
     -------
@@ -39,7 +48,10 @@ def run_demo(out_dir: str | PathLike, device: str = "auto", reporter: Any = None
         device=device,
         overwrite=True,
         reporter=reporter,
+        extra_outputs=("report.html",) if publish is not None else (),
     )
+    if publish is not None:
+        publish(res)
     mask = np.asarray(nib.load(str(ph["mask"])).dataobj) > 0
     cbf_t = np.asarray(nib.load(str(ph["truth_cbf"])).dataobj)[mask]
     att_t = np.asarray(nib.load(str(ph["truth_att"])).dataobj)[mask]

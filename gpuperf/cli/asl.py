@@ -50,7 +50,7 @@ def asl_command(
 ) -> None:
     """Quantify CBF (and ATT) from a BIDS ASL series."""
     from gpuperf.asl.pipeline import run_asl
-    from gpuperf.report import publish_run_report
+    from gpuperf.report import publish_result
 
     rep = reporter_for(quiet)
     result = run_asl(
@@ -68,15 +68,7 @@ def asl_command(
         options=options,
     )
     if report:
-        for path in publish_run_report(
-            result.out_dir,
-            result.prefix,
-            result.modality,
-            result.report_extra,
-            mask=result.mask_path,
-            overwrite=overwrite,
-            reporter=rep,
-        ):
+        for path in publish_result(result, overwrite=overwrite, reporter=rep):
             result.outputs["report"] = path
     if not quiet:
         s = result.summary

@@ -1,9 +1,13 @@
 """``gpuperf dsc`` and ``gpuperf simulate dsc``: thin shells over
-:func:`gpuperf.dsc.pipeline.run_dsc` and :func:`gpuperf.dsc.simulate.write_phantom`."""
+:func:`gpuperf.dsc.pipeline.run_dsc` and :func:`gpuperf.dsc.simulate.write_phantom`.
+
+Every method option of ``gpuperf dsc`` is a field of :class:`gpuperf.dsc.options.DSCOptions`
+(flag, help, unit, range, choices from the method registry); this module declares only the
+run-level arguments (inputs, output folder, device, report).
+"""
 
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
 
 import typer
@@ -20,21 +24,15 @@ from gpuperf.cli._common import (
     handle_errors,
     reporter_for,
 )
+from gpuperf.cli._options import options_command, parse_floats
+from gpuperf.dsc.options import DSCOptions
 
-
-class DSCMethod(str, Enum):
-    osvd = "osvd"
-    csvd = "csvd"
-    ssvd = "ssvd"
-    tikhonov = "tikhonov"
-
-
-class Leakage(str, Enum):
-    none = "none"
-    bsw = "bsw"
+#: Files ``gpuperf dsc`` adds next to the maps when it writes the report.
+REPORT_OUTPUTS = ("report.html",)
 
 
 @handle_errors
+@options_command(DSCOptions)
 def dsc_command(
     series: Path = typer.Argument(..., help="4D DSC series (.nii/.nii.gz) with its JSON sidecar."),
     out: Path = typer.Option(..., "--out", help="Output folder."),
@@ -44,37 +42,15 @@ def dsc_command(
     aif_curve: Path | None = typer.Option(
         None, "--aif-curve", help="AIF curve file (TSV/CSV/txt, dR2* in 1/s, last column)."
     ),
-    method: DSCMethod = typer.Option(DSCMethod.osvd, "--method", help="Deconvolution."),
-    leakage: Leakage = typer.Option(Leakage.none, "--leakage", help="BSW leakage correction."),
-    te: float | None = typer.Option(None, "--te", help="Echo time, s (default: EchoTime)."),
-    tr: float | None = typer.Option(None, "--tr", help="Frame interval, s (RepetitionTime)."),
-    baseline: int | None = typer.Option(
-        None, "--baseline", help="Pre-bolus frames (default: detect the bolus arrival)."
-    ),
-    kh: float = typer.Option(0.733, "--kh", help="Haematocrit factor (1 for relative maps)."),
-    rho: float = typer.Option(1.04, "--rho", help="Brain density, g/ml (1 for relative maps)."),
     ref_mask: Path | None = typer.Option(None, "--ref-mask", help="Reference mask for rCBV."),
-    threshold: float | None = typer.Option(
-        None, "--threshold", help="SVD threshold, fraction of s_max (sSVD 0.2, cSVD 0.1)."
-    ),
-    osvd_thresholds: str = typer.Option(
-        "0.05:0.95:0.05",
-        "--osvd-thresholds",
-        help="oSVD sweep, fractions of s_max: 'start:stop:step' or a comma-separated list.",
-    ),
-    oi_limit: float = typer.Option(0.035, "--oi-limit", help="oSVD oscillation-index limit."),
-    mu: float | None = typer.Option(
-        None, "--mu", help="Tikhonov mu relative to s_max (default: GCV per voxel)."
-    ),
-    gamma_fit_aif: bool = typer.Option(
-        False, "--gamma-fit-aif", help="Fit a gamma-variate to the AIF (no recirculation)."
-    ),
     prefix: str | None = typer.Option(None, "--prefix", help="Output prefix."),
     device: Device = DeviceOption,
     memory_budget_mb: float | None = MemoryOption,
     quiet: bool = QuietOption,
     overwrite: bool = OverwriteOption,
     report: bool = ReportOption,
+    *,
+    options: DSCOptions,
 ) -> None:
     """CBF, CBV, MTT, Tmax and TTP maps from a DSC-MRI series."""
     from gpuperf.dsc.pipeline import run_dsc
@@ -84,53 +60,45 @@ def dsc_command(
         fail("give only one of --aif auto, --aif-mask and --aif-curve")
     if aif != "auto":
         fail(f"--aif takes 'auto' (use --aif-mask or --aif-curve for files); got {aif!r}")
+    rep = reporter_for(quiet)
     result = run_dsc(
         series,
         out,
+        options=options,
         mask_path=mask,
         aif=given[0] if given else "auto",
-        method=method.value,
-        leakage=leakage.value,
-        te_s=te,
-        tr_s=tr,
-        baseline=baseline,
-        kh=kh,
-        rho=rho,
         ref_mask_path=ref_mask,
-        threshold=threshold,
-        osvd_thresholds=parse_thresholds(osvd_thresholds),
-        oi_limit=oi_limit,
-        mu=mu,
-        gamma_fit_aif=gamma_fit_aif,
         prefix=prefix,
         device=device.value,
         memory_budget=budget_bytes(memory_budget_mb),
         overwrite=overwrite,
-        reporter=reporter_for(quiet),
-        report=report,
+        reporter=rep,
+        extra_outputs=REPORT_OUTPUTS if report else (),
     )
+    outputs = list(result.outputs)
+    if report:
+        from gpuperf.report import publish_result
+
+        outputs += publish_result(result, overwrite=overwrite, reporter=rep)
     if not quiet:
         s = result.summary
         typer.echo(
             f"{s['voxels']} voxels ({s['flagged_input']} flagged) on {s['device']}: median CBF "
-            f"{s['median_cbf']:.1f} ml/100g/min; {len(result.outputs)} files in {out} "
+            f"{s['median_cbf']:.1f} ml/100g/min; {len(outputs)} files in {out} "
             f"({s['elapsed_s']:.2f} s)"
         )
 
 
 def parse_thresholds(text: str) -> tuple[float, ...]:
-    """``'0.05:0.95:0.05'`` (inclusive range) or ``'0.1,0.2,0.3'`` -> tuple of floats."""
+    """``'0.05:0.95:0.05'`` (inclusive range) or ``'0.1,0.2,0.3'`` -> tuple of floats
+    (:func:`gpuperf.cli._options.parse_floats`; InputError naming ``--osvd-thresholds``)."""
     from gpuperf.errors import InputError
 
     try:
-        if ":" in text:
-            start, stop, step = (float(x) for x in text.split(":"))
-            n = int(round((stop - start) / step)) + 1
-            return tuple(round(start + i * step, 10) for i in range(n))
-        return tuple(float(x) for x in text.split(",") if x.strip())
+        return parse_floats(text)
     except ValueError as exc:
         raise InputError(
-            None, "--osvd-thresholds", f"expected start:stop:step or a, b, c; got {text!r}"
+            None, "--osvd-thresholds", f"expected start:stop:step or a, b, c; got {text!r} ({exc})"
         ) from exc
 
 

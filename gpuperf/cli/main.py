@@ -73,6 +73,7 @@ def demo_command(
     get_backend(device.value)  # --device gpu without a GPU fails here, before any work
     from gpuperf.asl.demo import run_demo as run_asl_demo
     from gpuperf.dsc.demo import run_demo as run_dsc_demo
+    from gpuperf.report import publish_result
 
     reporter = reporter_for(quiet)
     console = Console()
@@ -83,7 +84,12 @@ def demo_command(
     rows = []
     for name, run in (("DSC", run_dsc_demo), ("ASL", run_asl_demo)):
         t0 = time.perf_counter()
-        summary = run(out / name.lower(), device=device.value, reporter=reporter)
+        summary = run(
+            out / name.lower(),
+            device=device.value,
+            reporter=reporter,
+            publish=lambda res: publish_result(res, overwrite=True, reporter=reporter),
+        )
         rows.append((name, summary, time.perf_counter() - t0))
     if not quiet:
         for name, summary, elapsed in rows:

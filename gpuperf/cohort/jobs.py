@@ -121,7 +121,6 @@ def write_shared(path: str | PathLike, data: bytes | str | Any, tag: str = "") -
     ``tag`` (the job id) lets the next run of the same job remove a killed write's leftover.
     """
     if not isinstance(data, (bytes, str)):
-
         data = json.dumps(jsonable(data), indent=2) + "\n"
     atomic_write_bytes(path, data.encode() if isinstance(data, str) else data, tag=tag)
 
@@ -326,6 +325,15 @@ def wants_report(options: Mapping[str, Any]) -> bool:
     return bool(options.get(REPORT_OPTION, True))
 
 
+def _accepts(fn: Any, name: str) -> bool:
+    import inspect
+
+    try:
+        return name in inspect.signature(fn).parameters
+    except (TypeError, ValueError):  # pragma: no cover - builtins
+        return False
+
+
 def _pipeline_kwargs(job: Job, options: Mapping[str, Any]) -> dict[str, Any]:
     kwargs = {k: v for k, v in options.items() if k != REPORT_OPTION}
     if "mask" in job.companions and kwargs.get("mask_path") is None:
@@ -369,6 +377,8 @@ class OpenJob:
     def call_args(self) -> tuple[tuple[Any, ...], dict[str, Any]]:
         """Positional and keyword arguments of the pipeline (or of its ``prepare`` stage)."""
         kwargs = _pipeline_kwargs(self.job, self.options)
+        if wants_report(self.options) and _accepts(self.fn, "extra_outputs"):
+            kwargs["extra_outputs"] = ("report.html",)  # the pipeline then saves its QC curves
         return (self.staged.series, self.tmp_out), {
             "prefix": self.job.prefix,
             "overwrite": True,
@@ -474,17 +484,9 @@ def _write_report(oj: OpenJob, res: Any) -> None:
     the maps (the pipelines return what the report needs; they do not draw it)."""
     if not wants_report(oj.options) or not hasattr(res, "report_extra"):
         return
-    from gpuperf.report import publish_run_report
+    from gpuperf.report import publish_result
 
-    publish_run_report(
-        res.out_dir,
-        res.prefix,
-        res.modality,
-        res.report_extra,
-        mask=res.mask_path,
-        overwrite=True,
-        reporter=oj.reporter,
-    )
+    publish_result(res, overwrite=True, reporter=oj.reporter)
 
 
 def finish_job(oj: OpenJob, res: Any) -> JobResult:

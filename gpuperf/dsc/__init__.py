@@ -6,12 +6,14 @@ Python API in the DIPY idiom::
     fit = DSCModel(te_s=0.03, tr_s=1.5, method="osvd").fit(signal_4d, aif="auto")
     fit.cbf, fit.cbv, fit.mtt, fit.tmax, fit.ttp, fit.status
 
-and the file pipeline :func:`gpuperf.dsc.pipeline.run_dsc`.
+and the file pipeline :func:`gpuperf.dsc.pipeline.run_dsc`; every option is a field of
+:class:`gpuperf.dsc.options.DSCOptions`, every method an entry of :mod:`gpuperf.dsc.methods`.
 """
 
 from gpuperf.dsc.model import DSCFit, DSCModel
+from gpuperf.dsc.options import DSCOptions
 
-__all__ = ["DSCFit", "DSCModel", "run_dsc"]
+__all__ = ["DSCFit", "DSCModel", "DSCOptions", "run_dsc"]
 
 
 def __getattr__(name: str):

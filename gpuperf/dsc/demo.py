@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from os import PathLike
 from pathlib import Path
 from typing import Any
@@ -12,10 +13,16 @@ from gpuperf.progress import Reporter, ensure_reporter
 
 
 def run_demo(
-    out_dir: str | PathLike, device: str = "auto", reporter: Reporter | None = None
+    out_dir: str | PathLike,
+    device: str = "auto",
+    reporter: Reporter | None = None,
+    publish: Callable[[Any], Any] | None = None,
 ) -> dict[str, Any]:
     """Write a noisy phantom under ``out_dir/phantom``, fit it (oSVD, BSW, automatic AIF)
     into ``out_dir/maps`` and summarise the error against the truth.
+
+    ``publish(result)``, when given, is called with the pipeline's result once the maps are
+    written (``gpuperf demo`` passes :func:`gpuperf.report.publish_result`: the QC page).
 
     Returns
     -------
@@ -42,7 +49,10 @@ def run_demo(
         device=device,
         overwrite=True,
         reporter=reporter,
+        extra_outputs=("report.html",) if publish is not None else (),
     )
+    if publish is not None:
+        publish(res)
 
     def load(p: Path) -> np.ndarray:
         return np.asarray(nib.load(str(p)).dataobj, dtype=np.float64)

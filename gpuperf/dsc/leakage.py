@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from gpuperf.errors import GpuperfError
+from gpuperf.errors import GpuperfError, InputError
 
 #: Robust z-score beyond which a voxel counts as enhancing (leaky) when choosing Rbar.
 ENHANCING_Z = 3.0
@@ -112,3 +112,70 @@ def bsw_correct(
     integ = xp.asarray(cumulative_integral(ref, dt_s), dtype=dr2s.dtype)
     corrected = dr2s + k2[:, None] * integ[None, :]
     return corrected, BSWResult(k1, k2, ref, use)
+
+
+# -- the registry of leakage corrections (``--leakage``) ----------------------------------------
+class LeakageCorrection:
+    """A leakage correction: curves in, corrected curves and per-voxel maps out.
+
+    Attributes
+    ----------
+    name : str
+        The registry key (``--leakage``).
+    description : str
+    maps : tuple of str
+        Output maps it adds (names in :mod:`gpuperf.maps`).
+    """
+
+    name: str = ""
+    description: str = ""
+    maps: tuple[str, ...] = ()
+
+    def correct(
+        self, dr2s: Any, dt_s: float, candidates: np.ndarray, xp: Any, to_host: Any
+    ) -> tuple[Any, np.ndarray | None]:
+        """Return the corrected curves and the K2 map (host float32, (V,)) or None."""
+        return dr2s, None
+
+
+class NoCorrection(LeakageCorrection):
+    name = "none"
+    description = "no leakage correction"
+
+
+class BSW(LeakageCorrection):
+    name = "bsw"
+    description = "Boxerman-Schmainda-Weisskoff, AJNR 27:859 (2006)"
+    maps = ("k2",)
+
+    def correct(self, dr2s, dt_s, candidates, xp, to_host):
+        corrected, bsw = bsw_correct(dr2s, dt_s, candidates, xp, to_host)
+        return corrected, to_host(bsw.k2).astype(np.float32)
+
+
+#: Name -> leakage correction.
+CORRECTIONS: dict[str, LeakageCorrection] = {c.name: c for c in (NoCorrection(), BSW())}
+
+
+def names() -> tuple[str, ...]:
+    """The registered leakage corrections."""
+    return tuple(CORRECTIONS)
+
+
+def get(name: str) -> LeakageCorrection:
+    """The correction called ``name``; InputError naming ``--leakage`` otherwise."""
+    try:
+        return CORRECTIONS[name]
+    except KeyError:
+        raise InputError(
+            None, "--leakage", f"expected one of {', '.join(CORRECTIONS)}; found {name!r}"
+        ) from None
+
+
+def register(correction: LeakageCorrection) -> LeakageCorrection:
+    """Add a leakage correction (its name becomes a ``--leakage`` choice)."""
+    old = CORRECTIONS.get(correction.name)
+    if old is not None and old is not correction:
+        raise ValueError(f"leakage correction {correction.name!r} is registered already")
+    CORRECTIONS[correction.name] = correction
+    return correction

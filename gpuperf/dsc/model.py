@@ -14,6 +14,11 @@ TTP    time of the peak of the tissue curve                s
 kH = (1 - 0.45)/(1 - 0.25) = 0.733 and rho = 1.04 g/ml by default; both are applied to CBF
 *and* CBV (so MTT does not depend on them); ``kh=1, rho=1`` gives the relative maps of the
 OSIPI convention. Times are measured from the first frame.
+
+The options live in :class:`gpuperf.dsc.options.DSCOptions`; the deconvolution methods in the
+registry :mod:`gpuperf.dsc.methods`, the leakage corrections in :mod:`gpuperf.dsc.leakage`, the
+voxel grid (mask, gather, scatter) in :mod:`gpuperf.dsc.masking`. This module is the order of
+the steps.
 """
 
 from __future__ import annotations
@@ -26,38 +31,45 @@ from typing import Any
 import numpy as np
 
 from gpuperf.backend import Backend, chunk_slices, get_backend
-from gpuperf.dsc import deconvolution as dec
-from gpuperf.dsc import osvd as osvd_mod
-from gpuperf.dsc import status as st
-from gpuperf.dsc.aif import AUC_PERCENTILE, N_CLUSTERS, ROUGHNESS_PERCENTILE, auto_aif
-from gpuperf.dsc.leakage import bsw_correct
+from gpuperf.dsc.aif import auto_aif
+from gpuperf.dsc.masking import BRAIN_MASK_FRACTION, VoxelGrid, auto_brain_mask
+from gpuperf.dsc.methods import MIN_CHUNK_VOXELS, OSVDQueue, Subject
+from gpuperf.dsc.options import KH_DEFAULT, RHO_DEFAULT, DSCOptions, resolve_options
 from gpuperf.dsc.signal import baseline_frames, check_te_tr, signal_to_dr2s
 from gpuperf.errors import GpuperfError, InputError
+from gpuperf.status import INPUT_FLAGS, Status
 
-METHODS = ("osvd", "csvd", "ssvd", "tikhonov")
-LEAKAGE = ("none", "bsw")
-KH_DEFAULT = 0.733
-RHO_DEFAULT = 1.04
-#: Automatic brain mask: mean signal above this fraction of its 98th percentile.
-BRAIN_MASK_FRACTION = 0.2
+__all__ = [
+    "BRAIN_MASK_FRACTION",
+    "KH_DEFAULT",
+    "RHO_DEFAULT",
+    "DSCFit",
+    "DSCModel",
+    "PreparedDSC",
+    "auto_brain_mask",
+    "trapz",
+]
+
+#: Compatibility names: the registry (:mod:`gpuperf.dsc.methods`) is the source.
+_OSVDQueue = OSVDQueue
+_Subject = Subject
+
+
+#: Option names readable as model attributes (``model.kh``).
+_OPTION_NAMES = frozenset(DSCOptions.parameter_names())
+
+#: Flags of every DSC status map (a method adds its own, e.g. oSVD's OSVD_NO_PASS).
+_STATUS_FLAGS = (
+    Status.NONPOSITIVE_INPUT,
+    Status.NONFINITE_INPUT,
+    Status.NO_BASELINE,
+    Status.OUTSIDE_MASK,
+)
 
 
 def trapz(y: Any, dt_s: float, xp: Any = np) -> Any:
     """Trapezoidal integral along the last axis with spacing ``dt_s``."""
     return (y.sum(axis=-1) - 0.5 * (y[..., 0] + y[..., -1])) * dt_s
-
-
-def auto_brain_mask(mean_signal: np.ndarray) -> np.ndarray:
-    """Brain mask from the mean signal of the series: ``S > 0.2 * percentile98(S)``.
-
-    T2*-weighted EPI background is dark, so a fraction of a robust maximum separates head from
-    air; a user mask is better where the scalp or large sinuses matter.
-    """
-    s0 = np.where(np.isfinite(mean_signal), mean_signal, 0.0)
-    pos = s0[s0 > 0]
-    if pos.size == 0:
-        raise GpuperfError("automatic brain mask: no voxel has a positive baseline signal")
-    return s0 > BRAIN_MASK_FRACTION * np.percentile(pos, 98)
 
 
 @dataclass
@@ -70,7 +82,7 @@ class DSCFit:
     k2 : 1/s (BSW leakage) or None.   rcbv : CBV / mean CBV in the reference mask, or None.
     threshold : the relative SVD threshold used per voxel (mu / s_max for Tikhonov).
     oi : oscillation index of the chosen oSVD residue (NaN for other methods).
-    status : int32 flags (:mod:`gpuperf.dsc.status`).
+    status : int32 :class:`gpuperf.status.Status` flags (``OUTSIDE_MASK`` outside the mask).
     aif : (T,) AIF (dR2*, 1/s).   aif_voxels : flat indices (into the input grid) averaged.
     n_baseline : pre-bolus frames used for S0.   residue : (V, N) when asked for.
     """
@@ -96,113 +108,86 @@ class DSCFit:
 class DSCModel:
     """What a DSC fit needs that does not depend on the data.
 
+    ``DSCModel(te_s, tr_s, method, **options)`` and ``DSCModel(options=DSCOptions(...))`` are
+    the same model (keywords given with ``options`` override it).
+
     Parameters
     ----------
     te_s, tr_s : float
         Echo time and frame interval in seconds (a TE > 1 is refused as milliseconds).
-    method : {'osvd', 'csvd', 'ssvd', 'tikhonov'}
-    threshold : float, optional
-        Relative SVD threshold for sSVD (default 0.2) or cSVD (0.1).
-    osvd_thresholds : sequence of float
-        oSVD sweep (default 0.05 .. 0.95 step 0.05).
-    oi_limit : float
-        oSVD oscillation-index limit (0.035).
-    mu : float, optional
-        Tikhonov mu relative to s_max; None chooses it per voxel by GCV.
-    leakage : {'none', 'bsw'}
-    kh, rho : float
-        Haematocrit factor (0.733) and brain density (1.04 g/ml).
-    baseline : int, optional
-        Pre-bolus frames; None detects the bolus arrival.
+    method : str
+        A registered deconvolution method (:func:`gpuperf.dsc.methods.names`: osvd, csvd,
+        ssvd, tikhonov).
+    options : DSCOptions, optional
+        Every method option (:class:`gpuperf.dsc.options.DSCOptions`); ``te_s``/``tr_s`` must
+        be set there or given here.
     device : {'auto', 'cpu', 'gpu'}
     dtype : float32 (default) or float64.
     memory_budget : int, optional
         Bytes per chunk of voxels.
-    aif_auc_percentile, aif_roughness_percentile, aif_clusters :
-        Automatic-AIF options (:func:`gpuperf.dsc.aif.auto_aif`).
+    **option_values
+        Any field of :class:`DSCOptions` (threshold, osvd_thresholds, oi_limit, mu, leakage,
+        kh, rho, baseline, gamma_fit_aif, aif_auc_percentile, aif_roughness_percentile,
+        aif_clusters).
     """
 
     def __init__(
         self,
-        te_s: float,
-        tr_s: float,
-        method: str = "osvd",
+        te_s: float | None = None,
+        tr_s: float | None = None,
+        method: str | None = None,
         *,
-        threshold: float | None = None,
-        osvd_thresholds: Any = osvd_mod.DEFAULT_THRESHOLDS,
-        oi_limit: float = osvd_mod.DEFAULT_OI_LIMIT,
-        mu: float | None = None,
-        leakage: str = "none",
-        kh: float = KH_DEFAULT,
-        rho: float = RHO_DEFAULT,
-        baseline: int | None = None,
+        options: DSCOptions | None = None,
         device: str = "auto",
         dtype: Any = np.float32,
         memory_budget: int | None = None,
-        aif_auc_percentile: float = AUC_PERCENTILE,
-        aif_roughness_percentile: float = ROUGHNESS_PERCENTILE,
-        aif_clusters: int = N_CLUSTERS,
+        **option_values: Any,
     ) -> None:
-        self.te_s, self.tr_s = check_te_tr(te_s, tr_s)
-        if method not in METHODS:
-            raise InputError(None, "method", f"expected one of {METHODS}; got {method!r}")
-        if leakage not in LEAKAGE:
-            raise InputError(None, "leakage", f"expected one of {LEAKAGE}; got {leakage!r}")
-        if not (kh > 0 and rho > 0):
-            raise InputError(None, "kh/rho", f"must be positive; got kh={kh}, rho={rho}")
-        if baseline is not None and baseline < 1:
-            raise InputError(None, "baseline", f"needs at least 1 frame; got {baseline}")
-        self.method = method
-        default_thr = {"ssvd": dec.SSVD_THRESHOLD, "csvd": dec.CSVD_THRESHOLD}.get(method)
-        self.threshold = default_thr if threshold is None else float(threshold)
-        self.osvd_thresholds = tuple(float(x) for x in osvd_thresholds)
-        self.oi_limit = float(oi_limit)
-        self.mu = mu
-        self.leakage = leakage
-        self.kh, self.rho = float(kh), float(rho)
-        self.baseline = baseline
+        given = {"te_s": te_s, "tr_s": tr_s, "method": method}
+        values = {**{k: v for k, v in given.items() if v is not None}, **option_values}
+        opts = resolve_options(options, values, "DSCModel")
+        te, tr = check_te_tr(opts.te_s, opts.tr_s)
+        #: The options (validated; te_s and tr_s set).
+        self.options: DSCOptions = opts.replace(te_s=te, tr_s=tr)
+        self.deconvolution = self.options.deconvolution
+        self.leakage_correction = self.options.leakage_correction
         self.device = device
         self.dtype = np.dtype(dtype)
         self.memory_budget = memory_budget
-        self.aif_options = {
-            "auc_percentile": aif_auc_percentile,
-            "roughness_percentile": aif_roughness_percentile,
-            "n_clusters": aif_clusters,
-        }
+
+    def __getattr__(self, name: str) -> Any:
+        # model.method, model.kh, model.tr_s ...: the options, read-only (threshold: the one
+        # used, i.e. the method's default when the option is None)
+        opts = self.__dict__.get("options")
+        if opts is not None and name in _OPTION_NAMES:
+            return opts.resolved_threshold if name == "threshold" else getattr(opts, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    @property
+    def status_flags(self) -> tuple[Status, ...]:
+        """The flags this model's status maps can carry (for the status map's sidecar)."""
+        return (*_STATUS_FLAGS, *self.deconvolution.flags, Status.NONPOSITIVE_FLOW)
 
     def parameters(self) -> dict[str, Any]:
-        """The options, for sidecars."""
-        return {
-            "EchoTime": self.te_s,
-            "RepetitionTime": self.tr_s,
-            "Method": self.method,
-            "Threshold": self.threshold,
-            "OSVDThresholds": list(self.osvd_thresholds),
-            "OILimit": self.oi_limit,
-            "TikhonovMu": self.mu,
-            "Leakage": self.leakage,
-            "kH": self.kh,
-            "rho": self.rho,
-            "Baseline": self.baseline,
-            "dtype": self.dtype.name,
-            **{f"AIF_{k}": v for k, v in self.aif_options.items()},
-        }
+        """The options, for sidecars (:meth:`DSCOptions.sidecar_parameters` and the dtype)."""
+        return {**self.options.sidecar_parameters(), "dtype": self.dtype.name}
 
     def fit_key(self) -> tuple:
         """Models with equal keys can compute their subjects in one call (:meth:`fit_batch`):
         everything the per-voxel work depends on (the AIF, the baseline and the TE are applied
         per subject before it)."""
+        o = self.options
         return (
             "dsc",
-            self.tr_s,
-            self.method,
-            self.threshold,
-            self.osvd_thresholds,
-            self.oi_limit,
-            self.mu,
-            self.leakage,
-            self.kh,
-            self.rho,
+            o.tr_s,
+            o.method,
+            o.resolved_threshold,
+            o.osvd_thresholds,
+            o.oi_limit,
+            o.mu,
+            o.leakage,
+            o.kh,
+            o.rho,
             self.device,
             self.dtype.str,
             self.memory_budget,
@@ -216,7 +201,7 @@ class DSCModel:
         mask: np.ndarray | None = None,
         ref_mask: np.ndarray | None = None,
         return_residue: bool = False,
-        gamma_fit_aif: bool = False,
+        gamma_fit_aif: bool | None = None,
     ) -> DSCFit:
         """Fit raw DSC signal.
 
@@ -233,8 +218,9 @@ class DSCModel:
             Reference region (e.g. normal-appearing white matter) for rCBV.
         return_residue : bool
             Keep the (V, N) residues (memory: 4 V N bytes).
-        gamma_fit_aif : bool
-            Replace the AIF by its gamma-variate fit (recirculation removed).
+        gamma_fit_aif : bool, optional
+            Replace the AIF by its gamma-variate fit (recirculation removed); default the
+            option ``gamma_fit_aif``.
         """
         return self.fit_batch(
             [self.prepare(signal, aif, mask, ref_mask, gamma_fit_aif)], return_residue
@@ -246,91 +232,43 @@ class DSCModel:
         aif: Any = "auto",
         mask: np.ndarray | None = None,
         ref_mask: np.ndarray | None = None,
-        gamma_fit_aif: bool = False,
+        gamma_fit_aif: bool | None = None,
     ) -> PreparedDSC:
         """Everything of :meth:`fit` before the per-voxel deconvolution: mask, dR2* (on the
         backend), bolus arrival, AIF. Parameters as for :meth:`fit`; raises its input errors."""
         t_start = time.perf_counter()
+        opts = self.options
         signal = np.asarray(signal)
         if signal.ndim not in (2, 4):
             raise InputError(None, "signal", f"expected (V, T) or (X, Y, Z, T); got {signal.shape}")
         n_t = signal.shape[-1]
         if n_t < 4:
             raise InputError(None, "signal", f"need at least 4 frames; got {n_t}")
-        spatial = signal.shape[:-1]
-        # NIfTI data arrive Fortran-ordered: number the voxels in the array's own order so that
-        # flattening is a view, not a copy of the whole series (C-order indices are reported)
-        order = "F" if signal.flags.f_contiguous and not signal.flags.c_contiguous else "C"
-        flat = signal.reshape(-1, n_t, order=order)
-        if mask is None:
-            if signal.ndim == 4:
-                # the series mean: a bolus lowers a voxel's mean little (a few frames of many)
-                mask = auto_brain_mask(flat.mean(axis=1)).reshape(spatial, order=order)
-            else:
-                mask = np.ones(spatial, dtype=bool)
-        mask = np.asarray(mask, dtype=bool)
-        if mask.shape != spatial:
-            raise InputError(None, "mask", f"shape {mask.shape} does not match the data {spatial}")
-        mflat = mask.reshape(-1, order=order)
-        idx = np.flatnonzero(mflat)
-        if idx.size == 0:
-            raise InputError(None, "mask", "the mask is empty")
-        ref_local = None
-        if ref_mask is not None:
-            ref = np.asarray(ref_mask, bool)
-            if ref.shape != spatial:
-                raise InputError(None, "ref_mask", f"shape {ref.shape} != the data's {spatial}")
-            ref_local = ref.reshape(-1, order=order)[idx]
-        block = np.ascontiguousarray(flat[idx], dtype=self.dtype)
+        grid = VoxelGrid.for_signal(signal, mask)
+        ref_local = None if ref_mask is None else grid.local(ref_mask, "ref_mask")
+        block = np.ascontiguousarray(grid.gather(signal), dtype=self.dtype)
         backend = get_backend(self.device)
-        xp = backend.xp
 
         # bolus arrival on the mean of the usable voxels (one arrival for the whole volume)
-        good = np.isfinite(block).all(axis=1) & (block > 0).all(axis=1)
-        if self.baseline is not None:
-            n_base = int(self.baseline)
+        if opts.baseline is not None:
+            n_base = int(opts.baseline)
         else:
+            good = np.isfinite(block).all(axis=1) & (block > 0).all(axis=1)
             if not good.any():
                 raise GpuperfError("no voxel in the mask has a finite, positive signal")
             n_base = baseline_frames(block, good)
         if n_base >= n_t - 2:
             raise InputError(None, "baseline", f"{n_base} baseline frames leave too few of {n_t}")
-        dev_block = backend.asarray(block)
-        dr2s, flags = signal_to_dr2s(dev_block, self.te_s, n_base, xp)
-        flags_h = backend.to_host(flags)
-        usable = flags_h == 0
-
-        # AIF
-        aif_vox_local = None
-        if isinstance(aif, str):
-            if aif != "auto":
-                raise InputError(None, "aif", f"expected 'auto', a curve or a mask; got {aif!r}")
-            dr2s_h = backend.to_host(dr2s)
-            sel = auto_aif(dr2s_h, self.tr_s, usable, **self.aif_options)
-            aif_curve, aif_vox_local = sel.curve, sel.voxels
-        else:
-            a = np.asarray(aif)
-            if a.dtype == bool:
-                am = a.reshape(-1, order=order if a.shape == spatial else "C")
-                if am.size == flat.shape[0]:
-                    am = am[idx]
-                elif am.size != idx.size:
-                    raise InputError(None, "aif", f"AIF mask has {a.shape}, the data {spatial}")
-                aif_vox_local = np.flatnonzero(am & usable)
-                if aif_vox_local.size == 0:
-                    raise InputError(None, "aif", "no usable AIF-mask voxel inside the mask")
-                aif_curve = backend.to_host(dr2s[xp.asarray(aif_vox_local)].mean(axis=0))
-            else:
-                aif_curve = a.astype(np.float64).reshape(-1)
-                if aif_curve.size != n_t:
-                    raise InputError(None, "aif", f"AIF has {aif_curve.size} samples, data {n_t}")
+        dr2s, flags = signal_to_dr2s(backend.asarray(block), opts.te_s, n_base, backend.xp)
+        usable = backend.to_host(flags) == 0
+        aif_curve, aif_vox_local = self._aif(backend, grid, dr2s, usable, aif, n_t)
         aif_info: dict[str, Any] = {}
-        if gamma_fit_aif:
+        if opts.gamma_fit_aif if gamma_fit_aif is None else gamma_fit_aif:
             from gpuperf.dsc.aif import fit_gamma_aif
 
-            aif_curve, aif_info = fit_gamma_aif(aif_curve, self.tr_s)
+            aif_curve, aif_info = fit_gamma_aif(aif_curve, opts.tr_s)
         aif_curve = np.asarray(aif_curve, np.float64)
-        _check_aif(aif_curve, n_t, self.tr_s)
+        _check_aif(aif_curve, n_t, opts.tr_s)
         return PreparedDSC(
             backend=backend,
             dr2s=dr2s,
@@ -338,16 +276,34 @@ class DSCModel:
             aif=aif_curve,
             aif_voxels=aif_vox_local,
             n_baseline=n_base,
-            spatial=spatial,
-            order=order,
-            idx=idx,
-            n_grid=flat.shape[0],
-            mask=mask,
+            grid=grid,
             ref=ref_local,
             usable=usable,
             aif_info=aif_info,
             t_start=t_start,
         )
+
+    def _aif(
+        self, backend: Backend, grid: VoxelGrid, dr2s: Any, usable: np.ndarray, aif: Any, n_t: int
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """The AIF curve and the fitted voxels (indices into V) averaged into it, or None."""
+        if isinstance(aif, str):
+            if aif != "auto":
+                raise InputError(None, "aif", f"expected 'auto', a curve or a mask; got {aif!r}")
+            sel = auto_aif(
+                backend.to_host(dr2s), self.options.tr_s, usable, **self.options.aif_options
+            )
+            return sel.curve, sel.voxels
+        a = np.asarray(aif)
+        if a.dtype == bool:
+            vox = np.flatnonzero(grid.local_or_flat(a, "aif") & usable)
+            if vox.size == 0:
+                raise InputError(None, "aif", "no usable AIF-mask voxel inside the mask")
+            return backend.to_host(dr2s[backend.xp.asarray(vox)].mean(axis=0)), vox
+        curve = a.astype(np.float64).reshape(-1)
+        if curve.size != n_t:
+            raise InputError(None, "aif", f"AIF has {curve.size} samples, data {n_t}")
+        return curve, None
 
     def fit_batch(
         self, prepared: Sequence[PreparedDSC], return_residue: bool = False
@@ -377,7 +333,7 @@ class DSCModel:
 
     def _finish(self, p: PreparedDSC, fit: DSCFit) -> DSCFit:
         """Reference-region rCBV and the maps back onto the input grid."""
-        spatial, order, idx = p.spatial, p.order, p.idx
+        grid = p.grid
         fit.n_baseline = p.n_baseline
         fit.info.update(p.aif_info)
         if p.ref is not None:
@@ -385,19 +341,11 @@ class DSCModel:
         for name in ("cbf", "cbv", "mtt", "tmax", "ttp", "threshold", "oi", "k2", "rcbv"):
             vals = getattr(fit, name)
             if vals is not None:
-                out = np.full(p.n_grid, np.nan, dtype=np.float32)
-                out[idx] = vals
-                setattr(fit, name, out.reshape(spatial, order=order))
-        stat = np.zeros(p.n_grid, dtype=np.int32)
-        stat[idx] = fit.status
-        fit.status = stat.reshape(spatial, order=order)
+                setattr(fit, name, grid.scatter(vals))
+        fit.status = grid.scatter(fit.status, fill=int(Status.OUTSIDE_MASK), dtype=np.int32)
         if p.aif_voxels is not None:  # flat C-order indices into the input grid
-            fit.aif_voxels = np.sort(
-                np.ravel_multi_index(
-                    np.unravel_index(idx[p.aif_voxels], spatial, order=order), spatial
-                )
-            )
-        fit.mask = p.mask
+            fit.aif_voxels = grid.c_indices(p.aif_voxels)
+        fit.mask = grid.mask
         fit.info["elapsed_s"] = time.perf_counter() - p.t_start
         fit.info["backend"] = p.backend.name
         fit.info["device"] = p.backend.device_name
@@ -424,48 +372,19 @@ class DSCModel:
         c = backend.asarray(np.ascontiguousarray(conc, dtype=self.dtype))
         flags = backend.xp.zeros(c.shape[0], dtype=backend.xp.int32)
         bad = ~backend.xp.isfinite(c).all(axis=1)
-        flags[bad] = st.NONFINITE_SIGNAL
+        flags[bad] = int(Status.NONFINITE_INPUT)
         c[bad] = 0
-        return self._fit_dr2s(
-            backend, c, flags, np.asarray(aif, np.float64).reshape(-1), None, return_residue
-        )
+        aif = np.asarray(aif, np.float64).reshape(-1)
+        return self._fit_dr2s_many(backend, [(c, flags, aif, None)], return_residue)[0]
 
     # ------------------------------------------------------------------------------------------
-    def _fit_dr2s(
-        self,
-        backend: Backend,
-        dr2s: Any,
-        flags: Any,
-        aif: np.ndarray,
-        aif_voxels: np.ndarray | None,
-        return_residue: bool,
-    ) -> DSCFit:
-        return self._fit_dr2s_many(backend, [(dr2s, flags, aif, aif_voxels)], return_residue)[0]
-
     def _fit_dr2s_many(
         self, backend: Backend, items: Sequence[tuple], return_residue: bool
     ) -> list[DSCFit]:
-        """Deconvolve subjects ``(dr2s (V, N), flags (V,), aif (N,), aif_voxels)``.
-
-        Each subject is chunked as if alone; the oSVD chunks' coefficients are queued and their
-        selection runs as one kernel launch for all queued chunks (:class:`_OSVDQueue`).
-        """
+        """Deconvolve subjects ``(dr2s (V, N), flags (V,), aif (N,), aif_voxels)``: each is
+        prepared and finished alone; the method runs all of them (oSVD: one selection queue)."""
         subjects = [self._start(backend, *it, return_residue) for it in items]
-        if self.method == "osvd":
-            total = sum(sub.v for sub in subjects)
-            bytes_per_voxel = 4 * subjects[0].n * self.dtype.itemsize * 8
-            # a launch holds at most what one chunk of the whole batch would hold
-            launch_voxels = chunk_slices(
-                total, bytes_per_voxel, self.memory_budget, backend, min_voxels=256
-            )[0]
-            queue = _OSVDQueue(backend, self.oi_limit, launch_voxels.stop - launch_voxels.start)
-            for sub in subjects:
-                for sl in sub.chunks:
-                    queue.add(sub, sl, osvd_mod.coefficients(sub.dr2s[sl], sub.plan, backend.xp))
-            queue.flush()
-        else:
-            for sub in subjects:
-                self._deconvolve(backend, sub)
+        self.deconvolution.run(backend, subjects, self.options, self.memory_budget)
         return [self._end(backend, sub) for sub in subjects]
 
     def _start(
@@ -476,69 +395,47 @@ class DSCModel:
         aif: np.ndarray,
         aif_voxels: np.ndarray | None,
         return_residue: bool,
-    ) -> _Subject:
-        """Per subject, before the deconvolution: leakage, CBV, TTP, the AIF's operator."""
+    ) -> Subject:
+        """Per subject, before the deconvolution: leakage, CBV, TTP, the AIF's plan."""
         xp = backend.xp
-        dt = self.tr_s
+        opts = self.options
+        dt = opts.tr_s
         v, n = dr2s.shape
         _check_aif(aif, n, dt)
-        usable = backend.to_host(flags) == 0
-        k2 = None
-        if self.leakage == "bsw":
-            cand = usable.copy()
-            if aif_voxels is not None:
-                cand[aif_voxels] = False
-            dr2s, bsw = bsw_correct(dr2s, dt, cand, xp, backend.to_host)
-            k2 = backend.to_host(bsw.k2).astype(np.float32)
-        sub = _Subject(dr2s=dr2s, flags=flags, aif=aif, aif_voxels=aif_voxels, v=v, n=n, k2=k2)
-        sub.cbv = 100.0 * (self.kh / self.rho) * trapz(dr2s, dt, xp) / trapz(aif, dt)
+        candidates = backend.to_host(flags) == 0  # leakage reference: usable, not the AIF
+        if aif_voxels is not None:
+            candidates[aif_voxels] = False
+        dr2s, k2 = self.leakage_correction.correct(dr2s, dt, candidates, xp, backend.to_host)
+        sub = Subject(dr2s=dr2s, flags=flags, aif=aif, aif_voxels=aif_voxels, v=v, n=n, k2=k2)
+        sub.cbv = 100.0 * (opts.kh / opts.rho) * trapz(dr2s, dt, xp) / trapz(aif, dt)
         sub.ttp = xp.argmax(dr2s, axis=1).astype(self.dtype) * dt
         sub.rmax = xp.empty(v, dtype=self.dtype)
         sub.tmax_i = xp.empty(v, dtype=xp.int32)
-        sub.thr = xp.full(v, np.nan if self.threshold is None else self.threshold, dtype=self.dtype)
+        thr = opts.resolved_threshold
+        sub.thr = xp.full(v, np.nan if thr is None else thr, dtype=self.dtype)
         sub.oi = xp.full(v, np.nan, dtype=self.dtype)
         sub.residue = xp.empty((v, n), dtype=self.dtype) if return_residue else None
-        bytes_per_voxel = 4 * n * self.dtype.itemsize * (8 if self.method == "osvd" else 6)
-        if self.method == "osvd":
-            sub.plan = osvd_mod.make_plan(aif, dt, self.osvd_thresholds)
-        elif self.method == "ssvd":
-            sub.op = xp.asarray(
-                dec.truncated_pinv(dec.toeplitz_matrix(aif, dt), self.threshold).T, dtype=self.dtype
-            )
-        elif self.method == "csvd":
-            sub.op = xp.asarray(dec.csvd_operator(aif, dt, self.threshold), dtype=self.dtype)
+        sub.plan = self.deconvolution.plan(aif, dt, opts, self.dtype, xp)
+        per_voxel = self.deconvolution.memory_per_voxel(n, self.dtype.itemsize)
         # >= 256 voxels a chunk: results are then bitwise independent of the chunk size
-        sub.chunks = chunk_slices(v, bytes_per_voxel, self.memory_budget, backend, min_voxels=256)
+        sub.chunks = chunk_slices(
+            v, per_voxel, self.memory_budget, backend, min_voxels=MIN_CHUNK_VOXELS
+        )
         return sub
 
-    def _deconvolve(self, backend: Backend, sub: _Subject) -> None:
-        """sSVD, cSVD, Tikhonov: one operator (or GCV) per subject, chunk by chunk."""
-        xp = backend.xp
-        for sl in sub.chunks:
-            c = sub.dr2s[sl]
-            if self.method == "tikhonov":
-                r, mu_rel = dec.tikhonov(c, sub.aif, self.tr_s, self.mu, xp)
-                sub.thr[sl] = mu_rel
-            else:
-                r = c @ sub.op
-            sub.tmax_i[sl] = xp.argmax(r, axis=1).astype(xp.int32)
-            sub.rmax[sl] = r.max(axis=1)
-            if sub.residue is not None:
-                sub.residue[sl] = r
-
-    def _end(self, backend: Backend, sub: _Subject) -> DSCFit:
+    def _end(self, backend: Backend, sub: Subject) -> DSCFit:
         """Per subject, after the deconvolution: CBF, MTT, Tmax, status, host maps."""
         xp = backend.xp
-        dt = self.tr_s
+        opts = self.options
         rmax, flags, cbv = sub.rmax, sub.flags, sub.cbv
-        cbf = 6000.0 * (self.kh / self.rho) * rmax
-        flags |= xp.where(rmax > 0, 0, st.NONPOSITIVE_FLOW).astype(xp.int32)
+        cbf = 6000.0 * (opts.kh / opts.rho) * rmax
+        flags |= xp.where(rmax > 0, 0, int(Status.NONPOSITIVE_FLOW)).astype(xp.int32)
         with np.errstate(divide="ignore", invalid="ignore"):
             mtt = xp.where(rmax > 0, 60.0 * cbv / xp.where(rmax > 0, cbf, 1), np.nan)
-        tmax = sub.tmax_i.astype(self.dtype) * dt
+        tmax = sub.tmax_i.astype(self.dtype) * opts.tr_s
         h = backend.to_host
         status = h(flags).astype(np.int32)
-        bad = (status & st.INPUT_FLAGS) != 0
+        bad = (status & int(INPUT_FLAGS)) != 0
 
         def out(a: Any) -> np.ndarray:
             arr = h(a).astype(np.float32)
@@ -546,6 +443,7 @@ class DSCModel:
             return arr
 
         k2 = sub.k2
+        plan_sets = getattr(sub.plan, "set_threshold", None)
         return DSCFit(
             cbf=out(cbf),
             cbv=out(cbv),
@@ -559,7 +457,7 @@ class DSCModel:
             k2=None if k2 is None else np.where(bad, np.nan, k2).astype(np.float32),
             aif_voxels=sub.aif_voxels,
             residue=None if sub.residue is None else h(sub.residue),
-            info={"osvd_sets": None if sub.plan is None else sub.plan.set_threshold.tolist()},
+            info={"osvd_sets": None if plan_sets is None else plan_sets.tolist()},
         )
 
     @staticmethod
@@ -590,15 +488,14 @@ class PreparedDSC:
     dr2s : backend array (V, N)
         dR2* (1/s) of the voxels in the mask.
     flags : backend int32 array (V,)
-        Input status flags (:mod:`gpuperf.dsc.status`).
+        Input status flags (:class:`gpuperf.status.Status`).
     aif : ndarray (N,)
         AIF dR2* (1/s), float64.
     aif_voxels : ndarray or None
         Indices into the V voxels averaged into the AIF.
     n_baseline : int
-    spatial, order, idx, n_grid : the input grid, its flattening order, the mask's flat
-        indices in that order, the number of grid points.
-    mask : ndarray of bool (spatial)
+    grid : VoxelGrid
+        The input grid, its flattening order, the mask and its flat indices.
     ref : ndarray of bool (V,) or None
         Reference region for rCBV.
     usable : ndarray of bool (V,)
@@ -614,11 +511,7 @@ class PreparedDSC:
     aif: np.ndarray
     aif_voxels: np.ndarray | None
     n_baseline: int
-    spatial: tuple
-    order: str
-    idx: np.ndarray
-    n_grid: int
-    mask: np.ndarray
+    grid: VoxelGrid
     ref: np.ndarray | None
     usable: np.ndarray
     aif_info: dict
@@ -626,114 +519,15 @@ class PreparedDSC:
 
     @property
     def n_voxels(self) -> int:
-        return int(self.idx.size)
+        return int(self.grid.idx.size)
 
     @property
     def n_frames(self) -> int:
         return int(self.dr2s.shape[1])
 
-
-@dataclass
-class _Subject:
-    """Working state of one subject inside :meth:`DSCModel._fit_dr2s_many`."""
-
-    dr2s: Any
-    flags: Any
-    aif: np.ndarray
-    aif_voxels: np.ndarray | None
-    v: int
-    n: int
-    k2: np.ndarray | None = None
-    cbv: Any = None
-    ttp: Any = None
-    rmax: Any = None
-    tmax_i: Any = None
-    thr: Any = None
-    oi: Any = None
-    residue: Any = None
-    plan: osvd_mod.OSVDPlan | None = None
-    op: Any = None
-    chunks: list = field(default_factory=list)
-
-
-class _OSVDQueue:
-    """oSVD chunks waiting for their threshold selection (possibly of several subjects).
-
-    On a GPU the queued chunks' coefficients are padded to a common width and selected by ONE
-    ``osvd_select`` launch with a plan index per voxel; the kernel is one thread per voxel, so
-    each voxel's outputs do not depend on what else is in the launch. On NumPy each chunk is
-    selected by :func:`gpuperf.dsc.osvd.select_numpy` as it would be alone (its BLAS blocks
-    make a voxel's bits depend on its neighbours, so chunks are not merged there), unless
-    :attr:`host_kernel` is set: then NumPy arrays go through the GPU path with the kernel
-    source built as host C++ (:func:`gpuperf.dsc.osvd.select_host`; tests without a GPU).
-    """
-
-    #: Test hook: on NumPy, merge chunks and run the kernel source on the host.
-    host_kernel = False
-
-    def __init__(self, backend: Backend, oi_limit: float, launch_voxels: int) -> None:
-        self.backend = backend
-        self.oi_limit = oi_limit
-        self.launch_voxels = max(1, int(launch_voxels))
-        self.pending: list[tuple[_Subject, slice, Any]] = []
-        self.n_pending = 0
-
-    def add(self, sub: _Subject, sl: slice, coef: Any) -> None:
-        if self.backend.xp is np and not self.host_kernel:
-            self._store(sub, sl, coef, osvd_mod.select_numpy(coef, sub.plan, self.oi_limit))
-            return
-        self.pending.append((sub, sl, coef))
-        self.n_pending += coef.shape[0]
-        if self.n_pending >= self.launch_voxels:
-            self.flush()
-
-    def flush(self) -> None:
-        if not self.pending:
-            return
-        xp = self.backend.xp
-        pending, self.pending, self.n_pending = self.pending, [], 0
-        subs = list(dict.fromkeys(id(p[0]) for p in pending))
-        plans = {id(p[0]): p[0].plan for p in pending}
-        plan_list = [plans[k] for k in subs]
-        if len(pending) == 1:
-            coef, index = pending[0][2], None
-        else:
-            m_max = max(c.shape[1] for _, _, c in pending)
-            total = sum(c.shape[0] for _, _, c in pending)
-            coef = xp.zeros((total, m_max), dtype=pending[0][2].dtype)
-            index = np.empty(total, dtype=np.int32)
-            at = 0
-            for sub, _, c in pending:
-                coef[at : at + c.shape[0], : c.shape[1]] = c
-                index[at : at + c.shape[0]] = subs.index(id(sub))
-                at += c.shape[0]
-        select = osvd_mod.select_host if xp is np else osvd_mod.select_cupy
-        res = select(
-            coef,
-            plan_list if index is not None else plan_list[0],
-            self.oi_limit,
-            plan_index=index,
-        )
-        at = 0
-        for sub, sl, c in pending:
-            part = slice(at, at + c.shape[0])
-            at = part.stop
-            self._store(
-                sub,
-                sl,
-                c,
-                osvd_mod.OSVDResult(*(getattr(res, f)[part] for f in _RESULT_FIELDS)),
-            )
-
-    def _store(self, sub: _Subject, sl: slice, coef: Any, res: osvd_mod.OSVDResult) -> None:
-        xp = self.backend.xp
-        sub.rmax[sl] = res.rmax
-        sub.tmax_i[sl] = res.tmax_index
-        sub.thr[sl] = xp.asarray(sub.plan.set_threshold, dtype=sub.thr.dtype)[res.set_index]
-        sub.oi[sl] = res.oi
-        sub.flags[sl] |= xp.where(res.passed, 0, st.OSVD_NO_PASS).astype(xp.int32)
-        if sub.residue is not None:
-            sub.residue[sl] = osvd_mod.residue(coef, sub.plan, res.set_index, xp)
-
-
-_RESULT_FIELDS = ("rmax", "tmax_index", "set_index", "oi", "passed")
+    # the grid's fields, under their former names
+    spatial = property(lambda self: self.grid.spatial)
+    order = property(lambda self: self.grid.order)
+    idx = property(lambda self: self.grid.idx)
+    mask = property(lambda self: self.grid.mask)
+    n_grid = property(lambda self: self.grid.n_grid)

@@ -9,6 +9,12 @@ The run is three stages, :func:`prepare_dsc` (everything before the per-voxel wo
 allow) and :func:`write_dsc`; ``run_dsc`` is the three of them for one subject, and exposes
 them as ``run_dsc.prepare/.compute/.write`` for the cohort runner's batching
 (:mod:`gpuperf.cohort.batching`).
+
+The pipeline does not write the HTML report (the report layer sits above it): it returns what
+the report needs (:class:`DSCRunResult`), and the caller (``gpuperf dsc``, the cohort runner)
+publishes it. File names the caller will add (``extra_outputs``, e.g. ``"report.html"``) are
+checked against the overwrite policy with the maps, before any work; when there are any, the
+QC extras the report reads (``<prefix>_qc.npz``, :mod:`gpuperf.io.qc`) are written too.
 """
 
 from __future__ import annotations
@@ -25,11 +31,11 @@ from typing import Any
 
 import numpy as np
 
+from gpuperf import maps
 from gpuperf.backend import get_backend
-from gpuperf.dsc import status as st
 from gpuperf.dsc.aif import read_aif_curve
-from gpuperf.dsc.model import KH_DEFAULT, RHO_DEFAULT, DSCFit, DSCModel, PreparedDSC
-from gpuperf.dsc.osvd import DEFAULT_OI_LIMIT, DEFAULT_THRESHOLDS
+from gpuperf.dsc.model import DSCFit, DSCModel, PreparedDSC
+from gpuperf.dsc.options import DSCOptions, resolve_options
 from gpuperf.dsc.signal import check_te_tr
 from gpuperf.errors import GpuperfError
 from gpuperf.io.nifti import (
@@ -41,20 +47,24 @@ from gpuperf.io.nifti import (
     sidecar_path,
 )
 from gpuperf.io.outputs import OutputWriter
+from gpuperf.io.qc import pick_voxels, stage_extra
 from gpuperf.progress import Reporter, ensure_reporter
 from gpuperf.provenance import provenance
+from gpuperf.status import INPUT_FLAGS, Status, sidecar_entry
 
-MAP_SPECS = {
-    "cbf": ("ml/100g/min", "Cerebral blood flow: 6000 (kH/rho) max_t r(t)"),
-    "cbv": ("ml/100g", "Cerebral blood volume: 100 (kH/rho) int C_t / int C_a"),
-    "mtt": ("s", "Mean transit time: 60 CBV / CBF (central volume theorem)"),
-    "tmax": ("s", "Time of the maximum of the deconvolved residue r(t), from the first frame"),
-    "ttp": ("s", "Time to peak of the tissue dR2* curve, from the first frame"),
-    "k2": ("1/s", "BSW leakage K2 (>0: T1 leakage, <0: T2* leakage)"),
-    "rcbv": ("1", "CBV relative to the mean CBV of the reference mask"),
-    "threshold": ("1", "Relative SVD threshold used (fraction of s_max; mu/s_max for Tikhonov)"),
-    "oi": ("1", "Oscillation index (Wu 2003) of the chosen oSVD residue"),
-}
+#: Float maps of a fit, in the order they are written (k2/rcbv only when computed).
+MAP_NAMES = ("cbf", "cbv", "mtt", "tmax", "ttp", "threshold", "oi", "k2", "rcbv")
+
+maps.register(
+    maps.MapSpec(
+        "aifmask",
+        "1",
+        "Voxels averaged into the automatic AIF",
+        "AIF voxels",
+        cmap="gray",
+        categorical=True,
+    )
+)
 
 
 @dataclass
@@ -72,6 +82,8 @@ class PreparedDSCRun:
         Set by :func:`compute_dsc_batch`.
     fit_s : float
         Seconds of the fit (of the whole batch when computed with other subjects).
+    qc : bool
+        Stage the QC extras (``<prefix>_qc.npz``) for a report the caller writes.
     """
 
     series_path: Path
@@ -84,7 +96,7 @@ class PreparedDSCRun:
     aif_source: str
     mask_path: str | PathLike | None = None
     overwrite: bool = False
-    report: bool = True
+    qc: bool = False
     reporter: Any = None
     t_start: float = 0.0
     fit: DSCFit | None = None
@@ -114,37 +126,57 @@ class PreparedDSCRun:
 
 @dataclass
 class DSCRunResult:
-    """What :func:`run_dsc` wrote and a summary of the run."""
+    """What :func:`run_dsc` wrote, a summary of the run, and what its report needs.
+
+    Attributes
+    ----------
+    outputs : list of Path
+        Files written.
+    summary : dict
+        Voxel counts, median CBF, backend, timings.
+    out_dir : Path
+    prefix : str
+        ``<prefix>_<map>.nii.gz``.
+    modality : str
+        ``"dsc"``.
+    report_extra : dict
+        The ``extra`` of :func:`gpuperf.report.publish_run_report` (``baseline_s``).
+    mask_path : path-like or None
+        The brain mask given (None: automatic).
+    """
 
     outputs: list[Path]
     summary: dict[str, Any] = field(default_factory=dict)
+    out_dir: Path | None = None
+    prefix: str = ""
+    modality: str = "dsc"
+    report_extra: dict[str, Any] = field(default_factory=dict)
+    mask_path: str | PathLike | None = None
+
+
+def _split_name(name: str) -> tuple[str, str]:
+    """``"report.html"`` -> ``("report", ".html")``."""
+    stem, dot, ext = str(name).partition(".")
+    if not stem or not dot:
+        raise GpuperfError(f"extra output {name!r}: expected a name with an extension")
+    return stem, "." + ext
 
 
 def prepare_dsc(
     series_path: str | PathLike,
     out_dir: str | PathLike,
     *,
+    options: DSCOptions | None = None,
     mask_path: str | PathLike | None = None,
     aif: str | PathLike = "auto",
-    method: str = "osvd",
-    leakage: str = "none",
-    te_s: float | None = None,
-    tr_s: float | None = None,
-    baseline: int | None = None,
-    kh: float = KH_DEFAULT,
-    rho: float = RHO_DEFAULT,
     ref_mask_path: str | PathLike | None = None,
-    threshold: float | None = None,
-    osvd_thresholds: Any = DEFAULT_THRESHOLDS,
-    oi_limit: float = DEFAULT_OI_LIMIT,
-    mu: float | None = None,
-    gamma_fit_aif: bool = False,
     prefix: str | None = None,
     device: str = "auto",
     memory_budget: int | None = None,
     overwrite: bool = False,
     reporter: Reporter | None = None,
-    report: bool = True,
+    extra_outputs: Sequence[str] = (),
+    **option_values: Any,
 ) -> PreparedDSCRun:
     """Load and validate a DSC series: everything of :func:`run_dsc` before the deconvolution
     (masks, dR2*, bolus arrival, AIF selection, output checks).
@@ -157,6 +189,7 @@ def prepare_dsc(
     PreparedDSCRun
     """
     t0 = time.perf_counter()
+    opts = resolve_options(options, option_values, "prepare_dsc")
     rep = ensure_reporter(reporter)
     series_path = Path(series_path)
     out_dir = Path(out_dir)
@@ -164,9 +197,9 @@ def prepare_dsc(
     img = load_image(series_path, ndim=(4,), role="DSC series")
     meta = read_sidecar(series_path)
     sc = sidecar_path(series_path)
-    te = te_s if te_s is not None else meta.get("EchoTime")
-    tr = tr_s if tr_s is not None else meta.get("RepetitionTime")
-    te, tr = check_te_tr(te, tr, sc if (te_s is None or tr_s is None) else None)
+    te = opts.te_s if opts.te_s is not None else meta.get("EchoTime")
+    tr = opts.tr_s if opts.tr_s is not None else meta.get("RepetitionTime")
+    te, tr = check_te_tr(te, tr, sc if (opts.te_s is None or opts.tr_s is None) else None)
     n_t = img.n_frames
     inputs: list[Path] = [series_path]
     mask = None
@@ -189,28 +222,17 @@ def prepare_dsc(
         ref = load_mask(ref_mask_path, img, role="reference mask")
         inputs.append(Path(ref_mask_path))
     model = DSCModel(
-        te,
-        tr,
-        method,
-        threshold=threshold,
-        osvd_thresholds=osvd_thresholds,
-        oi_limit=oi_limit,
-        mu=mu,
-        leakage=leakage,
-        kh=kh,
-        rho=rho,
-        baseline=baseline,
+        options=opts.replace(te_s=te, tr_s=tr),
         device="gpu" if backend.is_gpu else "cpu",
         memory_budget=memory_budget,
     )
     names = ["cbf", "cbv", "mtt", "tmax", "ttp", "threshold", "oi", "status"]
-    if leakage == "bsw":
-        names.append("k2")
+    names += model.leakage_correction.maps
     if ref is not None:
         names.append("rcbv")
     if aif_source == "auto":
         names.append("aifmask")
-    params = {**model.parameters(), "AIF": aif_source, "GammaFitAIF": gamma_fit_aif}
+    params = {**model.parameters(), "AIF": aif_source}
     prov = provenance(backend, params, sources=[str(p) for p in inputs])
     writer = OutputWriter(
         out_dir,
@@ -223,17 +245,18 @@ def prepare_dsc(
     writer.expect(names)
     writer.expect(["aif"], ext=".tsv")
     writer.expect(["aif"], ext=".json")
-    if report:
-        writer.expect(["report"], ext=".html")
+    for name in extra_outputs:
+        stem, ext = _split_name(name)
+        writer.expect([stem], ext=ext)
+    qc = bool(extra_outputs)
+    if qc:
         writer.expect(["qc"], ext=".npz")
     rep.log(
-        f"DSC {method} on {backend.device_name}: {series_path.name} "
+        f"DSC {opts.method} on {backend.device_name}: {series_path.name} "
         f"({img.shape3d} x {n_t} frames, TE {te} s, TR {tr} s)"
     )
     with rep.status("preparing"):
-        data = model.prepare(
-            img.data, aif=aif_arg, mask=mask, ref_mask=ref, gamma_fit_aif=gamma_fit_aif
-        )
+        data = model.prepare(img.data, aif=aif_arg, mask=mask, ref_mask=ref)
     # the AIF is final now: draw its plot on a side thread while the deconvolution runs
     aif_png = _plot_pool().submit(_aif_png, np.arange(n_t) * tr, np.array(data.aif))
     return PreparedDSCRun(
@@ -248,7 +271,7 @@ def prepare_dsc(
         aif_source=aif_source,
         mask_path=mask_path,
         overwrite=overwrite,
-        report=report,
+        qc=qc,
         reporter=reporter,
         t_start=t0,
     )
@@ -300,7 +323,7 @@ def compute_dsc_batch(prepared: Sequence[PreparedDSCRun], reporter: Any = None) 
         fit_s = time.perf_counter() - t_fit
         for p, f in zip(group, fits, strict=True):
             p.fit, p.fit_s, p.batch_size = f, fit_s, len(group)
-            if p.report:  # while dR2* is still in memory: the report need not read it again
+            if p.qc:  # while dR2* is still in memory: the report need not read it again
                 p.curves = _report_curves(p)
     for p in prepared:  # all computed: the device arrays are no longer needed (a failed call
         p.data = None  # keeps them, so that the runner can compute each subject again alone)
@@ -314,18 +337,19 @@ def write_dsc(prep: PreparedDSCRun) -> DSCRunResult:
     fit, writer, backend = prep.fit, prep.writer, prep.backend
     tr, n_t, out_dir = prep.model.tr_s, fit.aif.size, prep.out_dir
     with writer:
-        for name in ("cbf", "cbv", "mtt", "tmax", "ttp", "threshold", "oi", "k2", "rcbv"):
+        for name in MAP_NAMES:
             data = getattr(fit, name)
             if data is None:
                 continue
-            units, desc = MAP_SPECS[name]
-            writer.add_map(name, data, units, desc)
+            spec = maps.get(name)
+            writer.add_map(name, data, spec.units, spec.description)
+        spec = maps.get("status")
         writer.add_map(
             "status",
             fit.status,
-            "1",
-            "Per-voxel status flags (bit field, 0 = OK)",
-            extra={"Flags": st.describe()},
+            spec.units,
+            spec.description,
+            extra=sidecar_entry(prep.model.status_flags),
             dtype=np.int32,
         )
         time_s = np.arange(n_t) * tr
@@ -333,9 +357,8 @@ def write_dsc(prep: PreparedDSCRun) -> DSCRunResult:
         if prep.aif_source == "auto":
             am = np.zeros(prep.shape3d, dtype=np.uint8)
             am.reshape(-1)[fit.aif_voxels] = 1
-            writer.add_map(
-                "aifmask", am, "1", "Voxels averaged into the automatic AIF", dtype=np.uint8
-            )
+            spec = maps.get("aifmask")
+            writer.add_map("aifmask", am, spec.units, spec.description, dtype=np.uint8)
         aif_voxels_ijk = (
             []
             if fit.aif_voxels is None
@@ -361,29 +384,15 @@ def write_dsc(prep: PreparedDSCRun) -> DSCRunResult:
         )
         _add_aif_plot(writer, prep.aif_png, time_s, fit.aif, rep)
         if prep.curves is not None:
-            from gpuperf.io.qc import stage_extra
-
             stage_extra(writer, {"curves": prep.curves})
         elapsed = time.perf_counter() - prep.t_start
         outputs = writer.commit(elapsed_s=elapsed)
-        if prep.report:
-            from gpuperf.report import publish_run_report
-
-            outputs += publish_run_report(
-                out_dir,
-                writer.prefix,
-                "dsc",
-                {"baseline_s": (0.0, (fit.n_baseline - 1) * tr)},
-                mask=prep.mask_path,
-                overwrite=prep.overwrite,
-                reporter=rep,
-            )
     flags = fit.status[fit.mask]
     cbf = fit.cbf[fit.mask]
     summary = {
         "voxels": int(fit.mask.sum()),
-        "flagged_input": int(((flags & st.INPUT_FLAGS) != 0).sum()),
-        "osvd_no_pass": int(((flags & st.OSVD_NO_PASS) != 0).sum()),
+        "flagged_input": int(((flags & int(INPUT_FLAGS)) != 0).sum()),
+        "osvd_no_pass": int(((flags & int(Status.OSVD_NO_PASS)) != 0).sum()),
         "baseline_frames": fit.n_baseline,
         "frames": n_t,
         "aif_voxels": None if fit.aif_voxels is None else int(fit.aif_voxels.size),
@@ -396,34 +405,32 @@ def write_dsc(prep: PreparedDSCRun) -> DSCRunResult:
     if prep.batch_size > 1:
         summary["fit_batch_subjects"] = prep.batch_size
     rep.log(f"wrote {len(outputs)} files to {out_dir} in {summary['elapsed_s']:.2f} s")
-    return DSCRunResult(outputs, summary)
+    return DSCRunResult(
+        outputs,
+        summary,
+        out_dir=out_dir,
+        prefix=writer.prefix,
+        modality="dsc",
+        report_extra={"baseline_s": (0.0, (fit.n_baseline - 1) * tr)},
+        mask_path=prep.mask_path,
+    )
 
 
 def run_dsc(
     series_path: str | PathLike,
     out_dir: str | PathLike,
     *,
+    options: DSCOptions | None = None,
     mask_path: str | PathLike | None = None,
     aif: str | PathLike = "auto",
-    method: str = "osvd",
-    leakage: str = "none",
-    te_s: float | None = None,
-    tr_s: float | None = None,
-    baseline: int | None = None,
-    kh: float = KH_DEFAULT,
-    rho: float = RHO_DEFAULT,
     ref_mask_path: str | PathLike | None = None,
-    threshold: float | None = None,
-    osvd_thresholds: Any = DEFAULT_THRESHOLDS,
-    oi_limit: float = DEFAULT_OI_LIMIT,
-    mu: float | None = None,
-    gamma_fit_aif: bool = False,
     prefix: str | None = None,
     device: str = "auto",
     memory_budget: int | None = None,
     overwrite: bool = False,
     reporter: Reporter | None = None,
-    report: bool = True,
+    extra_outputs: Sequence[str] = (),
+    **option_values: Any,
 ) -> DSCRunResult:
     """Run the DSC pipeline on a 4D NIfTI series and write the maps.
 
@@ -431,32 +438,38 @@ def run_dsc(
     ----------
     series_path : path-like
         4D DSC series; its BIDS-style JSON sidecar gives ``EchoTime`` and ``RepetitionTime``
-        (seconds) unless ``te_s`` / ``tr_s`` are given.
+        (seconds) unless the options ``te_s`` / ``tr_s`` are given.
     out_dir : path-like
         Output folder: ``<prefix>_{cbf,cbv,mtt,tmax,ttp,threshold,oi,status}.nii.gz`` (+ ``k2``
         with leakage correction, ``rcbv`` with a reference mask), each with a JSON sidecar;
-        ``<prefix>_aif.tsv`` (time_s, dr2s_per_s), ``<prefix>_aif.png`` (when matplotlib is
-        installed), and ``<prefix>_aifmask.nii.gz`` for ``aif='auto'``.
+        ``<prefix>_aif.tsv`` (time_s, dr2s_per_s), ``<prefix>_aif.png``, and
+        ``<prefix>_aifmask.nii.gz`` for ``aif='auto'``.
+    options : DSCOptions, optional
+        The method options (:class:`gpuperf.dsc.options.DSCOptions`); keywords override it.
     mask_path : path-like, optional
-        Brain mask; default automatic (see :func:`gpuperf.dsc.model.auto_brain_mask`).
+        Brain mask; default automatic (see :func:`gpuperf.dsc.masking.auto_brain_mask`).
     aif : 'auto' or path-like
         'auto' (Mouridsen-style, inside the mask), a NIfTI AIF mask, or a TSV/CSV/txt curve
         (dR2* in 1/s, one value per frame; last column).
-    method, leakage, baseline, kh, rho, threshold, osvd_thresholds, oi_limit, mu :
-        See :class:`gpuperf.dsc.DSCModel`.
     ref_mask_path : path-like, optional
         Reference region (e.g. NAWM) for rCBV.
-    gamma_fit_aif : bool
-        Fit a gamma-variate to the AIF (recirculation removed).
     prefix : str, optional
         Output file-name prefix (default: the series name without extension).
     device : {'auto', 'cpu', 'gpu'}
+    memory_budget : int, optional
+        Bytes a chunk of voxels may use.
     overwrite : bool
         Replace existing outputs.
     reporter : Reporter, optional
         Progress/log lines (silent when None).
-    report : bool
-        Also write ``<prefix>_report.html``, the visual QC page (:mod:`gpuperf.report`).
+    extra_outputs : sequence of str
+        Files the caller will write next to the maps (``"report.html"``): checked against the
+        overwrite policy now; when given, ``<prefix>_qc.npz`` (the report's QC curves) is
+        written too.
+    **option_values
+        Fields of :class:`DSCOptions` (method, leakage, te_s, tr_s, baseline, kh, rho,
+        threshold, osvd_thresholds, oi_limit, mu, gamma_fit_aif, aif_auc_percentile,
+        aif_roughness_percentile, aif_clusters).
 
     Returns
     -------
@@ -465,27 +478,17 @@ def run_dsc(
     prep = prepare_dsc(
         series_path,
         out_dir,
+        options=options,
         mask_path=mask_path,
         aif=aif,
-        method=method,
-        leakage=leakage,
-        te_s=te_s,
-        tr_s=tr_s,
-        baseline=baseline,
-        kh=kh,
-        rho=rho,
         ref_mask_path=ref_mask_path,
-        threshold=threshold,
-        osvd_thresholds=osvd_thresholds,
-        oi_limit=oi_limit,
-        mu=mu,
-        gamma_fit_aif=gamma_fit_aif,
         prefix=prefix,
         device=device,
         memory_budget=memory_budget,
         overwrite=overwrite,
         reporter=reporter,
-        report=report,
+        extra_outputs=extra_outputs,
+        **option_values,
     )
     compute_dsc_batch([prep])
     return write_dsc(prep)
@@ -505,17 +508,16 @@ def _report_curves(p: PreparedDSCRun) -> dict | None:
     voxel); their residues come from the run's own model on those rows, and the CBF so
     recomputed is shown beside the map's value as a check.
     """
-    from gpuperf.io.qc import pick_voxels
-
     d, fit = p.data, p.fit
-    cbf = np.asarray(fit.cbf).reshape(-1, order=d.order)[d.idx]
-    status = np.asarray(fit.status).reshape(-1, order=d.order)[d.idx]
+    grid = d.grid
+    cbf = grid.gather(np.asarray(fit.cbf))
+    status = grid.gather(np.asarray(fit.status))
     rows, labels = pick_voxels(cbf, np.ones(cbf.shape, dtype=bool), status)
     if rows.size == 0:
         return None
     dr2s = d.backend.to_host(d.dr2s[d.backend.asarray(rows)]).astype(np.float64)
     sub = p.model.fit_concentration(dr2s, fit.aif, return_residue=True)
-    ijk = np.unravel_index(d.idx[rows], d.spatial, order=d.order)
+    ijk = np.unravel_index(grid.idx[rows], grid.spatial, order=grid.order)
     tr = p.model.tr_s
     curves = {
         "time_s": np.arange(dr2s.shape[1]) * tr,

@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from gpuperf.dsc import status as st
 from gpuperf.errors import InputError
+from gpuperf.status import Status
 
 #: Baseline frames needed at least for a usable S0.
 MIN_BASELINE_FRAMES = 2
@@ -147,20 +147,20 @@ def signal_to_dr2s(signal: Any, te_s: float, n_baseline: int, xp: Any = np) -> t
     dr2s : array (V, T), dtype of ``signal``
         0 for flagged voxels (they are NaN in the maps).
     status : array (V,) int32
-        :mod:`gpuperf.dsc.status` flags (input flags only).
+        :class:`gpuperf.status.Status` flags (input flags only).
     """
     dtype = signal.dtype
     # one pass each: a row sum is finite iff every frame is (NaN/inf propagate)
     finite = xp.isfinite(signal.sum(axis=1))
     all_pos = (signal > 0).all(axis=1)  # False for NaN frames too
-    flags = xp.where(finite, 0, st.NONFINITE_SIGNAL).astype(xp.int32)
+    flags = xp.where(finite, 0, int(Status.NONFINITE_INPUT)).astype(xp.int32)
     odd = xp.flatnonzero(~all_pos)  # few voxels: tell <= 0 from NaN on them only
     if odd.size:
-        flags[odd] |= xp.where((signal[odd] <= 0).any(axis=1), st.NONPOSITIVE_SIGNAL, 0).astype(
-            xp.int32
-        )
+        flags[odd] |= xp.where(
+            (signal[odd] <= 0).any(axis=1), int(Status.NONPOSITIVE_INPUT), 0
+        ).astype(xp.int32)
     s0 = signal[:, :n_baseline].mean(axis=1)
-    flags |= xp.where(xp.isfinite(s0) & (s0 > 0), 0, st.NO_BASELINE).astype(xp.int32)
+    flags |= xp.where(xp.isfinite(s0) & (s0 > 0), 0, int(Status.NO_BASELINE)).astype(xp.int32)
     bad = flags != 0
     with np.errstate(divide="ignore", invalid="ignore"):
         dr2s = xp.log(signal)  # bad rows hold NaN/-inf here and are zeroed below

@@ -18,7 +18,7 @@ import numpy as np
 
 from gpuperf.dsc.aif import gamma_variate
 from gpuperf.dsc.leakage import cumulative_integral
-from gpuperf.dsc.model import KH_DEFAULT, RHO_DEFAULT
+from gpuperf.dsc.options import KH_DEFAULT, RHO_DEFAULT
 
 #: (CBF ml/100g/min, MTT s) of the four regions along x.
 REGIONS = ((60.0, 4.0), (25.0, 4.8), (40.0, 6.0), (15.0, 8.0))

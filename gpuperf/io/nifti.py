@@ -186,29 +186,47 @@ def load_mask(path: str | PathLike, reference: LoadedImage, role: str = "mask") 
     return mask
 
 
-def gather(data: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Masked voxels of a 3D/4D array as a C-contiguous block.
+def gather(data: np.ndarray, mask: np.ndarray, order: str = "C") -> np.ndarray:
+    """Masked voxels of an array as a C-contiguous block.
 
-    The mask may have any number of dimensions; ``data`` has the mask's shape, optionally
-    followed by one sample axis.
+    Parameters
+    ----------
+    data : ndarray, shape ``mask.shape`` or ``mask.shape + (T,)``
+    mask : ndarray of bool
+    order : {'C', 'F'}
+        How the voxels are numbered: ``'F'`` follows a Fortran-ordered array (NIfTI data as
+        nibabel returns them), so that flattening it is a view, not a copy of the series.
 
     Returns
     -------
-    ndarray, shape (V,) for 3D input or (V, T) for 4D input, in ``np.flatnonzero(mask)`` order.
+    ndarray, shape (V,) or (V, T), voxels in ``np.flatnonzero(mask.reshape(-1, order=order))``
+    order.
     """
     if data.shape[: mask.ndim] != mask.shape:
         raise ValueError(f"data shape {data.shape} does not match mask shape {mask.shape}")
-    return np.ascontiguousarray(data[mask])
+    if order == "C":
+        return np.ascontiguousarray(data[mask])
+    flat = data.reshape((mask.size,) + data.shape[mask.ndim :], order=order)
+    return np.ascontiguousarray(flat[np.flatnonzero(mask.reshape(-1, order=order))])
 
 
 def scatter(
-    values: np.ndarray, mask: np.ndarray, fill: float = np.nan, dtype: Any = np.float32
+    values: np.ndarray,
+    mask: np.ndarray,
+    fill: float = np.nan,
+    order: str = "C",
+    dtype: object = np.float32,
 ) -> np.ndarray:
     """Put per-voxel ``values`` (V,) or (V, K) back on the grid; outside the mask is ``fill``.
 
-    The result has ``dtype`` (float32 by default; int32 for status maps with an integer fill).
+    ``order`` is that of the :func:`gather` that produced the voxels; ``dtype`` that of the
+    result (float32 maps; int32 for status maps).
     """
     values = np.asarray(values)
-    out = np.full(mask.shape + values.shape[1:], fill, dtype=dtype)
-    out[mask] = values
-    return out
+    if order == "C":
+        out = np.full(mask.shape + values.shape[1:], fill, dtype=dtype)
+        out[mask] = values
+        return out
+    out = np.full((mask.size,) + values.shape[1:], fill, dtype=dtype)
+    out[np.flatnonzero(mask.reshape(-1, order=order))] = values
+    return out.reshape(mask.shape + values.shape[1:], order=order)

@@ -32,6 +32,7 @@ from gpuperf.io.qc import (  # noqa: F401 - re-exported: the report's public nam
     save_extra,
     stage_extra,
 )
+from gpuperf.status import Status
 
 _MASK_NAMES = ("mask", "brainmask", "brain_mask")
 _AIF_MASK_NAMES = ("aif_mask", "aifmask", "aif_voxels")
@@ -293,9 +294,12 @@ def _choose_mask(
         run.mask_source = f"{path.name} ({how})"
         return
     if run.maps:
-        # Maps are NaN outside the analysis mask; status is negative there (ASL) or zero (DSC),
-        # positive for flagged voxels whose maps may be NaN.
+        # Maps are NaN outside the analysis mask, where the status is OUTSIDE_MASK; flagged
+        # voxels inside it may be NaN too but carry another flag.
         st = run.maps.get("status")
-        flagged = np.isfinite(st.data) & (st.data > 0) if st is not None else False
+        flagged = False
+        if st is not None:
+            code = np.where(np.isfinite(st.data), st.data, 0).astype(np.int64)
+            flagged = (code > 0) & ((code & int(Status.OUTSIDE_MASK)) == 0)
         run.mask = valued | flagged
         run.mask_source = "voxels with a value in the maps (no mask file found)"

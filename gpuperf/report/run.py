@@ -150,6 +150,21 @@ def build_run_html(
 __all__ = ["build_run_html", "map_stats", "report_path", "write_run_report"]
 
 
+def publish_result(result: Any, *, overwrite: bool = False, reporter=None) -> list[Path]:
+    """:func:`publish_run_report` for the result of ``run_dsc``/``run_asl`` (its ``out_dir``,
+    ``prefix``, ``modality``, ``report_extra`` and ``mask_path``): what ``gpuperf dsc``/``asl``
+    and the cohort runner do once the maps are written."""
+    return publish_run_report(
+        result.out_dir,
+        result.prefix,
+        result.modality,
+        result.report_extra,
+        mask=result.mask_path,
+        overwrite=overwrite,
+        reporter=reporter,
+    )
+
+
 def publish_run_report(
     out_dir: str | os.PathLike,
     prefix: str,
