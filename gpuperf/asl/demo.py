@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import time
-from os import PathLike
 from collections.abc import Callable
+from os import PathLike
 from pathlib import Path
 from typing import Any
 
