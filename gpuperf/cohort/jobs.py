@@ -121,6 +121,7 @@ def write_shared(path: str | PathLike, data: bytes | str | Any, tag: str = "") -
     ``tag`` (the job id) lets the next run of the same job remove a killed write's leftover.
     """
     if not isinstance(data, (bytes, str)):
+
         data = json.dumps(jsonable(data), indent=2) + "\n"
     atomic_write_bytes(path, data.encode() if isinstance(data, str) else data, tag=tag)
 
