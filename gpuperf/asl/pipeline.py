@@ -352,6 +352,9 @@ def prepare_asl(
         "BackgroundSuppression": series.background_suppression,
         "BackgroundSuppressionNumberPulses": series.bs_pulses,
         "BackgroundSuppressionEfficiencyPerPulse": K.BS_EFFICIENCY_PER_PULSE,
+        "BackgroundSuppressionFactorSource": "command line"
+        if opts.bs_factor is not None
+        else "BackgroundSuppression, BackgroundSuppressionNumberPulses",
         "M0Type": series.m0_type,
         # informational: scanners may average pairs before export, so no check against it
         "TotalAcquiredPairs": series.sidecar.get("TotalAcquiredPairs"),
