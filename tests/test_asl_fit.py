@@ -6,9 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gpuperf.asl.model import STATUS_BAD_INPUT, ASLModel
+from gpuperf.asl.model import ASLModel
 from gpuperf.fit import fit_lm
 from gpuperf.fit.models.buxton import BUXTON_PASL, BUXTON_PCASL, BUXTON_PCASL_ARTERIAL
+from gpuperf.status import Status
 from tests.test_asl_model import PLDS, TAU, TI1, TIS, pasl_published, pcasl_published
 
 DEVICES = [pytest.param("cpu", id="numpy"), pytest.param("gpu", id="cupy", marks=pytest.mark.gpu)]
@@ -93,11 +94,21 @@ def test_bad_voxels_flagged_not_crashing():
         np, np.array([[50.0, 1.0]] * 4), model.sample_times(), model.consts()
     )
     data = clean * 1000.0
+    data = np.concatenate([data, data[:2]])
     data[1, 3] = np.nan
-    m0 = np.array([1000.0, 1000.0, 0.0, -5.0])
-    mask = np.array([True, True, True, False])
+    data[5, 0] = np.inf
+    m0 = np.array([1000.0, 1000.0, 0.0, -5.0, np.nan, -1.0])
+    mask = np.array([True, True, True, False, True, True])
     fit = model.fit(data, m0, mask=mask)
-    assert list(fit.status) == [0, STATUS_BAD_INPUT, STATUS_BAD_INPUT, -1]
+    assert fit.status.dtype == np.int32
+    assert list(fit.status) == [
+        Status.OK,
+        Status.NONFINITE_INPUT,
+        Status.NONPOSITIVE_INPUT,
+        Status.OUTSIDE_MASK,
+        Status.NONFINITE_INPUT,
+        Status.NONFINITE_INPUT | Status.NONPOSITIVE_INPUT,
+    ]
     assert fit.cbf[0] == pytest.approx(50.0, rel=1e-3)
     assert np.isnan(fit.cbf[1:]).all()
 
@@ -282,7 +293,7 @@ def test_gpu_matches_numpy(kind):
 
 def test_optimum_on_a_kink_is_finished_not_left_at_max_iter():
     """Truth ATT = a PLD: noisy fits often end exactly on the kink ATT = t - tau, where LM
-    creeps (linear convergence). Those voxels are snapped to the kink (status 4)."""
+    creeps (linear convergence). Those voxels are snapped to the kink (status AT_KINK)."""
     rng = np.random.default_rng(0)
     model = ASLModel("PCASL", np.repeat(PLDS, 4), TAU, device="cpu")
     clean, _ = model.kinetic_model.evaluate(
@@ -290,10 +301,10 @@ def test_optimum_on_a_kink_is_finished_not_left_at_max_iter():
     )
     y = (clean + rng.normal(0, 1e-3, (2000, clean.shape[1]))).astype(np.float32)
     fit = model.fit(y, 1.0)
-    assert np.isin(fit.status, [0, 4]).mean() > 0.995
-    at_kink = fit.status == 4
+    assert np.isin(fit.status, [Status.OK, Status.AT_KINK]).mean() > 0.995
+    at_kink = fit.status == Status.AT_KINK
     assert at_kink.sum() > 0
     np.testing.assert_allclose(fit.att[at_kink], 1.0, atol=1e-6)  # the kink ATT = PLD 1.0
     assert np.isfinite(fit.att_stderr[at_kink]).all()
-    ok = np.isin(fit.status, [0, 4])
+    ok = np.isin(fit.status, [Status.OK, Status.AT_KINK])
     assert abs(fit.cbf[ok].mean() / 40.0 - 1) < 0.03

@@ -87,7 +87,7 @@ def test_batched_asl_fit_is_bit_identical_to_fits_alone(
         assert batch[s].batch_size == (1 if s == "03" else 3)
     # and the written maps equal run_asl's
     res = write_asl(batch["04"])
-    direct = run_asl(ph["04"]["asl"], tmp_path / "direct", device=device, report=False)
+    direct = run_asl(ph["04"]["asl"], tmp_path / "direct", device=device)
     for name in ("cbf", "att", "status"):
         np.testing.assert_array_equal(
             np.asarray(nib.load(res.outputs[name]).dataobj),

@@ -10,6 +10,7 @@ import pytest
 from gpuperf.errors import GpuperfError, InputError
 from gpuperf.fit import MODELS, FitStatus, fit_lm
 from gpuperf.fit._synthetic import gammavar_problem, monoexp_problem
+from gpuperf.status import Status
 
 scipy_optimize = pytest.importorskip("scipy.optimize")
 
@@ -241,9 +242,21 @@ def test_inputs_are_not_modified_and_result_metadata():
     r = fit_lm("monoexp", pr.x[:, 0], y, p0, device="cpu")
     np.testing.assert_array_equal(y, pr.y)
     np.testing.assert_array_equal(p0, pr.p0)
-    assert r.params.dtype == np.float32 and r.status.dtype == np.int8
+    assert r.params.dtype == np.float32 and r.status.dtype == np.int32
     assert r.n_iter.dtype == np.int32 and r.param_names == ("s0", "r")
     assert r.backend == "numpy"
+
+
+def test_status_uses_the_flag_convention():
+    """FitResult.status carries gpuperf.status flags, not the backends' 0/1/2 codes."""
+    pr = monoexp_problem(np.random.default_rng(3), 6)
+    y = pr.y.copy()
+    y[2, 0] = np.nan
+    r = fit_lm("monoexp", pr.x[:, 0], y, pr.p0, device="cpu", dtype=np.float64)
+    assert r.status[2] == Status.FIT_FAILED == FitStatus.FAILED == 32
+    assert set(r.status[[0, 1, 3, 4, 5]].tolist()) == {int(Status.OK)}
+    r1 = fit_lm("monoexp", pr.x[:, 0], pr.y, pr.p0, device="cpu", max_iter=1)
+    assert (r1.status == Status.MAX_ITER).all() and FitStatus.MAX_ITER == 16
     np.testing.assert_array_equal(r.param("r"), r.params[:, 1])
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from gpuperf.asl.options import check_sidecar
 from gpuperf.errors import InputError
 from gpuperf.io.nifti import LoadedImage, check_same_grid, load_image, read_sidecar, sidecar_path
 
@@ -336,9 +337,8 @@ def read_asl_series(asl_path: str | PathLike, m0_path: str | PathLike | None = N
             "BackgroundSuppressionNumberPulses",
             f"expected a non-negative integer, found {n_pulses!r}",
         )
-    eff = _number(meta, "LabelingEfficiency", js)
-    if eff is not None and not 0 < eff <= 1:
-        raise InputError(js, "LabelingEfficiency", f"expected a value in (0, 1], found {eff}")
+    # the same range rule as --alpha, which it feeds
+    eff = check_sidecar("alpha", _number(meta, "LabelingEfficiency", js), js, "LabelingEfficiency")
     b0 = _number(meta, "MagneticFieldStrength", js)
 
     series = ASLSeries(

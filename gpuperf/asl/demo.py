@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from os import PathLike
 from pathlib import Path
 from typing import Any
@@ -10,19 +11,28 @@ from typing import Any
 import numpy as np
 
 
-def run_demo(out_dir: str | PathLike, device: str = "auto", reporter: Any = None) -> dict:
+def run_demo(
+    out_dir: str | PathLike,
+    device: str = "auto",
+    reporter: Any = None,
+    publish: Callable[[Any], Any] | None = None,
+) -> dict:
     """Write a noisy multi-PLD pCASL phantom under ``out_dir/phantom``, fit it with the Buxton
     kinetic model into ``out_dir/maps`` and summarise the errors against the truth maps.
+
+    ``publish(result)``, when given, is called with the pipeline's result once the maps are
+    written (``gpuperf demo`` passes :func:`gpuperf.report.publish_result`: the QC page).
 
     Returns
     -------
     dict
         ``voxels``, ``cbf_median_error_percent``, ``att_median_error_s`` (median absolute
-        errors over converged voxels, status 0 or 4), ``converged_fraction``, ``fit_seconds``,
+        errors over converged voxels, status 0 or AT_KINK), ``converged_fraction``, ``fit_seconds``,
         ``elapsed_seconds``, ``backend``.
     """
     import nibabel as nib
 
+    from gpuperf.asl.model import OK_FLAGS
     from gpuperf.asl.pipeline import run_asl
     from gpuperf.asl.simulate import write_phantom
 
@@ -38,14 +48,17 @@ def run_demo(out_dir: str | PathLike, device: str = "auto", reporter: Any = None
         device=device,
         overwrite=True,
         reporter=reporter,
+        extra_outputs=("report.html",) if publish is not None else (),
     )
+    if publish is not None:
+        publish(res)
     mask = np.asarray(nib.load(str(ph["mask"])).dataobj) > 0
     cbf_t = np.asarray(nib.load(str(ph["truth_cbf"])).dataobj)[mask]
     att_t = np.asarray(nib.load(str(ph["truth_att"])).dataobj)[mask]
     cbf = np.asarray(nib.load(str(res.outputs["cbf"])).dataobj)[mask]
     att = np.asarray(nib.load(str(res.outputs["att"])).dataobj)[mask]
     status = np.asarray(nib.load(str(res.outputs["status"])).dataobj)[mask]
-    ok = (status == 0) | (status == 4)  # converged, or converged at a kink of the model
+    ok = np.isin(status, OK_FLAGS)  # converged, or converged at a kink of the model
     return {
         "voxels": int(mask.sum()),
         "converged_fraction": float(ok.mean()),

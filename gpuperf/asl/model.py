@@ -1,16 +1,19 @@
 """ASL quantification in the DIPY idiom: ``ASLModel(...).fit(deltam, m0=...) -> ASLFit``.
 
-The model holds what does not depend on the data (labelling type, timings, constants, method);
-``fit`` takes difference signals (control - label, one sample per PLD or per repeat) and M0, and
-returns maps. Two methods:
+The model holds what does not depend on the data (labelling type, timings and the method
+options of :class:`gpuperf.asl.options.ASLOptions`); ``fit`` takes difference signals
+(control - label, one sample per PLD or per repeat) and M0, masks and checks the voxels, hands
+``dM/M0`` to the method of :data:`gpuperf.asl.kinetics.METHODS` and puts the maps back on the
+grid. Methods:
 
 - ``whitepaper``: consensus single-PLD formulas (Alsop et al., MRM 73:102, 2015), closed form;
   with several PLDs the per-PLD estimates are averaged.
 - ``gkm``: Buxton general kinetic model (Buxton et al., MRM 40:383, 1998) fitted voxelwise
-  for CBF and ATT (optionally aBV and aBAT) by the batched Levenberg-Marquardt fitter
-  :func:`gpuperf.fit.fit_lm` (CuPy kernel or NumPy twin).
+  for CBF and ATT (optionally aBV and aBAT) by :func:`gpuperf.fit.fit_lm`
+  (:mod:`gpuperf.asl.fitting`, :mod:`gpuperf.asl.kinks`, :mod:`gpuperf.asl.arterial`).
 
-``auto`` picks ``whitepaper`` for one PLD and ``gkm`` for several.
+``auto`` picks ``whitepaper`` for one PLD and ``gkm`` for several. Statuses are
+:class:`gpuperf.status.Status` flags.
 """
 
 from __future__ import annotations
@@ -21,32 +24,34 @@ from typing import Any
 
 import numpy as np
 
+from gpuperf import status as st
 from gpuperf.asl import constants as K
-from gpuperf.asl.quantify import whitepaper_pasl, whitepaper_pcasl
+from gpuperf.asl.arterial import abat_candidates
+from gpuperf.asl.fitting import initial_params
+from gpuperf.asl.kinetics import METHODS, KineticModel, kinetic_model_for, resolve_method
+from gpuperf.asl.kinks import KINK_TOLERANCE_S, kinks
+from gpuperf.asl.options import ASLOptions
 from gpuperf.backend import get_backend
 from gpuperf.errors import InputError
-from gpuperf.fit.models.buxton import BUXTON_PASL, BUXTON_PCASL, BUXTON_PCASL_ARTERIAL
+from gpuperf.io.nifti import gather, scatter
+from gpuperf.status import Status
 
-METHODS = ("auto", "whitepaper", "gkm")
+#: Flags an ASL status map can carry (listed in its sidecar).
+STATUS_FLAGS = (
+    Status.NONPOSITIVE_INPUT,
+    Status.NONFINITE_INPUT,
+    Status.OUTSIDE_MASK,
+    Status.MAX_ITER,
+    Status.FIT_FAILED,
+    Status.AT_KINK,
+)
+#: Flags of a voxel whose maps are trusted (converged, or converged at a kink).
+OK_FLAGS = (int(Status.OK), int(Status.AT_KINK))
 
-#: Status codes of :attr:`ASLFit.status`. 0-2 are the fitter's (converged, max-iter, failed).
-STATUS_CONVERGED = 0
-STATUS_MAX_ITER = 1
-STATUS_FAILED = 2
-STATUS_BAD_INPUT = 3  # M0 <= 0 or non-finite data: not fitted
-STATUS_AT_KINK = 4  # optimum at a kink of the model (ATT = t - tau or ATT = t): see _snap_kinks
-STATUS_OUTSIDE = -1  # outside the mask
-STATUS_MEANINGS = {
-    -1: "outside mask",
-    0: "converged (or closed form)",
-    1: "maximum iterations reached",
-    2: "fit failed",
-    3: "invalid input (M0 <= 0 or non-finite data)",
-    4: "converged with ATT at a kink of the model (ATT = PLD or tau + PLD); CBF refitted "
-    "with ATT held there",
-}
-#: A max-iteration ATT closer than this to a kink of the model is tested as a kink optimum (s).
-KINK_TOLERANCE_S = 2e-3
+__all__ = ["KINK_TOLERANCE_S", "STATUS_FLAGS", "ASLFit", "ASLModel"]
+
+#: Keyword arguments of ASLModel that name an option differently.
+_ALIASES = {"method": "model"}
 
 
 @dataclass
@@ -62,8 +67,8 @@ class ASLFit:
     cbf_stderr, att_stderr : ndarray or None
         Standard errors from the fit covariance (GKM), or, for the consensus formula with
         repeats, the standard error of the mean over repeats.
-    status : ndarray int8
-        See :data:`STATUS_MEANINGS`.
+    status : ndarray int32
+        :class:`gpuperf.status.Status` flags (``OUTSIDE_MASK`` outside the mask).
     residual : ndarray or None
         RMS residual of the fit in signal units of the series (GKM).
     abv, abat, abv_stderr, abat_stderr : ndarray or None
@@ -97,7 +102,7 @@ class ASLFit:
 
 
 class ASLModel:
-    """ASL acquisition, constants and method.
+    """ASL acquisition and method options.
 
     Parameters
     ----------
@@ -106,27 +111,18 @@ class ASLModel:
         PostLabelingDelay of each sample (s); for PASL the inversion time TI. Repeats allowed.
     tau_s : float or array_like (K,)
         Labelling duration (CASL/PCASL) or bolus duration TI1 (PASL), s.
-    method : {'auto', 'whitepaper', 'gkm'}
-    t1_tissue_s, t1_blood_s : float
-        T1 of tissue (kinetic model only) and of arterial blood, s.
-    lambda_ : float
-        Blood/brain partition coefficient, ml/g.
-    alpha : float, optional
-        Labelling efficiency (default 0.85 PCASL, 0.68 CASL, 0.98 PASL).
-    bs_factor : float
-        Background-suppression factor multiplying ``alpha`` (1: none); see
-        :func:`gpuperf.asl.constants.background_suppression_factor`.
-    arterial : bool
-        Add the macrovascular component (aBV, aBAT) to the (p)CASL kinetic model.
-    att_start_s : float, optional
-        Starting ATT (default 1.3 s (p)CASL, 0.7 s PASL).
-    cbf_bounds, att_bounds : (float, float)
-    max_iter : int
-        Trial steps per voxel (default 50, see :data:`gpuperf.asl.constants.MAX_ITER`).
+    options : ASLOptions, optional
+        The method options (default: ``ASLOptions()``).
     device : {'auto', 'cpu', 'gpu'}
     dtype : float32 or float64
     memory_budget : int, optional
         Bytes per chunk (passed to the fitter).
+    **kwargs
+        Fields of :class:`~gpuperf.asl.options.ASLOptions` overriding ``options``
+        (``method`` is accepted for ``model``): ``t1_tissue_s``, ``t1_blood_s`` (None: 1.65 s,
+        3 T), ``lambda_``, ``alpha`` (None: 0.85 PCASL, 0.68 CASL, 0.98 PASL), ``bs_factor``
+        (None: 1), ``arterial``, ``att_start_s`` (None: 1.3 s (p)CASL, 0.7 s PASL),
+        ``cbf_bounds``, ``att_bounds``, ``max_iter``.
     """
 
     def __init__(
@@ -135,23 +131,20 @@ class ASLModel:
         pld_s: Any,
         tau_s: Any,
         *,
-        method: str = "auto",
-        t1_tissue_s: float = K.T1_TISSUE_S,
-        t1_blood_s: float = 1.65,
-        lambda_: float = K.LAMBDA_ML_G,
-        alpha: float | None = None,
-        bs_factor: float = 1.0,
-        arterial: bool = False,
-        att_start_s: float | None = None,
-        cbf_bounds: tuple[float, float] = K.CBF_BOUNDS,
-        att_bounds: tuple[float, float] = K.ATT_BOUNDS,
-        max_iter: int = K.MAX_ITER,
+        options: ASLOptions | None = None,
         device: str = "auto",
         dtype: Any = np.float32,
         memory_budget: int | None = None,
+        **kwargs: Any,
     ) -> None:
+        changes = {_ALIASES.get(k, k): v for k, v in kwargs.items()}
+        unknown = set(changes) - set(ASLOptions.option_specs())
+        if unknown:
+            raise TypeError(f"ASLModel: unexpected keyword arguments {sorted(unknown)}")
+        opts = options if options is not None else ASLOptions()
+        opts = opts.replace(**changes) if changes else opts
         lt = str(labeling_type).upper()
-        if lt not in K.ALPHA_BY_TYPE:
+        if kinetic_model_for(lt) is None:
             raise InputError(
                 None, "labeling_type", f"expected PCASL, CASL or PASL, found {labeling_type!r}"
             )
@@ -162,35 +155,32 @@ class ASLModel:
             raise InputError(None, "pld_s", "PLDs must be finite and >= 0 s")
         if not np.all(np.isfinite(self.tau_s)) or np.any(self.tau_s <= 0):
             raise InputError(None, "tau_s", "labelling/bolus durations must be finite and > 0 s")
-        if method not in METHODS:
-            raise InputError(None, "method", f"expected one of {METHODS}, found {method!r}")
         n_pld = np.unique(np.round(self.pld_s, 6)).size
-        self.method = ("whitepaper" if n_pld == 1 else "gkm") if method == "auto" else method
-        if arterial and (self.method != "gkm" or lt == "PASL"):
+        self.method = resolve_method(opts.model, n_pld)
+        if opts.arterial and (
+            not METHODS[self.method].fits or kinetic_model_for(lt, arterial=True) is None
+        ):
             raise InputError(
                 None,
                 "arterial",
                 "the arterial component needs a (p)CASL kinetic-model fit (several PLDs)",
             )
-        self.t1_tissue_s = float(t1_tissue_s)
-        self.t1_blood_s = float(t1_blood_s)
-        self.lambda_ = float(lambda_)
-        self.alpha = float(K.ALPHA_BY_TYPE[lt] if alpha is None else alpha)
-        self.bs_factor = float(bs_factor)
-        for name, v in (
-            ("t1_tissue_s", self.t1_tissue_s),
-            ("t1_blood_s", self.t1_blood_s),
-            ("lambda_", self.lambda_),
-            ("alpha", self.alpha),
-            ("bs_factor", self.bs_factor),
-        ):
-            if not (np.isfinite(v) and v > 0):
-                raise InputError(None, name, f"must be a positive number, found {v}")
-        self.arterial = bool(arterial)
-        self.att_start_s = float(K.ATT_START_S[lt] if att_start_s is None else att_start_s)
-        self.cbf_bounds = tuple(float(b) for b in cbf_bounds)
-        self.att_bounds = tuple(float(b) for b in att_bounds)
-        self.max_iter = int(max_iter)
+        self.options = opts
+        self.kinetics: KineticModel = kinetic_model_for(lt, opts.arterial)
+        self.t1_tissue_s = float(opts.t1_tissue_s)
+        self.t1_blood_s = float(
+            K.T1_BLOOD_BY_FIELD_S[3.0] if opts.t1_blood_s is None else opts.t1_blood_s
+        )
+        self.lambda_ = float(opts.lambda_)
+        self.alpha = float(K.ALPHA_BY_TYPE[lt] if opts.alpha is None else opts.alpha)
+        self.bs_factor = float(1.0 if opts.bs_factor is None else opts.bs_factor)
+        self.arterial = bool(opts.arterial)
+        self.att_start_s = float(
+            K.ATT_START_S[lt] if opts.att_start_s is None else opts.att_start_s
+        )
+        self.cbf_bounds = tuple(float(b) for b in opts.cbf_bounds)
+        self.att_bounds = tuple(float(b) for b in opts.att_bounds)
+        self.max_iter = int(opts.max_iter)
         self.device = device
         self.dtype = np.dtype(dtype)
         self.memory_budget = memory_budget
@@ -204,9 +194,7 @@ class ASLModel:
     @property
     def kinetic_model(self):
         """The fitter model (NumPy twin object carrying its CUDA header name)."""
-        if self.labeling_type == "PASL":
-            return BUXTON_PASL
-        return BUXTON_PCASL_ARTERIAL if self.arterial else BUXTON_PCASL
+        return self.kinetics.signal
 
     def sample_times(self) -> np.ndarray:
         """Fitter abscissa (K, 2): ``(t, tau)`` with ``t = tau + PLD`` ((p)CASL) or ``TI`` (PASL).
@@ -214,7 +202,7 @@ class ASLModel:
         The (p)CASL ``t`` counts from the start of labelling: using the PLD alone (a defect
         seen in an existing tool) shifts every sample by tau.
         """
-        t = self.pld_s if self.labeling_type == "PASL" else self.tau_s + self.pld_s
+        t = self.tau_s + self.pld_s if self.kinetics.time_from_labelling_start else self.pld_s
         return np.stack([t, self.tau_s], axis=1)
 
     def consts(self) -> np.ndarray:
@@ -228,9 +216,9 @@ class ASLModel:
             "ArterialSpinLabelingType": self.labeling_type,
             "PostLabelingDelaySeconds": sorted({round(float(v), 6) for v in self.pld_s}),
             (
-                "BolusDurationTI1Seconds"
-                if self.labeling_type == "PASL"
-                else "LabelingDurationSeconds"
+                "LabelingDurationSeconds"
+                if self.kinetics.time_from_labelling_start
+                else "BolusDurationTI1Seconds"
             ): sorted({round(float(v), 6) for v in self.tau_s}),
             "T1BloodSeconds": self.t1_blood_s,
             "PartitionCoefficientMlPerG": self.lambda_,
@@ -239,29 +227,12 @@ class ASLModel:
             "EffectiveLabelingEfficiency": self.alpha_effective,
             "M0b": "M0 / lambda",
         }
-        if self.method == "gkm":
-            d.update(
-                {
-                    "Model": self.kinetic_model.name,
-                    "T1TissueSeconds": self.t1_tissue_s,
-                    "SampleTimeDefinition": "t = TI"
-                    if self.labeling_type == "PASL"
-                    else "t = LabelingDuration + PostLabelingDelay",
-                    "ATTStartSeconds": self.att_start_s,
-                    "CBFBounds": list(self.cbf_bounds),
-                    "ATTBoundsSeconds": list(self.att_bounds),
-                    "MaxIterations": self.max_iter,
-                    "FitPrecision": self.dtype.name,
-                }
-            )
-            if self.arterial:
-                d.update(
-                    {
-                        "aBVBoundsPercent": list(K.ABV_BOUNDS),
-                        "aBATBoundsSeconds": list(K.ABAT_BOUNDS),
-                    }
-                )
+        d.update(METHODS[self.method].constants(self))
         return d
+
+    def map_names(self) -> list[str]:
+        """Names of the maps the method produces (``status`` included)."""
+        return METHODS[self.method].map_names(self)
 
     def fit_key(self) -> tuple:
         """Everything the fit of a voxel depends on besides its data, as a hashable tuple.
@@ -309,6 +280,8 @@ class ASLModel:
         Returns
         -------
         ASLFit
+            Voxels with non-finite data or M0 carry ``NONFINITE_INPUT``, M0 <= 0
+            ``NONPOSITIVE_INPUT`` (NaN maps); outside the mask ``OUTSIDE_MASK``.
         """
         t0 = time.perf_counter()
         data = np.asarray(data, dtype=self.dtype)
@@ -326,38 +299,24 @@ class ASLModel:
         mask = np.asarray(mask, dtype=bool)
         if mask.shape != spatial:
             raise InputError(None, "mask", f"shape {mask.shape} does not match data {spatial}")
-        y_all = data[mask]
-        m0_all = m0[mask]
-        valid = np.isfinite(y_all).all(axis=1) & np.isfinite(m0_all) & (m0_all > 0)
+        y_all = gather(data, mask)
+        m0_all = gather(m0, mask)
+        flags = input_flags(y_all, m0_all)
+        valid = flags == 0
         y = np.ascontiguousarray(y_all[valid] / m0_all[valid, None], dtype=self.dtype)
         backend = get_backend(self.device)
-        if self.method == "whitepaper":
-            maps = self._fit_whitepaper(y)
-        else:
-            maps = self._fit_gkm(y, reporter)
+        maps = METHODS[self.method].quantify(self, y, reporter)
+        if "residual" in maps:
             maps["residual"] = maps["residual"] * m0_all[valid]
-        status = np.full(spatial, STATUS_OUTSIDE, dtype=np.int8)
-        inside = np.full(int(mask.sum()), STATUS_BAD_INPUT, dtype=np.int8)
-        inside[valid] = maps.pop("status")
-        status[mask] = inside
-        out: dict[str, Any] = {}
+        flags[valid] = maps.pop("status")
+        status = scatter(flags, mask, fill=int(Status.OUTSIDE_MASK), dtype=st.DTYPE)
+        fitted = mask.copy()
+        fitted[mask] = valid  # the voxels the method saw
         extra = {k: maps.pop(k) for k in list(maps) if k.startswith("_")}
-        for name, vals in maps.items():
-            if vals is None:
-                out[name] = None
-                continue
-            full = np.full(spatial, np.nan, dtype=np.float32)
-            sub = np.full(int(mask.sum()), np.nan, dtype=np.float32)
-            sub[valid] = vals
-            full[mask] = sub
-            out[name] = full
+        out = {k: None if v is None else scatter(v, fitted) for k, v in maps.items()}
         n_iter = extra.get("_n_iter")
         if n_iter is not None:
-            full = np.zeros(spatial, dtype=np.int32)
-            sub = np.zeros(int(mask.sum()), dtype=np.int32)
-            sub[valid] = n_iter
-            full[mask] = sub
-            n_iter = full
+            n_iter = scatter(n_iter, fitted, fill=0, dtype=np.int32)
         return ASLFit(
             status=status,
             method=self.method,
@@ -369,261 +328,26 @@ class ASLModel:
             **out,
         )
 
-    def _fit_whitepaper(self, y: np.ndarray) -> dict[str, Any]:
-        """Closed form per sample, then mean over samples (repeats and PLDs)."""
-        backend = get_backend(self.device)
-        yd = backend.asarray(y, dtype=np.float64)
-        pld = backend.asarray(self.pld_s[None, :])
-        tau = backend.asarray(self.tau_s[None, :])
-        kw = {"t1_blood_s": self.t1_blood_s, "lambda_": self.lambda_, "alpha": self.alpha_effective}
-        if self.labeling_type == "PASL":
-            per_sample = whitepaper_pasl(yd, pld, tau, **kw)
-        else:
-            per_sample = whitepaper_pcasl(yd, pld, tau, **kw)
-        n = y.shape[1]
-        cbf = per_sample.mean(axis=1)
-        stderr = (per_sample.std(axis=1, ddof=1) / np.sqrt(n)) if n > 1 else None
-        return {
-            "cbf": backend.to_host(cbf).astype(np.float32),
-            "cbf_stderr": None if stderr is None else backend.to_host(stderr).astype(np.float32),
-            "status": np.zeros(y.shape[0], dtype=np.int8),
-        }
-
     def initial_params(self, y: np.ndarray) -> np.ndarray:
-        """Starting values (V, P): ATT at ``att_start_s`` and CBF from a linear least-squares
-        scale of the model at that ATT (the signal is nearly linear in CBF)."""
-        model = self.kinetic_model
-        x = self.sample_times()
-        ref = np.array([[50.0, self.att_start_s] + ([0.0, 0.0] if self.arterial else [])])
-        g, _ = model.evaluate(np, ref, x, self.consts())
-        g = g[0]
-        gg = float(g @ g)
-        lo, hi = self.cbf_bounds
-        if gg > 0:
-            cbf0 = 50.0 * (y.astype(np.float64) @ g) / gg
-        else:
-            cbf0 = np.full(y.shape[0], 50.0)
-        span = hi - lo
-        cbf0 = np.clip(np.nan_to_num(cbf0, nan=50.0), lo + 1e-3 * span, hi - 1e-3 * span)
-        cols = [cbf0, np.full(y.shape[0], self.att_start_s)]
-        if self.arterial:
-            cols += [np.full(y.shape[0], 0.5), np.full(y.shape[0], 0.5 * self.att_start_s)]
-        return np.stack(cols, axis=1).astype(self.dtype)
-
-    def _fit_gkm(self, y: np.ndarray, reporter: Any) -> dict[str, Any]:
-        from gpuperf.fit import fit_lm
-
-        n_vox, n = y.shape
-        p0 = self.initial_params(y)
-        if n_vox == 0:
-            empty = np.zeros(0, dtype=np.float32)
-            res = {
-                "cbf": empty,
-                "att": empty,
-                "cbf_stderr": empty,
-                "att_stderr": empty,
-                "residual": empty,
-                "status": np.zeros(0, np.int8),
-                "_n_iter": np.zeros(0),
-            }
-            if self.arterial:
-                res.update(abv=empty, abat=empty, abv_stderr=empty, abat_stderr=empty)
-            return res
-        common = {
-            "consts": self.consts(),
-            "max_iter": self.max_iter,
-            "dtype": self.dtype,
-            "device": self.device,
-            "memory_budget": self.memory_budget,
-            "reporter": reporter,
-        }
-        tissue_model = BUXTON_PASL if self.labeling_type == "PASL" else BUXTON_PCASL
-        r = fit_lm(
-            tissue_model,
-            self.sample_times(),
-            y,
-            p0[:, :2],
-            lower=np.array([self.cbf_bounds[0], self.att_bounds[0]]),
-            upper=np.array([self.cbf_bounds[1], self.att_bounds[1]]),
-            **common,
-        )
-        params = np.asarray(r.params, dtype=np.float64)
-        stderr = np.asarray(r.stderr, dtype=np.float64)
-        chi2 = np.asarray(r.chi2, dtype=np.float64)
-        status = np.asarray(r.status, dtype=np.int8)
-        n_iter = np.asarray(r.n_iter)
-        self._snap_kinks(y, params, stderr, chi2, status, common)
-        if self.arterial:
-            params, stderr, chi2, status, n_iter = self._fit_arterial(
-                y, params, stderr, chi2, status, n_iter, common
-            )
-        res = {
-            "cbf": params[:, 0],
-            "att": params[:, 1],
-            "cbf_stderr": stderr[:, 0],
-            "att_stderr": stderr[:, 1],
-            "residual": np.sqrt(chi2 / n).astype(np.float32),
-            "status": status,
-            "_n_iter": n_iter,
-        }
-        if self.arterial:
-            res.update(
-                abv=params[:, 2],
-                abat=params[:, 3],
-                abv_stderr=stderr[:, 2],
-                abat_stderr=stderr[:, 3],
-            )
-        return res
+        """Starting values of the kinetic-model fit (:func:`gpuperf.asl.fitting.initial_params`)."""
+        return initial_params(self, y)
 
     def kinks(self) -> np.ndarray:
-        """ATT values (s) where the tissue model is not differentiable: ``t_n - tau_n`` (the
-        sample sees the whole bolus from there on) and ``t_n`` (arrival at the sample)."""
-        x = self.sample_times()
-        return np.unique(np.round(np.concatenate([x[:, 0] - x[:, 1], x[:, 0]]), 9))
-
-    def _snap_kinks(self, y, params, stderr, chi2, status, common) -> None:
-        """Finish voxels whose optimum sits on a kink of the model (in place).
-
-        d(signal)/dATT jumps where ATT crosses ``t_n - tau_n`` or ``t_n``; an optimum exactly
-        there is non-smooth and Levenberg-Marquardt only creeps towards it (linear
-        convergence), ending at the iteration limit. For such voxels (status 1 with ATT within
-        :data:`KINK_TOLERANCE_S` of a kink) ATT is set to the kink and CBF refitted with ATT
-        fixed; the result is kept when chi2 does not increase, with status 4. The ATT standard
-        error comes from J^T J at that point with both parameters free (one-sided J).
-        """
-        from gpuperf.fit import fit_lm
-
-        cand = np.flatnonzero((status == STATUS_MAX_ITER) & np.isfinite(params[:, 1]))
-        if cand.size == 0:
-            return
-        kinks = self.kinks()
-        nearest = kinks[np.abs(params[cand, 1][:, None] - kinks[None, :]).argmin(axis=1)]
-        near = np.abs(params[cand, 1] - nearest) < KINK_TOLERANCE_S
-        cand, nearest = cand[near], nearest[near]
-        if cand.size == 0:
-            return
-        tissue = BUXTON_PASL if self.labeling_type == "PASL" else BUXTON_PCASL
-        lower = np.array([self.cbf_bounds[0], self.att_bounds[0]])
-        upper = np.array([self.cbf_bounds[1], self.att_bounds[1]])
-        p0 = np.stack([params[cand, 0], nearest], axis=1)
-        kw = {**common, "reporter": None}
-        r = fit_lm(
-            tissue,
-            self.sample_times(),
-            y[cand],
-            p0,
-            lower=lower,
-            upper=upper,
-            fixed=np.array([False, True]),
-            **kw,
-        )
-        c2 = np.asarray(r.chi2, dtype=np.float64)
-        ok = (np.asarray(r.status) == STATUS_CONVERGED) & (c2 <= chi2[cand] * (1 + 1e-6))
-        if not ok.any():
-            return
-        idx = cand[ok]
-        p_new = np.asarray(r.params, dtype=np.float64)[ok]
-        # covariance at the kink with both free: zero iterations evaluate J^T J only
-        cov = fit_lm(
-            tissue,
-            self.sample_times(),
-            y[idx],
-            p_new,
-            lower=lower,
-            upper=upper,
-            **{**kw, "max_iter": 0},
-        )
-        params[idx] = p_new
-        stderr[idx] = np.asarray(cov.stderr, dtype=np.float64)
-        chi2[idx] = c2[ok]
-        status[idx] = STATUS_AT_KINK
+        """ATT values (s) where the tissue model is not differentiable
+        (:func:`gpuperf.asl.kinks.kinks`)."""
+        return kinks(self.sample_times())
 
     def abat_candidates(self) -> tuple[np.ndarray, np.ndarray]:
-        """Candidate aBAT values (s) and the half-widths of their intervals.
+        """Candidate aBAT values and half-widths (:func:`gpuperf.asl.arterial.abat_candidates`)."""
+        return abat_candidates(self.sample_times())
 
-        The arterial box ``[aBAT, aBAT + tau)`` contains sample ``t`` iff
-        ``t - tau < aBAT <= t``, so which samples it covers changes only at the breakpoints
-        ``{t_n, t_n - tau_n}``; between two breakpoints aBV absorbs ``e^{-aBAT/T1b}`` and chi2
-        is the same. aBAT is therefore identifiable only up to such an interval: the fit tries
-        the midpoint of every interval inside the aBAT bounds (aBAT held fixed, CBF, ATT, aBV
-        free) and keeps the best.
-        """
-        x = self.sample_times()
-        lo, hi = K.ABAT_BOUNDS
-        brk = np.concatenate([[lo], x[:, 0], x[:, 0] - x[:, 1]])
-        brk = np.unique(np.clip(brk, lo, min(hi, float(x[:, 0].max()))))
-        mids = 0.5 * (brk[1:] + brk[:-1])
-        half = 0.5 * np.diff(brk)
-        keep = half > 1e-6
-        return mids[keep], half[keep]
 
-    def _fit_arterial(self, y, params, stderr, chi2, status, n_iter, common):
-        """Tissue + arterial fit: best chi2 over the aBAT intervals of :meth:`abat_candidates`.
-
-        The arterial term is a box in t; its edges carry no gradient and, within one interval,
-        d/daBAT is proportional to d/daBV, so aBAT cannot be a free LM parameter. Each
-        candidate interval is fitted with aBAT fixed at its midpoint; the tissue-only fit
-        (aBV = 0, aBAT undefined) is kept wherever no arterial solution lowers chi2.
-        ``abat_stderr`` reports the half-width of the chosen interval (the resolution the
-        sampling allows), not a covariance-based error.
-        """
-        from gpuperf.fit import fit_lm
-
-        n_vox = y.shape[0]
-        best_p = np.concatenate([params, np.zeros((n_vox, 1)), np.full((n_vox, 1), np.nan)], 1)
-        best_se = np.concatenate([stderr, np.full((n_vox, 2), np.nan)], 1)
-        best_chi2 = np.where(np.isfinite(chi2), chi2, np.inf)
-        best_status, best_iter = status.copy(), n_iter.copy()
-        lower = np.array(
-            [self.cbf_bounds[0], self.att_bounds[0], K.ABV_BOUNDS[0], K.ABAT_BOUNDS[0]]
-        )
-        upper = np.array(
-            [self.cbf_bounds[1], self.att_bounds[1], K.ABV_BOUNDS[1], K.ABAT_BOUNDS[1]]
-        )
-        att_t = np.where(np.isfinite(params[:, 1]), params[:, 1], self.att_start_s)
-        cbf_t = np.where(np.isfinite(params[:, 0]), params[:, 0], 50.0)
-        fixed = np.array([False, False, False, True])
-        # ATT starts: the tissue-only fit (biased by arterial signal), the default, and later
-        # (ATT kinks make the arterial chi2 multimodal)
-        att_starts = (
-            att_t,
-            np.full(n_vox, self.att_start_s),
-            np.full(n_vox, self.att_start_s + 0.7),
-        )
-        starts = [
-            (abat, half, a0)
-            for abat, half in zip(*self.abat_candidates(), strict=True)
-            for a0 in att_starts
-        ]
-        for abat, half, a0 in starts:
-            p0 = np.stack([cbf_t, a0, np.full(n_vox, 1.0), np.full(n_vox, abat)], axis=1)
-            p0 = np.clip(p0, lower, upper)
-            r = fit_lm(
-                BUXTON_PCASL_ARTERIAL,
-                self.sample_times(),
-                y,
-                p0,
-                lower=lower,
-                upper=upper,
-                fixed=fixed,
-                **common,
-            )
-            c2 = np.asarray(r.chi2, dtype=np.float64)
-            rp = np.asarray(r.params, dtype=np.float64)
-            # an arterial solution must beat the current one by more than rounding (0.1 % of
-            # chi2) with a non-negligible aBV (> 0.001 %), else the simpler fit stands
-            better = (
-                (np.asarray(r.status) != STATUS_FAILED)
-                & np.isfinite(c2)
-                & (c2 < best_chi2 * (1 - 1e-3))
-                & (rp[:, 2] > 1e-3)
-            )
-            best_p[better] = rp[better]
-            se = np.asarray(r.stderr, dtype=np.float64)
-            se[:, 3] = half
-            best_se[better] = se[better]
-            best_chi2[better] = c2[better]
-            best_status[better] = np.asarray(r.status, dtype=np.int8)[better]
-            best_iter[better] = np.asarray(r.n_iter)[better]
-        best_chi2[~np.isfinite(best_chi2)] = np.nan
-        return best_p, best_se, best_chi2, best_status, best_iter
+def input_flags(y: np.ndarray, m0: np.ndarray) -> np.ndarray:
+    """Status flags (V,) of voxels that cannot be quantified: ``NONFINITE_INPUT`` for NaN/inf
+    data or M0, ``NONPOSITIVE_INPUT`` for a finite M0 <= 0; 0 elsewhere."""
+    finite_m0 = np.isfinite(m0)
+    flags = np.where(np.isfinite(y).all(axis=1) & finite_m0, 0, int(Status.NONFINITE_INPUT)).astype(
+        st.DTYPE
+    )
+    flags[finite_m0 & (m0 <= 0)] |= int(Status.NONPOSITIVE_INPUT)
+    return flags

@@ -1,6 +1,9 @@
 """The ASL file pipeline: BIDS series -> validated inputs -> samples -> fit -> maps with provenance.
 
-``run_asl`` is what ``gpuperf asl`` calls; every CLI option is one of its arguments.
+``run_asl`` is what ``gpuperf asl`` calls: the method options are an
+:class:`~gpuperf.asl.options.ASLOptions` (or its fields as keyword arguments), the rest are the
+run's files and settings. The pipeline writes maps and QC data only; the caller (the CLI, the
+cohort runner) publishes the HTML report from :class:`ASLRunResult`.
 """
 
 from __future__ import annotations
@@ -14,9 +17,13 @@ from typing import Any
 
 import numpy as np
 
+from gpuperf import maps as map_table
+from gpuperf import status as st
 from gpuperf.asl import constants as K
 from gpuperf.asl.bids import ASLSeries, read_asl_series
-from gpuperf.asl.model import STATUS_MEANINGS, ASLFit, ASLModel
+from gpuperf.asl.kinetics import METHODS
+from gpuperf.asl.model import OK_FLAGS, STATUS_FLAGS, ASLFit, ASLModel
+from gpuperf.asl.options import ASLOptions, check_sidecar
 from gpuperf.asl.preprocess import (
     REFERENCE_TISSUES,
     difference_samples,
@@ -27,10 +34,10 @@ from gpuperf.backend import get_backend
 from gpuperf.errors import GpuperfError, InputError
 from gpuperf.io.nifti import gather, load_mask, nifti_stem, scatter, sidecar_path
 from gpuperf.io.outputs import OutputWriter
+from gpuperf.io.qc import pick_voxels, stage_extra
 from gpuperf.progress import ensure_reporter
 from gpuperf.provenance import provenance
 
-MODELS = ("auto", "whitepaper", "gkm")
 #: Automatic mask: voxels whose M0 exceeds this fraction of the 99th M0 percentile.
 AUTO_MASK_FRACTION = 0.1
 
@@ -42,16 +49,29 @@ class ASLRunResult:
     Attributes
     ----------
     outputs : dict of str -> Path
-        Map name -> written NIfTI path.
+        Map name -> written NIfTI path (the caller adds ``report`` when it publishes one).
     summary : dict
         Voxel counts, method, median CBF/ATT, timings, constants.
     fit : ASLFit
+    out_dir : Path
+    prefix : str
+    modality : str
+        ``"asl"``.
+    report_extra : dict
+        Extra data for :func:`gpuperf.report.publish_run_report` (empty for ASL).
+    mask_path : path-like or None
+        The brain mask given, if any.
     """
 
     outputs: dict[str, Path]
     summary: dict[str, Any]
     fit: ASLFit | None = None
     constants: dict[str, Any] = field(default_factory=dict)
+    out_dir: Path = Path(".")
+    prefix: str = ""
+    modality: str = "asl"
+    report_extra: dict[str, Any] = field(default_factory=dict)
+    mask_path: str | PathLike | None = None
 
 
 def _default_prefix(asl_path: Path) -> str:
@@ -121,7 +141,6 @@ class PreparedASL:
     constants: dict[str, Any] = field(default_factory=dict)
     mask_path: str | PathLike | None = None
     overwrite: bool = False
-    report: bool = True
     reporter: Any = None
     t_start: float = 0.0
     fit: ASLFit | None = None
@@ -140,26 +159,32 @@ class PreparedASL:
         return None if self.model is None else self.model.fit_key()
 
 
+def _options(options: ASLOptions | None, kwargs: dict[str, Any]) -> ASLOptions:
+    """``options`` with the keyword arguments (option fields) applied; validated."""
+    unknown = set(kwargs) - set(ASLOptions.option_specs())
+    if unknown:
+        raise TypeError(f"unexpected keyword arguments {sorted(unknown)}")
+    # None means "the default" for the keyword API (as before the options object)
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    base = ASLOptions() if options is None else options
+    return base.replace(**kwargs) if kwargs else base
+
+
 def prepare_asl(
     asl_path: str | PathLike,
     out_dir: str | PathLike,
     *,
     m0_path: str | PathLike | None = None,
     m0_ref_mask: str | PathLike | None = None,
-    m0_ref_tissue: str | None = None,
     mask_path: str | PathLike | None = None,
-    model: str = "auto",
-    t1_tissue_s: float | None = None,
-    t1_blood_s: float | None = None,
-    lambda_: float | None = None,
-    alpha: float | None = None,
-    arterial: bool = False,
     prefix: str | None = None,
     device: str = "auto",
     overwrite: bool = False,
     memory_budget: int | None = None,
     reporter: Any = None,
-    report: bool = True,
+    extra_outputs: Sequence[str] = (),
+    options: ASLOptions | None = None,
+    **option_kwargs: Any,
 ) -> PreparedASL:
     """Load and validate an ASL series: everything of :func:`run_asl` before the fit.
 
@@ -173,8 +198,8 @@ def prepare_asl(
     t_start = time.perf_counter()
     rep = ensure_reporter(reporter)
     asl_path = Path(asl_path)
-    if model not in MODELS:
-        raise InputError(None, "model", f"expected one of {', '.join(MODELS)}, found {model!r}")
+    opts = _options(options, option_kwargs)
+    m0_ref_tissue = opts.m0_ref_tissue
     if (m0_ref_mask is None) != (m0_ref_tissue is None):
         raise InputError(
             m0_ref_mask,
@@ -186,21 +211,25 @@ def prepare_asl(
     js = sidecar_path(asl_path)
     prefix = _default_prefix(asl_path) if prefix is None else prefix
 
-    t1_tissue = K.T1_TISSUE_S if t1_tissue_s is None else float(t1_tissue_s)
+    t1_tissue = opts.t1_tissue_s
     t1_blood = (
         K.t1_blood_for_field(series.field_strength_t, js)
-        if t1_blood_s is None
-        else float(t1_blood_s)
+        if opts.t1_blood_s is None
+        else opts.t1_blood_s
     )
-    lam = K.LAMBDA_ML_G if lambda_ is None else float(lambda_)
-    if alpha is not None:
-        alpha_v, alpha_src = float(alpha), "command line"
+    lam = opts.lambda_
+    if opts.alpha is not None:
+        alpha_v, alpha_src = opts.alpha, "command line"
     elif series.labeling_efficiency is not None:
-        alpha_v, alpha_src = series.labeling_efficiency, "LabelingEfficiency"
+        alpha_v = check_sidecar("alpha", series.labeling_efficiency, js, "LabelingEfficiency")
+        alpha_src = "LabelingEfficiency"
     else:
         alpha_v, alpha_src = K.ALPHA_BY_TYPE[series.labeling_type], "default (Alsop 2015)"
-    bs = K.background_suppression_factor(series.background_suppression, series.bs_pulses)
-    if series.background_suppression and not series.bs_pulses:
+    if opts.bs_factor is not None:
+        bs = opts.bs_factor
+    else:
+        bs = K.background_suppression_factor(series.background_suppression, series.bs_pulses)
+    if opts.bs_factor is None and series.background_suppression and not series.bs_pulses:
         rep.warn(
             f"{js.name}: BackgroundSuppression is true but BackgroundSuppressionNumberPulses"
             " is missing: no background-suppression correction applied"
@@ -273,7 +302,6 @@ def prepare_asl(
         "data": data,
         "mask_path": mask_path,
         "overwrite": overwrite,
-        "report": report,
         "reporter": reporter,
         "t_start": t_start,
     }
@@ -284,6 +312,7 @@ def prepare_asl(
             out_dir, prefix, reference=image, overwrite=overwrite, inputs=[series.path]
         )
         writer.expect(["cbf"])
+        _expect_extra(writer, extra_outputs)
         return PreparedASL(writer=writer, names=["cbf"], sources=[series.path], **common)
     if m0_for_fit is None:
         raise InputError(
@@ -299,23 +328,11 @@ def prepare_asl(
         series.labeling_type,
         samples.pld_s,
         samples.tau_s,
-        method=model,
-        t1_tissue_s=t1_tissue,
-        t1_blood_s=t1_blood,
-        lambda_=lam,
-        alpha=alpha_v,
-        bs_factor=bs,
-        arterial=arterial,
+        options=opts.replace(t1_blood_s=t1_blood, alpha=alpha_v, bs_factor=bs),
         device=device,
         memory_budget=memory_budget,
     )
-    names = ["cbf", "status"]
-    if asl_model.method == "gkm":
-        names += ["att", "cbf_stderr", "att_stderr", "residual"]
-        if arterial:
-            names += ["abv", "abat", "abv_stderr", "abat_stderr"]
-    elif samples.pld_s.size > 1:
-        names += ["cbf_stderr"]
+    names = asl_model.map_names()
     sources = [series.path] + ([series.m0_image.path] if series.m0_image is not None else [])
     writer = OutputWriter(
         out_dir,
@@ -325,24 +342,27 @@ def prepare_asl(
         inputs=sources + ([Path(mask_path)] if mask_path else []),
     )
     writer.expect(names)
-    if asl_model.method == "gkm":
+    if METHODS[asl_model.method].fits:
         writer.expect(["qc"], ext=".npz")
-    if report:
-        writer.expect(["report"], ext=".html")
+    _expect_extra(writer, extra_outputs)
     constants = {
         "LabelingEfficiencySource": alpha_src,
-        "T1BloodSource": "command line" if t1_blood_s is not None else "MagneticFieldStrength",
+        "T1BloodSource": "command line" if opts.t1_blood_s is not None else "MagneticFieldStrength",
         "MagneticFieldStrength": series.field_strength_t,
         "BackgroundSuppression": series.background_suppression,
         "BackgroundSuppressionNumberPulses": series.bs_pulses,
         "BackgroundSuppressionEfficiencyPerPulse": K.BS_EFFICIENCY_PER_PULSE,
+        "BackgroundSuppressionFactorSource": "command line"
+        if opts.bs_factor is not None
+        else "BackgroundSuppression, BackgroundSuppressionNumberPulses",
         "M0Type": series.m0_type,
         # informational: scanners may average pairs before export, so no check against it
         "TotalAcquiredPairs": series.sidecar.get("TotalAcquiredPairs"),
         **m0_info,
         "Samples": int(samples.deltam.shape[1]),
         "Voxels": int(mask.sum()),
-        "StatusCodes": STATUS_MEANINGS,
+        "StatusFlags": st.describe(STATUS_FLAGS),
+        "ASLOptions": opts.to_parameters(),
     }
     if series.is_pasl:
         constants["BolusCutOffTechnique"] = series.bolus_cutoff_technique
@@ -356,6 +376,14 @@ def prepare_asl(
         constants=constants,
         **common,
     )
+
+
+def _expect_extra(writer: OutputWriter, extra_outputs: Sequence[str]) -> None:
+    """Check the caller's extra files (``"report.html"`` -> ``<prefix>_report.html``) against
+    the overwrite policy before any work, like the maps."""
+    for fname in extra_outputs:
+        stem, _, ext = str(fname).partition(".")
+        writer.expect([stem], ext=f".{ext}" if ext else "")
 
 
 def compute_asl_batch(prepared: Sequence[PreparedASL], reporter: Any = None) -> None:
@@ -437,58 +465,39 @@ def write_asl(prep: PreparedASL) -> ASLRunResult:
         return _precomputed_cbf(prep)
     if prep.fit is None:
         raise GpuperfError(f"{prep.asl_path}: write_asl before compute_asl_batch")
-    rep = ensure_reporter(prep.reporter)
     asl_model, fit, fit_s = prep.model, prep.fit, prep.fit_s
     try:
         constants = {**asl_model.constants(), **prep.constants}
         writer.provenance = provenance(backend, constants, sources=prep.sources)
-        descr = {
-            "cbf": ("ml/100g/min", "Cerebral blood flow"),
-            "att": ("s", "Arterial transit time"),
-            "cbf_stderr": ("ml/100g/min", "Standard error of CBF"),
-            "att_stderr": ("s", "Standard error of ATT"),
-            "residual": ("a.u.", "RMS fit residual in signal units of the ASL series"),
-            "abv": ("%", "Arterial blood volume (macrovascular component)"),
-            "abat": ("s", "Arterial bolus arrival time (macrovascular component)"),
-            "abv_stderr": ("%", "Standard error of aBV"),
-            "abat_stderr": ("s", "Standard error of aBAT"),
-        }
         outputs: dict[str, Path] = {}
         for name in prep.names:
-            if name == "status":
-                status = np.full(mask.shape, -1, dtype=np.int16)
-                status[mask] = fit.status
-                outputs[name] = writer.add_map(
-                    "status",
-                    status,
-                    units="code",
-                    dtype=np.int16,
-                    description="Fit status: "
-                    + "; ".join(f"{k} {v}" for k, v in STATUS_MEANINGS.items()),
-                )
-                continue
             arr = getattr(fit, name)
             if arr is None:
                 continue
-            units, desc = descr[name]
-            full = np.full(mask.shape, np.nan, dtype=np.float32)
-            full[mask] = arr
-            outputs[name] = writer.add_map(name, full, units=units, description=desc)
+            spec = map_table.get(name)
+            if name == "status":
+                outputs[name] = writer.add_map(
+                    name,
+                    scatter(arr, mask, fill=int(st.Status.OUTSIDE_MASK), dtype=st.DTYPE),
+                    units=spec.units,
+                    description=spec.description,
+                    extra=st.sidecar_entry(STATUS_FLAGS),
+                    dtype=st.DTYPE,
+                )
+                continue
+            outputs[name] = writer.add_map(
+                name, scatter(arr, mask), units=spec.units, description=spec.description
+            )
         qc = _qc_curves(asl_model, fit, prep.deltam, prep.m0, mask)
         if qc is not None:
-            try:
-                from gpuperf.io.qc import stage_extra
-            except ImportError:  # pragma: no cover - the report package is optional here
-                stage_extra = None
-            if stage_extra is not None:
-                qc["timings"] = {
-                    "fit": fit_s,
-                    "total_before_write": time.perf_counter() - prep.t_start,
-                }
-                outputs["qc"] = stage_extra(writer, qc)
+            qc["timings"] = {
+                "fit": fit_s,
+                "total_before_write": time.perf_counter() - prep.t_start,
+            }
+            outputs["qc"] = stage_extra(writer, qc)
         elapsed = time.perf_counter() - prep.t_start
         writer.commit(elapsed_s=elapsed)
-        ok = (fit.status == 0) | (fit.status == 4)
+        ok = np.isin(fit.status, OK_FLAGS)
         summary = {
             "method": asl_model.method,
             "labeling_type": series.labeling_type,
@@ -504,23 +513,23 @@ def write_asl(prep: PreparedASL) -> ASLRunResult:
             summary["fit_batch_subjects"] = prep.batch_size
         if fit.att is not None and ok.any():
             summary["median_att_s"] = float(np.nanmedian(fit.att[ok]))
-        result = ASLRunResult(outputs, summary, fit, constants)
+        result = _result(prep, outputs, summary, fit, constants)
     except BaseException:
         writer.abort()  # nothing staged survives a failure or an interruption
         raise
-    if prep.report:
-        from gpuperf.report import publish_run_report
-
-        for path in publish_run_report(
-            prep.out_dir,
-            prep.prefix,
-            "asl",
-            mask=prep.mask_path,
-            overwrite=prep.overwrite,
-            reporter=rep,
-        ):
-            result.outputs["report"] = path
     return result
+
+
+def _result(prep: PreparedASL, outputs, summary, fit=None, constants=None) -> ASLRunResult:
+    return ASLRunResult(
+        outputs,
+        summary,
+        fit,
+        constants or {},
+        out_dir=prep.out_dir,
+        prefix=prep.prefix,
+        mask_path=prep.mask_path,
+    )
 
 
 def run_asl(
@@ -529,20 +538,15 @@ def run_asl(
     *,
     m0_path: str | PathLike | None = None,
     m0_ref_mask: str | PathLike | None = None,
-    m0_ref_tissue: str | None = None,
     mask_path: str | PathLike | None = None,
-    model: str = "auto",
-    t1_tissue_s: float | None = None,
-    t1_blood_s: float | None = None,
-    lambda_: float | None = None,
-    alpha: float | None = None,
-    arterial: bool = False,
     prefix: str | None = None,
     device: str = "auto",
     overwrite: bool = False,
     memory_budget: int | None = None,
     reporter: Any = None,
-    report: bool = True,
+    extra_outputs: Sequence[str] = (),
+    options: ASLOptions | None = None,
+    **option_kwargs: Any,
 ) -> ASLRunResult:
     """Quantify CBF (and ATT) from a BIDS ASL series and write the maps.
 
@@ -557,19 +561,9 @@ def run_asl(
     m0_ref_mask : path-like, optional
         Reference-region mask: calibrate with one M0 of blood from this region instead of
         voxelwise (needs ``m0_ref_tissue``).
-    m0_ref_tissue : {'csf', 'wm', 'gm'}, optional
-        Tissue of the reference region (T1, T2 and partition coefficient in
-        :data:`gpuperf.asl.preprocess.REFERENCE_TISSUES`).
     mask_path : path-like, optional
         Brain mask; default: voxels with M0 above 10 % of its 99th percentile (all voxels when
         there is no voxelwise M0).
-    model : {'auto', 'whitepaper', 'gkm'}
-        ``auto``: consensus formula for one PLD, kinetic-model fit for several.
-    t1_tissue_s, t1_blood_s, lambda_, alpha : float, optional
-        Override defaults and sidecar values (T1 of blood defaults from MagneticFieldStrength,
-        alpha from LabelingEfficiency, else 0.85 pCASL / 0.68 CASL / 0.98 PASL).
-    arterial : bool
-        Fit the macrovascular component (aBV, aBAT) too ((p)CASL kinetic model).
     prefix : str, optional
         Output prefix (default: the series name without ``_asl``).
     device : {'auto', 'cpu', 'gpu'}
@@ -577,8 +571,17 @@ def run_asl(
     memory_budget : int, optional
         Bytes per chunk.
     reporter : gpuperf.progress.Reporter, optional
-    report : bool
-        Also write ``<prefix>_report.html``, the visual QC page (:mod:`gpuperf.report`).
+    extra_outputs : sequence of str
+        Files the caller will write next to the maps (``"report.html"``): checked against the
+        overwrite policy before any work.
+    options : ASLOptions, optional
+        The method options (default ``ASLOptions()``).
+    **option_kwargs
+        Fields of :class:`~gpuperf.asl.options.ASLOptions` overriding ``options`` (``model``,
+        ``t1_tissue_s``, ``t1_blood_s``, ``lambda_``, ``alpha``, ``bs_factor``, ``arterial``,
+        ``m0_ref_tissue`` ...); None keeps the default. T1 of blood defaults from
+        MagneticFieldStrength, alpha from LabelingEfficiency, else 0.85 pCASL / 0.68 CASL /
+        0.98 PASL.
 
     Returns
     -------
@@ -589,20 +592,15 @@ def run_asl(
         out_dir,
         m0_path=m0_path,
         m0_ref_mask=m0_ref_mask,
-        m0_ref_tissue=m0_ref_tissue,
         mask_path=mask_path,
-        model=model,
-        t1_tissue_s=t1_tissue_s,
-        t1_blood_s=t1_blood_s,
-        lambda_=lambda_,
-        alpha=alpha,
-        arterial=arterial,
         prefix=prefix,
         device=device,
         overwrite=overwrite,
         memory_budget=memory_budget,
         reporter=reporter,
-        report=report,
+        extra_outputs=extra_outputs,
+        options=options,
+        **option_kwargs,
     )
     compute_asl_batch([prep])
     return write_asl(prep)
@@ -617,12 +615,10 @@ run_asl.write = write_asl  # type: ignore[attr-defined]
 
 def _qc_curves(model: ASLModel, fit: ASLFit, deltam, m0, mask) -> dict[str, Any] | None:
     """A few voxels' measured dM/M0 and fitted curves (``gpuperf.report`` EXTRA_FORMAT)."""
-    if model.method != "gkm":
+    if not METHODS[model.method].fits:
         return None
-    from gpuperf.io.qc import pick_voxels
-
     # the report's own choice (CBF nearest its 10/50/90th percentiles) among converged voxels
-    picks, _ = pick_voxels(fit.cbf, np.isin(fit.status, (0, 4)), None)
+    picks, _ = pick_voxels(fit.cbf, np.isin(fit.status, OK_FLAGS), None)
     if picks.size == 0:
         return None
     m0v = np.broadcast_to(np.asarray(m0, dtype=np.float64), (deltam.shape[0],))[picks]
@@ -634,13 +630,7 @@ def _qc_curves(model: ASLModel, fit: ASLFit, deltam, m0, mask) -> dict[str, Any]
         model.labeling_type,
         fine_pld,
         fine_tau,
-        t1_tissue_s=model.t1_tissue_s,
-        t1_blood_s=model.t1_blood_s,
-        lambda_=model.lambda_,
-        alpha=model.alpha,
-        bs_factor=model.bs_factor,
-        arterial=model.arterial,
-        method="gkm",
+        options=model.options.replace(model=model.method),
     )
     cols = [fit.cbf[picks], fit.att[picks]]
     if model.arterial:
@@ -676,12 +666,14 @@ def _precomputed_cbf(prep: PreparedASL) -> ASLRunResult:
         "cbf": writer.add_map(
             "cbf",
             scatter(cbf, prep.mask),
-            units="ml/100g/min",
+            units=map_table.get("cbf").units,
             description="Mean of the series' precomputed cbf volumes",
         )
     }
     elapsed = time.perf_counter() - prep.t_start
     writer.commit(elapsed_s=elapsed)
-    return ASLRunResult(
-        out, {"method": "precomputed", "voxels": int(prep.mask.sum()), "elapsed_seconds": elapsed}
+    return _result(
+        prep,
+        out,
+        {"method": "precomputed", "voxels": int(prep.mask.sum()), "elapsed_seconds": elapsed},
     )

@@ -6,6 +6,7 @@ arrays alike (``xp`` is taken from the input).
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import numpy as np
@@ -52,9 +53,8 @@ def whitepaper_pasl(
 
 
 def _xp(a: Any):
-    mod = type(a).__module__.split(".")[0]
-    if mod == "cupy":
-        import cupy
-
-        return cupy
+    """The array module of ``a`` (NumPy, or CuPy for a device array), without importing CuPy
+    here: a CuPy array can only exist once the backend has loaded it."""
+    if type(a).__module__.split(".")[0] == "cupy":
+        return sys.modules["cupy"]
     return np

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import typer
 
+from gpuperf.asl.options import ASLOptions
 from gpuperf.cli._common import (
     Device,
     DeviceOption,
@@ -19,18 +20,7 @@ from gpuperf.cli._common import (
     handle_errors,
     reporter_for,
 )
-
-
-class ASLMethod(str, Enum):
-    auto = "auto"
-    whitepaper = "whitepaper"
-    gkm = "gkm"
-
-
-class RefTissue(str, Enum):
-    csf = "csf"
-    wm = "wm"
-    gm = "gm"
+from gpuperf.cli._options import options_command
 
 
 class PhantomKind(str, Enum):
@@ -40,6 +30,7 @@ class PhantomKind(str, Enum):
 
 
 @handle_errors
+@options_command(ASLOptions)
 def asl_command(
     asl: Path = typer.Argument(..., help="BIDS *_asl.nii.gz (with _asl.json, _aslcontext.tsv)."),
     out: Path = typer.Option(..., "--out", help="Output folder."),
@@ -47,54 +38,38 @@ def asl_command(
     m0_ref_mask: Path | None = typer.Option(
         None, "--m0-ref-mask", help="Reference-region mask for one M0 of blood."
     ),
-    m0_ref_tissue: RefTissue | None = typer.Option(
-        None, "--m0-ref-tissue", help="Tissue of the reference region."
-    ),
     mask: Path | None = typer.Option(None, "--mask", help="Brain mask (default: from M0)."),
-    model: ASLMethod = typer.Option(
-        ASLMethod.auto,
-        "--model",
-        help="auto: consensus formula for one PLD, kinetic-model fit for several.",
-    ),
-    t1_tissue: float | None = typer.Option(None, "--t1-tissue", help="T1 of tissue, s (1.3)."),
-    t1_blood: float | None = typer.Option(
-        None, "--t1-blood", help="T1 of blood, s (from MagneticFieldStrength)."
-    ),
-    lambda_: float | None = typer.Option(None, "--lambda", help="Partition coefficient (0.9)."),
-    alpha: float | None = typer.Option(
-        None, "--alpha", help="Labelling efficiency (LabelingEfficiency, else type default)."
-    ),
-    arterial: bool = typer.Option(False, "--arterial", help="Fit aBV and aBAT too (pCASL)."),
     prefix: str | None = typer.Option(None, "--prefix", help="Output prefix."),
     device: Device = DeviceOption,
     memory_budget_mb: float | None = MemoryOption,
     quiet: bool = QuietOption,
     overwrite: bool = OverwriteOption,
     report: bool = ReportOption,
+    *,
+    options: ASLOptions,
 ) -> None:
     """Quantify CBF (and ATT) from a BIDS ASL series."""
     from gpuperf.asl.pipeline import run_asl
+    from gpuperf.report import publish_result
 
+    rep = reporter_for(quiet)
     result = run_asl(
         asl,
         out,
         m0_path=m0,
         m0_ref_mask=m0_ref_mask,
-        m0_ref_tissue=None if m0_ref_tissue is None else m0_ref_tissue.value,
         mask_path=mask,
-        model=model.value,
-        t1_tissue_s=t1_tissue,
-        t1_blood_s=t1_blood,
-        lambda_=lambda_,
-        alpha=alpha,
-        arterial=arterial,
         prefix=prefix,
         device=device.value,
         overwrite=overwrite,
         memory_budget=budget_bytes(memory_budget_mb),
-        reporter=reporter_for(quiet),
-        report=report,
+        reporter=rep,
+        extra_outputs=("report.html",) if report else (),
+        options=options,
     )
+    if report:
+        for path in publish_result(result, overwrite=overwrite, reporter=rep):
+            result.outputs["report"] = path
     if not quiet:
         s = result.summary
         typer.echo(

@@ -17,20 +17,17 @@ from typing import Any
 import numpy as np
 
 from gpuperf.backend import NUMPY_BACKEND, chunk_slices, get_backend
-from gpuperf.errors import GpuperfError, InputError
 from gpuperf.fit._numpy_lm import LMSettings, lm_numpy
 from gpuperf.fit.models import Model, get_model
+from gpuperf.fit.validate import (  # noqa: F401 - re-exported (public names of this module)
+    DEFAULT_TOLERANCES,
+    FIT_DEVICES,
+    MAX_PARAMS,
+    validate_inputs,
+)
 from gpuperf.progress import Reporter, ensure_reporter
+from gpuperf.status import Status, from_fit_codes
 
-#: The kernel keeps parameters and J^T W J in registers: fixed-size arrays of at most 8.
-MAX_PARAMS = 8
-
-#: Default (xtol, ftol) per working precision: a relative step of xtol ends the fit; float32
-#: cannot resolve chi2 changes much below ~1e-6 relative, float64 goes to MINPACK-like levels.
-DEFAULT_TOLERANCES = {
-    np.dtype(np.float32): (1e-5, 1e-10),
-    np.dtype(np.float64): (1e-8, 1e-14),
-}
 #: Damping schedule (Marquardt 1963): start, floor, ceiling; factor 10 up on a rejected step,
 #: 10 down on an accepted one. Above the ceiling no step lowers chi2: a (local) minimum.
 LAMBDA0 = 1e-3
@@ -40,17 +37,19 @@ LAMBDA_MAX = 1e10
 #: rounding scale sum |w r| (|y| + |f|) (see kernels/fit/lm_fit.cu).
 ACCEPT_TOL_EPS = 16.0
 
-#: Devices accepted by :func:`fit_lm`. ``host`` (not part of the public CLI) runs the CUDA
-#: kernel source compiled with g++ on the CPU (tests, benchmarks).
-FIT_DEVICES = ("auto", "cpu", "gpu", "host")
-
 
 class FitStatus(IntEnum):
-    """Per-voxel outcome of a fit."""
+    """Per-voxel outcome of a fit, as :class:`gpuperf.status.Status` flags.
 
-    CONVERGED = 0  #: a convergence test passed (or no step can lower chi2 any more)
-    MAX_ITER = 1  #: max_iter trial steps without convergence; params are the last iterate
-    FAILED = 2  #: non-finite input/start (params NaN) or a parameter without influence
+    The backends (CUDA kernel and NumPy twin) write their own codes 0/1/2; :func:`fit_lm`
+    converts them with :func:`gpuperf.status.from_fit_codes`.
+    """
+
+    CONVERGED = int(Status.OK)  #: a convergence test passed (or no step can lower chi2 any more)
+    #: max_iter trial steps without convergence; params are the last iterate
+    MAX_ITER = int(Status.MAX_ITER)
+    #: non-finite input/start (params NaN) or a parameter without influence
+    FAILED = int(Status.FIT_FAILED)
 
 
 @dataclass
@@ -64,8 +63,9 @@ class FitResult:
     stderr : (V, P) array
         ``sqrt(diag((J^T W J)^-1) chi2 / (N - P_free))``; 0 for fixed parameters; NaN when
         N <= P_free, when J^T W J is singular, or for FAILED voxels.
-    status : (V,) int8
-        :class:`FitStatus` codes.
+    status : (V,) int32
+        :class:`gpuperf.status.Status` flags: 0 converged, ``MAX_ITER``, ``FIT_FAILED``
+        (also importable as :class:`FitStatus`).
     chi2 : (V,) array
         Final weighted sum of squared residuals.
     n_iter : (V,) int32
@@ -89,17 +89,6 @@ class FitResult:
     def param(self, name: str) -> np.ndarray:
         """Column of ``params`` by parameter name."""
         return self.params[:, self.param_names.index(name)]
-
-
-def _per_voxel(name: str, a: Any, n_vox: int, n_par: int, dtype: np.dtype) -> np.ndarray:
-    arr = np.asarray(a, dtype=dtype)
-    if arr.shape == (n_par,):
-        return np.broadcast_to(arr, (n_vox, n_par))
-    if arr.shape == (n_vox, n_par):
-        return arr
-    raise InputError(
-        None, name, f"expected shape ({n_par},) or ({n_vox}, {n_par}); got {arr.shape}"
-    )
 
 
 def _bytes_per_voxel(n_samples: int, n_par: int, itemsize: int) -> int:
@@ -171,72 +160,27 @@ def fit_lm(
     """
     t_start = time.perf_counter()
     mdl = get_model(model)
-    dt = np.dtype(dtype)
-    if dt not in DEFAULT_TOLERANCES:
-        raise GpuperfError(f"dtype must be float32 or float64; got {dt}")
-    if device not in FIT_DEVICES:
-        raise GpuperfError(f"device must be one of {', '.join(FIT_DEVICES)}; got {device!r}")
-    n_par = mdl.n_params
-    if not 1 <= n_par <= MAX_PARAMS:
-        raise GpuperfError(f"model {mdl.name!r} has {n_par} parameters; 1..{MAX_PARAMS} allowed")
-
-    xa = np.asarray(x, dtype=dt)
-    if xa.ndim == 1:
-        xa = xa[:, None]
-    n_x = len(mdl.x_names)
-    if xa.ndim != 2 or xa.shape[1] != n_x:
-        raise InputError(
-            None, "x", f"expected shape (N, {n_x}) ({', '.join(mdl.x_names)}); got {np.shape(x)}"
-        )
-    if not np.isfinite(xa).all():
-        raise InputError(None, "x", "the independent variable must be finite everywhere")
-    ya = np.asarray(y, dtype=dt)
-    if ya.ndim != 2 or ya.shape[1] != xa.shape[0]:
-        raise InputError(None, "y", f"expected shape (V, {xa.shape[0]}); got {ya.shape}")
-    n_vox, n_samples = ya.shape
-    ca = np.asarray(consts, dtype=dt).reshape(-1)
-    if ca.size != len(mdl.const_names):
-        raise InputError(
-            None,
-            "consts",
-            f"model {mdl.name!r} takes {len(mdl.const_names)} "
-            f"constants ({', '.join(mdl.const_names)}); got {ca.size}",
-        )
-    if not np.isfinite(ca).all():
-        raise InputError(None, "consts", f"model constants must be finite; got {ca.tolist()}")
-    if p0 is None and n_vox == 0:
-        p0 = np.zeros(n_par)
-    if p0 is None:
-        p0 = mdl.initial_guess(xa.astype(np.float64), ya.astype(np.float64))
-    p0a = _per_voxel("p0", p0, n_vox, n_par, dt)
-    lo_default = mdl.default_lower if mdl.default_lower is not None else (-np.inf,) * n_par
-    hi_default = mdl.default_upper if mdl.default_upper is not None else (np.inf,) * n_par
-    lo = _per_voxel("lower", lo_default if lower is None else lower, n_vox, n_par, dt)
-    hi = _per_voxel("upper", hi_default if upper is None else upper, n_vox, n_par, dt)
-    if np.isnan(lo).any() or np.isnan(hi).any() or (lo > hi).any():
-        raise InputError(None, "lower/upper", "bounds must be non-NaN with lower <= upper")
-    fixed_a = np.zeros(n_par, dtype=bool) if fixed is None else np.asarray(fixed, dtype=bool)
-    if fixed_a.shape != (n_par,):
-        raise InputError(None, "fixed", f"expected shape ({n_par},); got {fixed_a.shape}")
-    w_per_voxel = False
-    wa = None
-    if weights is not None:
-        wa = np.asarray(weights, dtype=dt)
-        if wa.shape == (n_samples,):
-            w_per_voxel = False
-        elif wa.shape == (n_vox, n_samples):
-            w_per_voxel = True
-        else:
-            raise InputError(
-                None,
-                "weights",
-                f"expected shape ({n_samples},) or ({n_vox}, {n_samples}); got {wa.shape}",
-            )
-    if int(max_iter) < 0:
-        raise GpuperfError(f"max_iter must be >= 0; got {max_iter}")
+    inp = validate_inputs(
+        mdl,
+        x,
+        y,
+        p0,
+        lower=lower,
+        upper=upper,
+        fixed=fixed,
+        weights=weights,
+        consts=consts,
+        max_iter=max_iter,
+        dtype=dtype,
+        device=device,
+    )
+    dt, xa, ya, ca = inp.dtype, inp.x, inp.y, inp.consts
+    p0a, lo, hi, fixed_a = inp.p0, inp.lower, inp.upper, inp.fixed
+    wa, w_per_voxel = inp.weights, inp.weights_per_voxel
+    n_vox, n_samples, n_par = inp.n_voxels, inp.n_samples, mdl.n_params
     xtol_d, ftol_d = DEFAULT_TOLERANCES[dt]
     settings = LMSettings(
-        max_iter=int(max_iter),
+        max_iter=inp.max_iter,
         xtol=xtol_d if xtol is None else float(xtol),
         ftol=ftol_d if ftol is None else float(ftol),
         lambda0=LAMBDA0,
@@ -255,7 +199,7 @@ def fit_lm(
     stderr = np.empty((n_vox, n_par), dtype=dt)
     chi2 = np.empty(n_vox, dtype=dt)
     n_iter = np.empty(n_vox, dtype=np.int32)
-    status = np.empty(n_vox, dtype=np.int8)
+    codes = np.empty(n_vox, dtype=np.int8)  # the backends' 0/1/2
     slices = chunk_slices(
         n_vox, _bytes_per_voxel(n_samples, n_par, dt.itemsize), memory_budget, backend
     )
@@ -281,11 +225,11 @@ def fit_lm(
             else:
                 wfull = np.broadcast_to(wc, yc.shape)
             out = lm_numpy(mdl, xa, yc, wfull, ca, p0c, loc, hic, fixed_a, settings)
-        params[sl], stderr[sl], chi2[sl], n_iter[sl], status[sl] = out
+        params[sl], stderr[sl], chi2[sl], n_iter[sl], codes[sl] = out
     return FitResult(
         params=params,
         stderr=stderr,
-        status=status,
+        status=from_fit_codes(codes),
         chi2=chi2,
         n_iter=n_iter,
         backend=backend_name,
