@@ -220,6 +220,8 @@ def compare_groups(
             if not sel.any():
                 continue
             c = stats.welch(vals[sel], vals[ref])
+            if c.n == 0 or c.n_reference == 0:
+                continue  # e.g. lesions, which controls do not have: see group_lesions.tsv
             row: dict[str, Any] = {
                 "modality": mod,
                 "session": ses,

@@ -141,6 +141,8 @@ class GroupResult:
     lesions_table, stats_table, correlations_table : Path or None
         ``group_lesions.tsv``, ``group_stats.tsv``, ``group_correlations.tsv`` when written,
         with their rows in ``lesion_rows``, ``stats_rows``, ``correlation_rows``.
+    report : Path or None
+        ``group_report.html`` when written.
     """
 
     table: Path
@@ -152,6 +154,7 @@ class GroupResult:
     stats_rows: list[dict[str, Any]] = field(default_factory=list)
     correlations_table: Path | None = None
     correlation_rows: list[dict[str, Any]] = field(default_factory=list)
+    report: Path | None = None
 
     @property
     def exit_code(self) -> int:
@@ -297,6 +300,7 @@ def group_table(
     lesion_desc: str = "lesion",
     enhancing_desc: str = "enhancing",
     lesion_ring_mm: float = lesions.RING_MM,
+    report: bool = True,
     reporter: Any = None,
 ) -> GroupResult:
     """Write the cohort table ``<out_dir>/<table_name>.tsv`` (+ ``.json`` column descriptions).
@@ -334,6 +338,8 @@ def group_table(
         subjects with a lesion mask get rows in ``group_lesions.tsv``.
     lesion_ring_mm : float
         Radius of the perilesional ring (mm), see :mod:`gpuperf.cohort.lesions`.
+    report : bool
+        Write ``group_report.html`` (per-group plots, statistics, lesion ratios, outliers).
 
     Returns
     -------
@@ -475,6 +481,17 @@ def group_table(
                 compare.CORR_DESCRIPTIONS,
             )
         writer.commit()
+    if report:
+        from gpuperf.report.cohort import write_group_report
+
+        groups = {s: rec.get(group_by, "n/a") for s, rec in (part or {}).items() if group_by}
+        res.report = write_group_report(
+            out_dir,
+            rows,
+            groups,
+            stats_rows=res.stats_rows,
+            lesion_rows=lesion_rows,
+        )
     for job, msg in problems:
         rep.log(f"[yellow]group:[/] {job}: {msg}")
     return res
