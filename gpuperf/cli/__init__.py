@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 import typer
 
 from gpuperf._version import __version__
@@ -53,6 +55,7 @@ try:
 except ImportError:  # pragma: no cover
     pass
 
+simulate_app.command("study")(importlib.import_module("gpuperf.cli.cohort").simulate_study_command)
 for _module, _name, _attr in (
     ("gpuperf.cli.cohort", "run", "run_command"),
     ("gpuperf.cli.report", "report", "report_command"),

@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from gpuperf.asl import constants as K
-from gpuperf.errors import OutputExistsError
+from gpuperf.errors import InputError, OutputExistsError
 
 #: Labelling timings of the simulated acquisition (s).
 PLD_S = 1.8
@@ -141,9 +141,9 @@ def simulate_study(
 
     eff = effects or StudyEffects()
     if n_controls < 2 or n_patients < 2:
-        raise ValueError("n_controls and n_patients must be at least 2")
+        raise InputError(None, "n_controls/n_patients", "at least 2 subjects per group")
     if shape[0] < 16 or shape[1] < 10 or shape[2] < 1:
-        raise ValueError(f"shape must be at least (16, 10, 1), got {shape}")
+        raise InputError(None, "shape", f"must be at least (16, 10, 1), got {shape}")
     root = Path(out_dir)
     if (root / "participants.tsv").exists() and not overwrite:
         raise OutputExistsError(f"{root}: a study exists; pass overwrite=True to replace it")
