@@ -155,7 +155,10 @@ def test_ssvd_matches_explicit_pseudoinverse():
 
 @pytest.mark.parametrize("method", ["osvd", "csvd", "ssvd", "tikhonov"])
 def test_chunking_does_not_change_results(method):
-    """Maps are bitwise identical whatever the memory budget (chunks of >= 256 voxels)."""
+    """Maps do not depend on the memory budget beyond float32 rounding.
+
+    Not bitwise: OpenBLAS picks GEMM kernels (and thread splits) by matrix size, so a voxel's
+    dot products may round differently in a chunk of 256 than in one of 1050 voxels."""
     conc, aif, tr = _delayed_curves()
     rng = np.random.default_rng(1)
     conc = np.repeat(conc, 150, axis=0) * (1 + 0.05 * rng.standard_normal((7 * 150, 1)))
@@ -165,4 +168,6 @@ def test_chunking_does_not_change_results(method):
             conc, aif
         )
         for name in ("cbf", "cbv", "mtt", "tmax", "ttp", "threshold", "oi"):
-            np.testing.assert_array_equal(getattr(whole, name), getattr(chunked, name), name)
+            np.testing.assert_allclose(
+                getattr(whole, name), getattr(chunked, name), rtol=2e-6, atol=0, err_msg=name
+            )

@@ -477,7 +477,7 @@ def write_asl(prep: PreparedASL) -> ASLRunResult:
         qc = _qc_curves(asl_model, fit, prep.deltam, prep.m0, mask)
         if qc is not None:
             try:
-                from gpuperf.report.collect import stage_extra
+                from gpuperf.io.qc import stage_extra
             except ImportError:  # pragma: no cover - the report package is optional here
                 stage_extra = None
             if stage_extra is not None:
@@ -619,7 +619,7 @@ def _qc_curves(model: ASLModel, fit: ASLFit, deltam, m0, mask) -> dict[str, Any]
     """A few voxels' measured dM/M0 and fitted curves (``gpuperf.report`` EXTRA_FORMAT)."""
     if model.method != "gkm":
         return None
-    from gpuperf.report.curves import pick_voxels
+    from gpuperf.io.qc import pick_voxels
 
     # the report's own choice (CBF nearest its 10/50/90th percentiles) among converged voxels
     picks, _ = pick_voxels(fit.cbf, np.isin(fit.status, (0, 4)), None)

@@ -361,7 +361,7 @@ def write_dsc(prep: PreparedDSCRun) -> DSCRunResult:
         )
         _add_aif_plot(writer, prep.aif_png, time_s, fit.aif, rep)
         if prep.curves is not None:
-            from gpuperf.report import stage_extra
+            from gpuperf.io.qc import stage_extra
 
             stage_extra(writer, {"curves": prep.curves})
         elapsed = time.perf_counter() - prep.t_start
@@ -505,7 +505,7 @@ def _report_curves(p: PreparedDSCRun) -> dict | None:
     voxel); their residues come from the run's own model on those rows, and the CBF so
     recomputed is shown beside the map's value as a check.
     """
-    from gpuperf.report.curves import pick_voxels
+    from gpuperf.io.qc import pick_voxels
 
     d, fit = p.data, p.fit
     cbf = np.asarray(fit.cbf).reshape(-1, order=d.order)[d.idx]

@@ -12,7 +12,6 @@ report shows them too.
 
 from __future__ import annotations
 
-import io
 import json
 import re
 from collections.abc import Mapping
@@ -25,28 +24,15 @@ import numpy as np
 
 from gpuperf.errors import InputError
 from gpuperf.io.nifti import nifti_stem, sidecar_path
+from gpuperf.io.qc import (  # noqa: F401 - re-exported: the report's public names
+    EXTRA_FORMAT,
+    extra_to_npz_bytes,
+    load_extra,
+    normalize_extra,
+    save_extra,
+    stage_extra,
+)
 
-#: The ``extra`` argument of :func:`gpuperf.report.write_run_report` (every key optional).
-EXTRA_FORMAT = """\
-extra = {
-    "curves": {                     # a few voxels, k of them
-        "time_s":   (T,)   sample times (DSC, s) or PLDs (ASL, s)
-        "measured": (k, T) concentration (DSC: dR2*, 1/s) or dM/M0 (ASL);
-                           the keys "concentration" and "delta_m" are accepted as aliases
-        "fitted":   (k, T) or (k, F) model curve (with "fit_time_s" (F,) when F != T)
-        "residue":  (k, T) DSC: deconvolved CBF * R(t) (same scale as "measured" / s)
-        "voxels":   (k, 3) int voxel indices (i, j, k) of the curves
-        "labels":   (k,)   str labels (default: the voxel indices)
-        "units":    str    y-axis units of "measured"
-    },
-    "baseline_s": (start, end)      DSC pre-bolus baseline window, s
-    "aif_voxels": (n, 3) int        voxels chosen for the AIF (when no AIF mask was written)
-    "timings":    {step: seconds}   wall-clock time of pipeline steps
-    "warnings":   [str, ...]        pipeline warnings shown at the top of the report
-    "notes":      [str, ...]        free text shown under the parameters
-}"""
-
-_CURVE_ALIASES = {"concentration": "measured", "delta_m": "measured"}
 _MASK_NAMES = ("mask", "brainmask", "brain_mask")
 _AIF_MASK_NAMES = ("aif_mask", "aifmask", "aif_voxels")
 
@@ -313,99 +299,3 @@ def _choose_mask(
         flagged = np.isfinite(st.data) & (st.data > 0) if st is not None else False
         run.mask = valued | flagged
         run.mask_source = "voxels with a value in the maps (no mask file found)"
-
-
-# -- extra QC arrays ------------------------------------------------------------------------
-
-
-def normalize_extra(extra: Mapping[str, Any] | None) -> dict[str, Any]:
-    """Copy ``extra`` with arrays as NumPy arrays and curve aliases resolved (see EXTRA_FORMAT)."""
-    if not extra:
-        return {}
-    out: dict[str, Any] = {}
-    for key, value in extra.items():
-        if key == "curves" and isinstance(value, Mapping):
-            curves: dict[str, Any] = {}
-            for ck, cv in value.items():
-                ck = _CURVE_ALIASES.get(ck, ck)
-                if ck in ("labels",):
-                    curves[ck] = [str(s) for s in np.asarray(cv).ravel()]
-                elif ck == "units":
-                    curves[ck] = str(np.asarray(cv).item() if np.ndim(cv) == 0 else cv)
-                else:
-                    arr = np.asarray(cv)
-                    if ck in ("measured", "fitted", "residue") and arr.ndim == 1:
-                        arr = arr[None, :]
-                    curves[ck] = arr
-            out[key] = curves
-        elif key in ("warnings", "notes"):
-            out[key] = [str(s) for s in np.atleast_1d(np.asarray(value, dtype=object))]
-        elif key == "timings" and isinstance(value, Mapping):
-            out[key] = {str(k): float(v) for k, v in value.items()}
-        elif key in ("baseline_s", "aif_voxels"):
-            out[key] = np.asarray(value, dtype=np.float64 if key == "baseline_s" else np.int64)
-        else:
-            out[key] = value
-    return out
-
-
-def _flatten(extra: Mapping[str, Any]) -> dict[str, np.ndarray]:
-    flat: dict[str, np.ndarray] = {}
-    for key, value in normalize_extra(extra).items():
-        if isinstance(value, Mapping):
-            if key == "timings":
-                flat["timings/names"] = np.asarray(list(value), dtype=str)
-                flat["timings/seconds"] = np.asarray(list(value.values()), dtype=np.float64)
-                continue
-            for ck, cv in value.items():
-                flat[f"{key}/{ck}"] = np.asarray(
-                    cv, dtype=str if ck in ("labels", "units") else None
-                )
-        elif isinstance(value, list):
-            flat[key] = np.asarray(value, dtype=str)
-        else:
-            flat[key] = np.asarray(value)
-    return flat
-
-
-def extra_to_npz_bytes(extra: Mapping[str, Any]) -> bytes:
-    """Serialise ``extra`` (EXTRA_FORMAT) into ``.npz`` bytes (no pickled objects)."""
-    buf = io.BytesIO()
-    np.savez_compressed(buf, **_flatten(extra))
-    return buf.getvalue()
-
-
-def save_extra(path: str | PathLike, extra: Mapping[str, Any]) -> Path:
-    """Write ``extra`` to ``path`` (``<prefix>_qc.npz``) atomically."""
-    from gpuperf.io.outputs import atomic_write_bytes
-
-    atomic_write_bytes(path, extra_to_npz_bytes(extra))
-    return Path(path)
-
-
-def stage_extra(writer: Any, extra: Mapping[str, Any]) -> Path:
-    """Stage ``extra`` as ``<prefix>_qc.npz`` in an :class:`~gpuperf.io.OutputWriter`.
-
-    It is then published with the maps by ``writer.commit()``, and ``gpuperf report`` finds it.
-    """
-    payload = extra_to_npz_bytes(extra)
-    return writer.add_file("qc", lambda tmp: Path(tmp).write_bytes(payload), ".npz")
-
-
-def load_extra(path: str | PathLike) -> dict[str, Any]:
-    """Read a ``<prefix>_qc.npz`` written by :func:`save_extra` back into EXTRA_FORMAT."""
-    with np.load(path, allow_pickle=False) as z:
-        flat = {k: z[k] for k in z.files}
-    extra: dict[str, Any] = {}
-    for key, value in flat.items():
-        if "/" in key:
-            group, sub = key.split("/", 1)
-            extra.setdefault(group, {})[sub] = value
-        else:
-            extra[key] = value
-    timings = extra.get("timings")
-    if isinstance(timings, dict) and "names" in timings:
-        extra["timings"] = dict(
-            zip(timings["names"].tolist(), timings["seconds"].tolist(), strict=False)
-        )
-    return normalize_extra(extra)

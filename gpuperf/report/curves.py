@@ -15,55 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from gpuperf.io.qc import CURVE_PERCENTILES, pick_voxels  # noqa: F401 - re-exported
 from gpuperf.report.collect import RunOutputs
-
-#: CBF percentiles (inside the mask, status 0) of the voxels shown.
-CURVE_PERCENTILES = (10, 50, 90)
-
-
-def pick_voxels(
-    cbf: np.ndarray,
-    mask: np.ndarray,
-    status: np.ndarray | None,
-    percentiles: tuple[float, ...] = CURVE_PERCENTILES,
-) -> tuple[np.ndarray, list[str]]:
-    """Flat indices of voxels whose CBF is nearest to ``percentiles``, plus one flagged voxel.
-
-    Parameters
-    ----------
-    cbf : ndarray (X, Y, Z)
-    mask : ndarray of bool (X, Y, Z)
-    status : ndarray (X, Y, Z) or None
-
-    Returns
-    -------
-    flat_indices : ndarray of int (k,)
-    labels : list of str (k,)
-        Why each voxel was picked ("CBF p50", "flagged (status 8)").
-    """
-    flat = cbf.reshape(-1)
-    ok = mask.reshape(-1) & np.isfinite(flat)
-    if status is not None:
-        st = status.reshape(-1)
-        flagged = np.flatnonzero(mask.reshape(-1) & np.isfinite(st) & (st > 0))
-        ok &= st == 0
-    else:
-        flagged = np.array([], dtype=np.int64)
-    cand = np.flatnonzero(ok)
-    idx: list[int] = []
-    labels: list[str] = []
-    if cand.size:
-        values = flat[cand]
-        for p in percentiles:
-            target = np.percentile(values, p)
-            i = int(cand[np.argmin(np.abs(values - target))])
-            if i not in idx:
-                idx.append(i)
-                labels.append(f"CBF p{p:g}")
-    if flagged.size:
-        idx.append(int(flagged[0]))
-        labels.append(f"flagged (status {int(status.reshape(-1)[flagged[0]])})")
-    return np.asarray(idx, dtype=np.int64), labels
 
 
 def voxel_curves(

@@ -1,0 +1,126 @@
+"""The options seam: one declaration gives validation, the CLI flags and the config keys."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from gpuperf.cli._common import handle_errors
+from gpuperf.cli._options import options_command, parse_floats
+from gpuperf.errors import InputError
+from gpuperf.options import Options, option, specs
+
+_METHODS = {"osvd": 1, "csvd": 2}
+
+
+@dataclass(frozen=True)
+class Demo(Options):
+    section = "demo"
+    method: str = option("osvd", "Method", flag="--method", choices=lambda: tuple(_METHODS))
+    kh: float = option(0.733, "Haematocrit factor", flag="--kh", minimum=0, min_inclusive=False)
+    te_s: float | None = option(
+        None, "Echo time", flag="--te", unit="s", minimum=0, min_inclusive=False, maximum=1
+    )
+    thresholds: tuple = option((0.05, 0.1), "Thresholds", flag="--thr", minimum=0, maximum=1)
+    gamma: bool = option(False, "Gamma fit", flag="--gamma")
+    baseline: int | None = option(None, "Baseline frames", flag="--baseline", minimum=1)
+    hidden: float = option(2.0, "Not on the command line")
+
+
+def _app():
+    app = typer.Typer()
+
+    @app.command()
+    @handle_errors
+    @options_command(Demo)
+    def cmd(series: Path = typer.Argument(...), *, options: Demo) -> None:
+        typer.echo(repr(options))
+
+    @app.command()
+    def other() -> None:  # pragma: no cover - makes `cmd` a subcommand
+        pass
+
+    return app
+
+
+def test_kinds_from_defaults_and_annotations():
+    s = specs(Demo)
+    assert [s[n].kind for n in s] == ["str", "float", "float", "floats", "bool", "int", "float"]
+    assert s["te_s"].nullable and not s["kh"].nullable
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "label"),
+    [
+        ({"kh": 0}, "--kh"),
+        ({"kh": True}, "--kh"),  # a JSON true is not the number 1
+        ({"kh": float("nan")}, "--kh"),
+        ({"te_s": 30.0}, "--te"),
+        ({"thresholds": (0.1, 2.0)}, "--thr"),
+        ({"method": "ssvd"}, "--method"),
+        ({"baseline": 2.5}, "--baseline"),
+        ({"baseline": 0}, "--baseline"),
+    ],
+)
+def test_bad_values_name_the_flag(kwargs, label):
+    with pytest.raises(InputError) as exc:
+        Demo(**kwargs)
+    assert exc.value.field == label
+
+
+def test_choices_follow_the_registry():
+    _METHODS["tikhonov"] = 3
+    try:
+        assert Demo(method="tikhonov").method == "tikhonov"
+    finally:
+        del _METHODS["tikhonov"]
+    with pytest.raises(InputError):
+        Demo(method="tikhonov")
+
+
+def test_from_mapping_names_file_and_key():
+    assert Demo.from_mapping({"kh": 1, "baseline": 3}).baseline == 3
+    with pytest.raises(InputError) as exc:
+        Demo.from_mapping({"nope": 1}, "cfg.toml")
+    assert exc.value.path == "cfg.toml" and exc.value.field == "demo.nope"
+    assert "accepted: method, kh" in str(exc.value)
+    with pytest.raises(InputError, match="demo.te_s"):
+        Demo.from_mapping({"te_s": -1}, "cfg.toml")
+
+
+def test_parameters_and_changed():
+    d = Demo(kh=1.0)
+    assert d.to_parameters()["kh"] == 1.0 and d.changed() == {"kh": 1.0}
+    assert d.replace(kh=0.5).kh == 0.5
+
+
+@pytest.mark.parametrize("text", ["0:1:0", "0.5:0.1:0.1", "0:inf:0.1", "a,b", ""])
+def test_parse_floats_rejects(text):
+    with pytest.raises(ValueError):
+        parse_floats(text)
+
+
+def test_parse_floats():
+    assert parse_floats("0.1:0.3:0.1") == (0.1, 0.2, 0.3)
+    assert parse_floats("0.2, 0.4") == (0.2, 0.4)
+
+
+def test_cli_derived_from_options():
+    runner = CliRunner()
+    app = _app()
+    ok = runner.invoke(
+        app,
+        ["cmd", "x", "--method", "csvd", "--te", "0.03", "--thr", "0.1:0.3:0.1", "--gamma",
+         "--baseline", "3"],
+    )  # fmt: skip
+    assert ok.exit_code == 0, ok.output
+    assert "method='csvd'" in ok.output and "thresholds=(0.1, 0.2, 0.3)" in ok.output
+    assert "gamma=True" in ok.output and "baseline=3" in ok.output and "te_s=0.03" in ok.output
+    bad = runner.invoke(app, ["cmd", "x", "--kh", "0"])
+    assert bad.exit_code == 2 and "--kh" in bad.output and "Traceback" not in bad.output
+    helptext = runner.invoke(app, ["cmd", "--help"], env={"COLUMNS": "200"}).output
+    assert "--hidden" not in helptext and "unit s" in helptext
