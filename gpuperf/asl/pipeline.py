@@ -127,6 +127,7 @@ class PreparedASL:
     fit: ASLFit | None = None
     fit_s: float = 0.0
     batch_size: int = 1
+    pv: tuple[np.ndarray, np.ndarray] | None = None  # GM, WM fractions (partial-volume corr.)
 
     @property
     def n_voxels(self) -> int:
@@ -160,6 +161,8 @@ def prepare_asl(
     memory_budget: int | None = None,
     reporter: Any = None,
     report: bool = True,
+    pv_gm: str | PathLike | None = None,
+    pv_wm: str | PathLike | None = None,
 ) -> PreparedASL:
     """Load and validate an ASL series: everything of :func:`run_asl` before the fit.
 
@@ -228,6 +231,7 @@ def prepare_asl(
             )
     else:
         mask = np.isfinite(image.data).all(axis=3)
+    pv = _load_pv(pv_gm, pv_wm, image, rep)
     if m0_ref_mask is not None:
         if m0_vox is None:
             raise InputError(
@@ -278,6 +282,10 @@ def prepare_asl(
         "t_start": t_start,
     }
     if not has_diff:
+        if pv is not None:
+            raise InputError(
+                series.path, "pv_gm", "partial-volume correction needs control/label volumes"
+            )
         if series.indices("cbf").size == 0:
             raise InputError(series.path, "volume_type", "no control, label, deltam or cbf volume")
         writer = OutputWriter(
@@ -316,13 +324,17 @@ def prepare_asl(
             names += ["abv", "abat", "abv_stderr", "abat_stderr"]
     elif samples.pld_s.size > 1:
         names += ["cbf_stderr"]
+    if pv is not None:
+        names += ["cbf_gm", "cbf_wm"]
     sources = [series.path] + ([series.m0_image.path] if series.m0_image is not None else [])
     writer = OutputWriter(
         out_dir,
         prefix,
         reference=image,
         overwrite=overwrite,
-        inputs=sources + ([Path(mask_path)] if mask_path else []),
+        inputs=sources
+        + ([Path(mask_path)] if mask_path else [])
+        + ([Path(pv_gm), Path(pv_wm)] if pv is not None else []),
     )
     writer.expect(names)
     if asl_model.method == "gkm":
@@ -346,6 +358,16 @@ def prepare_asl(
     }
     if series.is_pasl:
         constants["BolusCutOffTechnique"] = series.bolus_cutoff_technique
+    if pv is not None:
+        from gpuperf.asl import pvc
+
+        constants["PartialVolumeCorrection"] = {
+            "Method": "linear regression in a local kernel (Asllani et al., MRM 2008)",
+            "KernelVoxels": list(pvc.KERNEL),
+            "MinFraction": pvc.MIN_FRACTION,
+            "GM": str(pv_gm),
+            "WM": str(pv_wm),
+        }
     return PreparedASL(
         writer=writer,
         names=names,
@@ -354,6 +376,7 @@ def prepare_asl(
         deltam=samples.deltam,
         m0=m0_for_fit,
         constants=constants,
+        pv=pv,
         **common,
     )
 
@@ -452,7 +475,10 @@ def write_asl(prep: PreparedASL) -> ASLRunResult:
             "abat": ("s", "Arterial bolus arrival time (macrovascular component)"),
             "abv_stderr": ("%", "Standard error of aBV"),
             "abat_stderr": ("s", "Standard error of aBAT"),
+            "cbf_gm": ("ml/100g/min", "Grey-matter CBF, partial-volume corrected (LR)"),
+            "cbf_wm": ("ml/100g/min", "White-matter CBF, partial-volume corrected (LR)"),
         }
+        pvc_maps = _pvc_maps(prep) if prep.pv is not None else {}
         outputs: dict[str, Path] = {}
         for name in prep.names:
             if name == "status":
@@ -466,6 +492,10 @@ def write_asl(prep: PreparedASL) -> ASLRunResult:
                     description="Fit status: "
                     + "; ".join(f"{k} {v}" for k, v in STATUS_MEANINGS.items()),
                 )
+                continue
+            if name in pvc_maps:
+                units, desc = descr[name]
+                outputs[name] = writer.add_map(name, pvc_maps[name], units=units, description=desc)
                 continue
             arr = getattr(fit, name)
             if arr is None:
@@ -543,6 +573,8 @@ def run_asl(
     memory_budget: int | None = None,
     reporter: Any = None,
     report: bool = True,
+    pv_gm: str | PathLike | None = None,
+    pv_wm: str | PathLike | None = None,
 ) -> ASLRunResult:
     """Quantify CBF (and ATT) from a BIDS ASL series and write the maps.
 
@@ -579,6 +611,10 @@ def run_asl(
     reporter : gpuperf.progress.Reporter, optional
     report : bool
         Also write ``<prefix>_report.html``, the visual QC page (:mod:`gpuperf.report`).
+    pv_gm, pv_wm : path-like, optional
+        Grey- and white-matter probability maps on the ASL grid: also write ``cbf_gm`` and
+        ``cbf_wm``, partial-volume corrected by linear regression in a 5 x 5 x 1 kernel
+        (Asllani et al. 2008; :func:`gpuperf.asl.pvc.lr_pvc`). Both or neither.
 
     Returns
     -------
@@ -603,6 +639,8 @@ def run_asl(
         memory_budget=memory_budget,
         reporter=reporter,
         report=report,
+        pv_gm=pv_gm,
+        pv_wm=pv_wm,
     )
     compute_asl_batch([prep])
     return write_asl(prep)
@@ -660,6 +698,41 @@ def _qc_curves(model: ASLModel, fit: ASLFit, deltam, m0, mask) -> dict[str, Any]
             "units": "dM/M0",
         }
     }
+
+
+def _load_pv(
+    pv_gm: str | PathLike | None, pv_wm: str | PathLike | None, image: Any, rep: Any
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """GM and WM fractions on the grid of ``image`` (None without them)."""
+    if pv_gm is None and pv_wm is None:
+        return None
+    if pv_gm is None or pv_wm is None:
+        raise InputError(pv_gm or pv_wm, "pv_gm/pv_wm", "give both --pv-gm and --pv-wm")
+    from gpuperf.io.nifti import check_same_grid, load_image
+
+    out = []
+    for path, tissue in ((pv_gm, "GM"), (pv_wm, "WM")):
+        img = load_image(path, ndim=(3,), role=f"{tissue} probability map")
+        check_same_grid(image, img)
+        d = np.nan_to_num(np.asarray(img.data, dtype=np.float64), nan=0.0)
+        if d.size and (d.min() < -0.01 or d.max() > 1.01):
+            rep.warn(
+                f"{Path(path).name}: {tissue} fractions outside [0, 1] "
+                f"({d.min():.3g} to {d.max():.3g}); clipped to [0, 1]"
+            )
+        out.append(np.clip(d, 0.0, 1.0))
+    return out[0], out[1]
+
+
+def _pvc_maps(prep: PreparedASL) -> dict[str, np.ndarray]:
+    """``cbf_gm`` and ``cbf_wm`` of a fitted series (:func:`gpuperf.asl.pvc.lr_pvc`)."""
+    from gpuperf.asl.pvc import lr_pvc
+
+    assert prep.pv is not None and prep.fit is not None
+    cbf = np.full(prep.mask.shape, np.nan)
+    cbf[prep.mask] = prep.fit.cbf
+    gm, wm = lr_pvc(cbf, prep.pv[0], prep.pv[1], prep.mask)
+    return {"cbf_gm": gm, "cbf_wm": wm}
 
 
 def _precomputed_cbf(prep: PreparedASL) -> ASLRunResult:

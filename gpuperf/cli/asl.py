@@ -71,6 +71,12 @@ def asl_command(
     quiet: bool = QuietOption,
     overwrite: bool = OverwriteOption,
     report: bool = ReportOption,
+    pv_gm: Path | None = typer.Option(
+        None, "--pv-gm", help="GM probability map on the ASL grid: also write cbf_gm/cbf_wm."
+    ),
+    pv_wm: Path | None = typer.Option(
+        None, "--pv-wm", help="WM probability map on the ASL grid (with --pv-gm)."
+    ),
 ) -> None:
     """Quantify CBF (and ATT) from a BIDS ASL series."""
     from gpuperf.asl.pipeline import run_asl
@@ -94,6 +100,8 @@ def asl_command(
         memory_budget=budget_bytes(memory_budget_mb),
         reporter=reporter_for(quiet),
         report=report,
+        pv_gm=pv_gm,
+        pv_wm=pv_wm,
     )
     if not quiet:
         s = result.summary

@@ -326,6 +326,8 @@ def _pipeline_kwargs(job: Job, options: Mapping[str, Any]) -> dict[str, Any]:
         and kwargs.get("aif", "auto") == "auto"
     ):
         kwargs["aif"] = job.companions["aif_mask"]
+    if "pv_gm" in job.companions and "pv_wm" in job.companions and kwargs.get("pv_gm") is None:
+        kwargs["pv_gm"], kwargs["pv_wm"] = job.companions["pv_gm"], job.companions["pv_wm"]
     return kwargs
 
 
