@@ -186,7 +186,15 @@ def run_command(
         reporter=reporter,
         **opts,
     )
-    typer.echo(str(res.table))
+    for path in (
+        res.table,
+        res.stats_table,
+        res.correlations_table,
+        res.lesions_table,
+        res.report,
+    ):
+        if path is not None:
+            typer.echo(str(path))
     raise typer.Exit(res.exit_code)
 
 
