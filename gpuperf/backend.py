@@ -77,14 +77,55 @@ class Backend:
 NUMPY_BACKEND = Backend("numpy", np, "CPU (NumPy)")
 
 
+#: A one-line kernel that proves NVRTC compiles and the device runs what it compiled.
+_PROBE_KERNEL = 'extern "C" __global__ void gpuperf_probe(int* out) { out[threadIdx.x] = 42; }'
+
+#: What a failing probe step most likely lacks (matched in the error text, lower case).
+_MISSING = (
+    ("nvrtc", "NVRTC (CUDA's runtime compiler) is missing: install cupy-cuda13x[ctk] "
+              "(or cupy-cuda12x[ctk]), or a CUDA toolkit"),
+    ("cublas", "cuBLAS is missing: install cupy-cuda13x[ctk] (or cupy-cuda12x[ctk])"),
+    ("cufft", "cuFFT is missing: install cupy-cuda13x[ctk] (or cupy-cuda12x[ctk])"),
+)  # fmt: skip
+
+
+def _probe(cupy: Any) -> None:
+    """Compile and launch a one-line kernel, run a tiny matmul and FFT; raise on any failure."""
+    out = cupy.zeros(32, dtype=cupy.int32)
+    try:
+        kernel = cupy.RawKernel(_PROBE_KERNEL, "gpuperf_probe")
+        kernel((1,), (32,), (out,))
+    except Exception as exc:
+        raise RuntimeError(f"kernel compile/launch (NVRTC) failed: {exc}") from exc
+    if int((out == 42).sum()) != 32:
+        raise RuntimeError("the probe kernel ran but wrote wrong values")
+    m = np.arange(16, dtype=np.float32).reshape(4, 4)
+    try:
+        a = cupy.asarray(m)
+        ok = float((a @ a).sum()) == float((m @ m).sum())
+    except Exception as exc:
+        raise RuntimeError(f"matmul (cuBLAS) failed: {exc}") from exc
+    if not ok:
+        raise RuntimeError("matmul (cuBLAS) gave a wrong result")
+    try:
+        spec = cupy.fft.rfft(cupy.ones(8, dtype=cupy.float32))
+        ok = abs(float(spec[0].real) - 8.0) < 1e-5
+    except Exception as exc:
+        raise RuntimeError(f"FFT (cuFFT) failed: {exc}") from exc
+    if not ok:
+        raise RuntimeError("FFT (cuFFT) gave a wrong result")
+
+
 @functools.lru_cache(maxsize=1)
 def gpu_status() -> tuple[bool, str]:
-    """Whether a CUDA device is usable through CuPy.
+    """Whether a CUDA device is usable through CuPy: it is there, NVRTC compiles and launches
+    a kernel, and cuBLAS and cuFFT run (a tiny matmul and FFT).
 
     Returns
     -------
     (usable, detail) : (bool, str)
-        ``detail`` is the GPU name and free memory when usable, else the reason it is not.
+        ``detail`` is the GPU name and free memory when usable, else the reason it is not,
+        naming the missing piece (e.g. ``cupy-cuda13x[ctk]`` for NVRTC).
         Setting ``GPUPERF_DISABLE_GPU=1`` reports the GPU as unusable (for tests and CI).
     """
     if os.environ.get("GPUPERF_DISABLE_GPU", "") not in ("", "0"):
@@ -102,9 +143,16 @@ def gpu_status() -> tuple[bool, str]:
         name = name.decode() if isinstance(name, bytes) else str(name)
         free, total = cupy.cuda.Device(0).mem_info
         cc = f"{props['major']}.{props['minor']}"
-        return True, f"{name} (compute {cc}, {free / 2**30:.1f} of {total / 2**30:.1f} GiB free)"
     except Exception as exc:  # driver missing, no device, broken install: all mean "no GPU"
         return False, f"CUDA device unusable: {type(exc).__name__}: {exc}"
+    try:
+        _probe(cupy)
+    except Exception as exc:
+        text = str(exc.__cause__ or exc).lower()
+        hint = next((h for key, h in _MISSING if key in text), None)
+        detail = f"{name} found, but {exc}"
+        return False, detail + (f" -- {hint}" if hint else "")
+    return True, f"{name} (compute {cc}, {free / 2**30:.1f} of {total / 2**30:.1f} GiB free)"
 
 
 def get_backend(device: str = "auto") -> Backend:

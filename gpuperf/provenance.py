@@ -15,20 +15,25 @@ from gpuperf._version import __version__
 from gpuperf.backend import Backend
 
 
-def jsonable(value: Any) -> Any:
-    """Convert NumPy scalars/arrays, paths and tuples to plain JSON types."""
+def jsonable(value: Any, strict: bool = False) -> Any:
+    """Convert NumPy scalars/arrays, paths and tuples to plain JSON types.
+
+    With ``strict``, anything else JSON cannot hold (an object, a type) becomes its ``str``.
+    """
     if isinstance(value, Mapping):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value]
+        return {str(k): jsonable(v, strict) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [jsonable(v, strict) for v in value]
     if isinstance(value, np.ndarray):
-        return jsonable(value.tolist())
+        return jsonable(value.tolist(), strict)
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, PathLike):
         return str(value)
     if isinstance(value, float) and not np.isfinite(value):
         return None if np.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if strict and not isinstance(value, (str, int, float, bool, type(None))):
+        return str(value)
     return value
 
 

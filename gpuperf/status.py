@@ -66,6 +66,9 @@ INPUT_FLAGS = (
     Status.NONPOSITIVE_INPUT | Status.NONFINITE_INPUT | Status.NO_BASELINE | Status.OUTSIDE_MASK
 )
 
+#: Flags that mark a usable result worth knowing about (not counted as flagged by the QC checks).
+NOTE_FLAGS = Status.AT_KINK
+
 #: dtype of status maps on disk and in memory.
 DTYPE = np.int32
 
@@ -76,6 +79,24 @@ _FIT_CODES = np.array([Status.OK, Status.MAX_ITER, Status.FIT_FAILED], dtype=DTY
 def from_fit_codes(codes: Any) -> np.ndarray:
     """Map the fit kernel's codes (0 converged, 1 iteration limit, 2 failed) to flags."""
     return _FIT_CODES[np.asarray(codes, dtype=np.intp)]
+
+
+def names(value: int) -> str:
+    """``'MAX_ITER|AT_KINK'`` for a status value; ``'OK'`` for 0."""
+    value = int(value)
+    if value == 0:
+        return "OK"
+    parts = [f.name for f in DESCRIPTIONS if value & int(f)]
+    unknown = value & ~sum(int(f) for f in DESCRIPTIONS)
+    if unknown:
+        parts.append(f"unknown bits {unknown}")
+    return "|".join(parts)
+
+
+def is_flagged(values: Any) -> np.ndarray:
+    """True where a status value has a flag other than the :data:`NOTE_FLAGS`."""
+    v = np.asarray(values).astype(np.int64)
+    return (v & ~int(NOTE_FLAGS)) != 0
 
 
 def describe(flags: Any = None) -> dict[str, str]:

@@ -14,7 +14,11 @@
 #error "host_shim.h is for host C++ builds only"
 #endif
 
+#include <cstddef>
+#include <string>
 #include <thread>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 #define __global__
@@ -66,4 +70,65 @@ void gp_host_launch(dim3 grid, dim3 block, int n_threads, Kernel kernel, Args...
     pool.reserve((size_t)n);
     for (unsigned long long i = 0; i < n; ++i) pool.emplace_back(worker, i, n);
     for (auto& t : pool) t.join();
+}
+
+
+// ---- Signature-driven launches (gpuperf.cuda.signature, gpuperf.cuda.host) ------------------
+// A kernel is launched the way cuLaunchKernel (and so CuPy) launches it: an array of pointers,
+// one per parameter, each read with the width of the kernel's own parameter type. The host
+// library also exports each kernel's parameter types as text, derived by the compiler from the
+// kernel's function type, so Python never restates a parameter list by hand.
+template <class T>
+struct gp_type_name_of;  // no definition: an unsupported parameter type fails to compile
+#define GP_TYPE_NAME(T, S) \
+    template <>            \
+    struct gp_type_name_of<T> { static const char* get() { return S; } };
+GP_TYPE_NAME(float, "float")
+GP_TYPE_NAME(double, "double")
+GP_TYPE_NAME(bool, "bool")
+GP_TYPE_NAME(char, "char")
+GP_TYPE_NAME(signed char, "signed char")
+GP_TYPE_NAME(unsigned char, "unsigned char")
+GP_TYPE_NAME(short, "short")
+GP_TYPE_NAME(unsigned short, "unsigned short")
+GP_TYPE_NAME(int, "int")
+GP_TYPE_NAME(unsigned int, "unsigned int")
+GP_TYPE_NAME(long long, "long long")
+GP_TYPE_NAME(unsigned long long, "unsigned long long")
+#undef GP_TYPE_NAME
+
+template <class T>
+std::string gp_param_type() {
+    if constexpr (std::is_pointer_v<T>) {
+        using U = std::remove_pointer_t<T>;
+        return std::string(std::is_const_v<U> ? "const " : "") +
+               gp_param_type<std::remove_cv_t<U>>() + "*";
+    } else {
+        return gp_type_name_of<std::remove_cv_t<T>>::get();
+    }
+}
+
+// "const float*;int;long long;float*;" for void k(const float*, int, long long, float*).
+template <class... P>
+const char* gp_signature(void (*)(P...)) {
+    static const std::string text = [] {
+        std::string r;
+        ((r += gp_param_type<P>() + ";"), ...);
+        return r;
+    }();
+    return text.c_str();
+}
+
+template <class... P, std::size_t... I>
+void gp_host_launch_packed_(dim3 grid, dim3 block, int n_threads, void (*kernel)(P...),
+                            void** args, std::index_sequence<I...>) {
+    gp_host_launch(grid, block, n_threads, kernel,
+                   *static_cast<std::remove_cv_t<P>*>(args[I])...);
+}
+
+// Launch with kernelParams-style arguments: args[i] points at the value of parameter i.
+template <class... P>
+void gp_host_launch_packed(dim3 grid, dim3 block, int n_threads, void (*kernel)(P...),
+                           void** args) {
+    gp_host_launch_packed_(grid, block, n_threads, kernel, args, std::index_sequence_for<P...>{});
 }

@@ -1,6 +1,8 @@
 """Shared test configuration.
 
 - ``gpu`` marker: the test needs CuPy and a CUDA device; skipped (with the reason) elsewhere.
+- ``emulated_gpu`` marker and fixture: the test runs gpuperf's CuPy paths on the CuPy test
+  double (tests/emulated_cupy.py) installed as ``sys.modules["cupy"]``; runs everywhere (CI).
 - ``shared_data`` fixture: the project's reference data in ``../shared/data``; a user's clone
   without it skips those tests, CI (``CI=true``) fails instead, since there it must be present.
 """
@@ -8,6 +10,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -46,3 +49,23 @@ def require_shared(*parts: str) -> Path:
 @pytest.fixture
 def shared_data() -> Path:
     return require_shared()
+
+
+@pytest.fixture
+def emulated_gpu(monkeypatch):
+    """Install the CuPy test double as ``cupy`` for one test and reset gpuperf's caches around
+    it, so nothing of the emulated device leaks into other tests."""
+    import emulated_cupy as fake
+
+    from gpuperf import backend
+    from gpuperf.cuda import source
+
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    monkeypatch.delenv("GPUPERF_DISABLE_GPU", raising=False)
+    monkeypatch.setattr(fake, "STATE", type(fake.STATE)(**vars(fake.STATE)))
+    fake.STATE.launches = []
+    backend.gpu_status.cache_clear()
+    source._MODULES.clear()
+    yield fake
+    backend.gpu_status.cache_clear()
+    source._MODULES.clear()

@@ -13,7 +13,8 @@ import os
 import numpy as np
 import pytest
 
-from gpuperf.cuda import host, nvcc
+import gpuperf.fit  # noqa: F401  (the fit models register lm_fit<T, Model> with the catalog)
+from gpuperf.cuda import host, nvcc, signature
 from gpuperf.cuda.catalog import kernel_catalog
 from gpuperf.cuda.source import kernel_dir, read_kernel
 
@@ -77,6 +78,67 @@ def test_resource_table_no_spills():
         r for r in rows if "float" in r.kernel and "double" not in r.kernel and r.spill_stores
     ]
     assert not spilled, f"float32 kernels spill registers: {spilled}"
+
+
+def test_catalog_lists_every_model_instantiation():
+    from gpuperf.fit.models import MODELS
+
+    fit = CATALOG["fit/lm_fit.cu"]
+    assert set(fit.float32) == {f"lm_fit<float, {m.cuda_struct}>" for m in MODELS.values()}
+    assert set(fit.float64) == {f"lm_fit<double, {m.cuda_struct}>" for m in MODELS.values()}
+
+
+def test_stored_signatures_are_the_compiled_ones():
+    """gpuperf/cuda/_signatures.py (what launches bind to) equals the g++ build's types."""
+    _need_cxx()
+    compiled = {s.expr: s for s in signature.catalog_signatures()}
+    from gpuperf.cuda._signatures import SIGNATURES
+
+    assert set(compiled) == set(SIGNATURES), "run python bench/update_kernel_signatures.py"
+    for expr, sig in compiled.items():
+        assert signature.signature(expr) == sig, f"{expr}: run bench/update_kernel_signatures.py"
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_nvcc_demangled_signatures_match(arch):
+    """The device build's symbols (demangled) have the stored parameter types, in order."""
+    _need_nvcc()
+    seen = 0
+    for relpath, build in CATALOG.items():
+        exprs = (*build.float32, *build.float64)
+        for r in nvcc.compile_resource_usage(relpath, arch, build.defines, exprs, build.includes):
+            head, _, rest = r.kernel.partition("(")
+            expr = head.replace("void ", "", 1).strip()
+            types = [signature.normalize_ctype(t) for t in rest.rstrip(")").split(",")]
+            assert [p.ctype for p in signature.signature(expr).params] == types, expr
+            seen += 1
+    assert seen == sum(len(b.float32) + len(b.float64) for b in CATALOG.values())
+
+
+def test_signature_bind_converts_and_checks():
+    sig = signature.signature("osvd_select<float>")
+    good = {p.name: (np.zeros(4, p.dtype) if p.is_pointer else 1) for p in sig.params}
+    args = sig.bind(good)
+    assert [type(a) for a in args if not isinstance(a, np.ndarray)] == [
+        np.int64, np.int32, np.int32, np.int32, np.int64, np.float32,
+    ]  # fmt: skip
+    with pytest.raises(signature.SignatureError, match="missing"):
+        sig.bind({k: v for k, v in good.items() if k != "n_pad"})
+    with pytest.raises(signature.SignatureError, match="float32 data"):
+        sig.bind(good, coef=np.zeros(4))
+    with pytest.raises(signature.SignatureError, match="C-contiguous"):
+        sig.bind(good, coef=np.zeros((4, 4), np.float32)[:, 0])
+    with pytest.raises(signature.SignatureError, match="does not fit"):
+        sig.bind(good, n_pad=2**40)
+    with pytest.raises(signature.SignatureError, match="np.int32 scalar"):
+        sig.check(tuple(int(a) if isinstance(a, np.int32) else a for a in args))
+
+
+def test_parse_param_names():
+    src = (
+        "template <typename T>\n__global__ void k(const T* __restrict__ a, // x\n int n, T* out) {}"
+    )
+    assert signature.parse_param_names(src, "k") == ("a", "n", "out")
 
 
 BAD_KERNEL = """
@@ -232,3 +294,17 @@ def test_get_module_compiles_once_per_device():
     kern((8,), (128,), (np.int64(n), np.float32(2.0), out, blk, thr))
     np.testing.assert_array_equal(out.get(), 2.0 * np.arange(n))
     np.testing.assert_array_equal(thr.get(), np.arange(n) % 128)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_osvd_select_stays_out_of_local_memory(arch):
+    """osvd_select keeps no per-sample array: its stack frame is at most 256 B (was 2176 B on
+    sm_90 with r[512] and ois[32] per thread) and nothing spills."""
+    _need_nvcc()
+    b = CATALOG["dsc/osvd_select.cu"]
+    rows = nvcc.compile_resource_usage(
+        "dsc/osvd_select.cu", arch, b.defines, (*b.float32, *b.float64), b.includes
+    )
+    assert len(rows) == 2
+    for r in rows:
+        assert r.stack_bytes <= 256 and r.spill_stores == 0, r

@@ -179,67 +179,33 @@ def test_max_iter_status_in_both():
         np.testing.assert_array_equal(r0.params, pr.p0)
 
 
-# ------------------------------------------------- the CuPy launcher's marshalling, without GPU
-_NP_OF_C = {
-    "float": np.float32,
-    "double": np.float64,
-    "int": np.int32,
-    "unsigned int": np.uint32,
-    "long long": np.int64,
-    "signed char": np.int8,
-}
-
-
-def _fake_cupy_kernel(model, dtype):
-    """Stands in for the CuPy kernel: checks every argument against the kernel's C signature
-    (dtype, contiguity, scalar width) and runs the host build with them."""
-    from gpuperf.fit import _kernel_lm as K
-
-    lib = K.host_library(model)
-    ctype = "float" if np.dtype(dtype) == np.float32 else "double"
-    params = K.launcher_params(ctype)
-    name = f"lm_fit_{'f32' if ctype == 'float' else 'f64'}_{model.cuda_struct}"
-
-    def launch(grid, block, args):
-        assert len(args) == len(params)
-        plain = []
-        for (c_type, pname), a in zip(params, args, strict=True):
-            base = c_type.replace("const ", "").replace("*", "").strip()
-            if "*" in c_type:
-                assert isinstance(a, np.ndarray), pname
-                assert a.dtype == _NP_OF_C[base], (pname, a.dtype, c_type)
-                assert a.flags.c_contiguous, pname
-                plain.append(a)
-            else:
-                assert isinstance(a, np.generic) and a.dtype == _NP_OF_C[base], (pname, a)
-                plain.append(a.item())
-        lib.launch(name, grid[0], block[0], plain)
-
-    return launch
-
-
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_cupy_launcher_marshalling_matches_host(monkeypatch, dtype):
-    from gpuperf.backend import Backend
+# The CuPy launcher's marshalling is checked by the emulated-GPU tier (tests/test_emulated_gpu.py):
+# every argument against the kernel's compiled signature, then the host build runs the launch.
+def test_host_launch_refuses_python_scalars():
+    """The host path keeps scalar dtypes (no ``.item()``): a Python int where the kernel takes
+    ``int`` is refused, as the CuPy launch would misread it."""
+    from gpuperf.cuda.host import HostBuildError
     from gpuperf.fit import _kernel_lm as K
     from gpuperf.fit._numpy_lm import LMSettings
     from gpuperf.fit.models import MODELS
 
-    monkeypatch.setattr(K, "cupy_kernel", _fake_cupy_kernel)
-    fake = Backend("cupy", np, "fake device (NumPy arrays)")
-    rng = np.random.default_rng(16)
-    pr = gammavar_problem(rng, 300)
-    m = MODELS["gammavar"]
-    s = LMSettings(100, 1e-5, 1e-10, 1e-3, 1e-12, 1e10, 16 * float(np.finfo(dtype).eps))
-    y = pr.y.astype(dtype)
-    lo = np.broadcast_to(np.array(m.default_lower, dtype=dtype), pr.p0.shape)
-    hi = np.broadcast_to(np.array(m.default_upper, dtype=dtype), pr.p0.shape)
-    fixed = np.array([False, False, True, False])
-    c = np.zeros(0, dtype=dtype)
-    x = pr.x.astype(dtype)
-    p0 = pr.p0.astype(dtype)
-    for w, per_voxel in ((None, False), (np.ones(40, dtype), False), (np.ones_like(y), True)):
-        a = K.lm_cupy(fake, m, x, y, w, per_voxel, c, p0, lo, hi, fixed, s)
-        b = K.lm_host(m, x, y, w, per_voxel, c, p0, lo, hi, fixed, s)
-        for u, v in zip(a, b, strict=True):
-            np.testing.assert_array_equal(u, v)
+    m = MODELS["monoexp"]
+    rng = np.random.default_rng(3)
+    pr = monoexp_problem(rng, 10)
+    s = LMSettings(10, 1e-8, 1e-10, 1e-3, 1e-12, 1e10, 1e-12)
+    lo = np.full(pr.p0.shape, -np.inf)
+    hi = np.full(pr.p0.shape, np.inf)
+    args, _ = K._kernel_args(
+        np, m, pr.x, pr.y, None, False, np.zeros(0), pr.p0, lo, hi, np.zeros(2, bool), s
+    )
+    sig = K.kernel_signature(m, np.float64)
+    i = sig.names.index("n_samples")
+    assert isinstance(args[i], np.int32)
+    bad = list(args)
+    bad[i] = int(args[i])
+    lib = K.host_library(m)
+    with pytest.raises(HostBuildError, match="n_samples"):
+        lib.launch(K._launcher_name(m, np.float64), 1, 128, bad, strict=True)
+    bad[i] = np.float64(args[i])
+    with pytest.raises(HostBuildError, match="n_samples"):
+        lib.launch(K._launcher_name(m, np.float64), 1, 128, bad)

@@ -124,3 +124,23 @@ def test_cli_derived_from_options():
     assert bad.exit_code == 2 and "--kh" in bad.output and "Traceback" not in bad.output
     helptext = runner.invoke(app, ["cmd", "--help"], env={"COLUMNS": "200"}).output
     assert "--hidden" not in helptext and "unit s" in helptext
+
+
+def _pipeline_with_options(series, out_dir, *, prefix=None, mask_path=None, options: Demo = None):
+    """A pipeline shaped like run_dsc: run arguments plus an options object."""
+
+
+def test_cohort_config_is_checked_against_the_options_class():
+    from gpuperf.cohort.config import check_pipeline_options
+
+    check_pipeline_options({"kh": 1.0, "mask_path": "m.nii", "report": False},
+                           _pipeline_with_options, "c.toml", "dsc")  # fmt: skip
+    with pytest.raises(InputError) as exc:
+        check_pipeline_options({"kh": -1.0}, _pipeline_with_options, "c.toml", "dsc")
+    assert (exc.value.path, exc.value.field) == ("c.toml", "dsc.kh")
+    with pytest.raises(InputError, match="accepted: mask_path, method, kh"):
+        check_pipeline_options({"methd": "osvd"}, _pipeline_with_options, "c.toml", "dsc")
+    with pytest.raises(InputError, match="dsc.method"):
+        check_pipeline_options({"method": "nonsense"}, _pipeline_with_options, "c.toml", "dsc")
+    with pytest.raises(InputError, match="dsc.report"):
+        check_pipeline_options({"report": "yes"}, _pipeline_with_options, "c.toml", "dsc")

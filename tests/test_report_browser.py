@@ -17,11 +17,7 @@ from pathlib import Path
 import pytest
 from test_report_run import assert_self_contained, references, write_outputs
 
-from gpuperf.report import figures, write_cohort_report, write_run_report
-
-pytestmark = pytest.mark.skipif(
-    not figures.matplotlib_available(), reason="matplotlib is not installed (extra 'plot')"
-)
+from gpuperf.report import write_cohort_report, write_run_report
 
 _NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 

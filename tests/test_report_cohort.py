@@ -7,10 +7,8 @@ import pytest
 from test_report_run import assert_self_contained, references, write_outputs
 
 from gpuperf.errors import InputError, OutputExistsError
-from gpuperf.report import figures, robust_z, summarize_run, write_cohort_report, write_run_report
+from gpuperf.report import robust_z, summarize_run, write_cohort_report, write_run_report
 from gpuperf.report.cohort import OUTLIER_Z
-
-HAVE_MPL = figures.matplotlib_available()
 
 
 def test_robust_z_matches_iglewicz_hoaglin():
@@ -50,8 +48,7 @@ def cohort(tmp_path_factory):
             shape=(16, 16, 4),
         )
         rows.append({"subject": f"sub-{i:02d}", "out_dir": sub, "prefix": f"sub-{i:02d}"})
-    if HAVE_MPL:
-        write_run_report(root / "sub-00", "sub-00", "dsc", max_slices=2)
+    write_run_report(root / "sub-00", "sub-00", "dsc", max_slices=2)
     rows.append({"subject": "sub-06", "status": "failed", "message": "no AIF found"})
     rows.append({"subject": "sub 07", "values": {"GM CBF": 61.0}, "report": root / "nope.html"})
     return root, rows
@@ -71,9 +68,8 @@ def test_cohort_page_flags_outlier_and_links(cohort):
     assert "failed" in text and "no AIF found" in text and "no report file" in text
     assert "GM CBF" in text and "61" in text
     links = [h for h in refs.href if not h.startswith("#")]
-    if HAVE_MPL:
-        assert links == ["sub-00/sub-00_report.html"]
-        assert refs.n_img == 6  # one thumbnail per subject with outputs
+    assert links == ["sub-00/sub-00_report.html"]
+    assert refs.n_img == 6  # one thumbnail per subject with outputs
     with pytest.raises(OutputExistsError):
         write_cohort_report(root, rows)
 

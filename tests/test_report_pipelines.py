@@ -9,12 +9,8 @@ import numpy as np
 import pytest
 from test_report_run import assert_self_contained
 
-from gpuperf.report import figures, load_run, voxel_curves
+from gpuperf.report import load_run, voxel_curves
 from gpuperf.report.curves import dsc_curves_from_inputs, pick_voxels
-
-needs_mpl = pytest.mark.skipif(
-    not figures.matplotlib_available(), reason="matplotlib is not installed (extra 'plot')"
-)
 
 
 def test_pick_voxels_percentiles_and_flagged():
@@ -70,7 +66,6 @@ def test_dsc_curves_recomputed_match_maps(dsc_outputs):
     np.testing.assert_allclose(curves["cbf_recomputed"], curves["cbf_map"], rtol=1e-3)
 
 
-@needs_mpl
 def test_dsc_pipeline_report(dsc_outputs):
     out, _ = dsc_outputs
     path = out / "phantom_dsc_report.html"  # run_dsc writes its report itself
@@ -91,7 +86,6 @@ def test_dsc_pipeline_report(dsc_outputs):
     np.testing.assert_allclose(curves["cbf_recomputed"], curves["cbf_map"], rtol=1e-3)
 
 
-@needs_mpl
 def test_asl_pipeline_report(tmp_path):
     try:
         from gpuperf.asl.pipeline import run_asl

@@ -568,14 +568,6 @@ def run_accuracy(
     from gpuperf.provenance import provenance
 
     t0 = time.perf_counter()
-    try:
-        import matplotlib  # noqa: F401  (checked before minutes of work, not at the end)
-    except ImportError:
-        from gpuperf.errors import GpuperfError
-
-        raise GpuperfError(
-            "the accuracy benchmark draws its plots with matplotlib: pip install gpuperf[plot]"
-        ) from None
     backend = get_backend(device)
     say = console.print if console is not None else (lambda *a, **k: None)
     settings = {

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-import importlib
-
 import typer
 
 from gpuperf._version import __version__
+
+# No ImportError guards: a broken command module must fail loudly, not vanish from --help.
+from gpuperf.cli import asl as _asl
+from gpuperf.cli import bench as _bench
+from gpuperf.cli import cohort as _cohort
+from gpuperf.cli import dsc as _dsc
 from gpuperf.cli import main as _main
+from gpuperf.cli import report as _report
 
 app = typer.Typer(
     name="gpuperf",
@@ -39,34 +44,14 @@ def _root(
 
 app.command("info")(_main.info_command)
 app.command("demo")(_main.demo_command)
-
-try:  # the method commands are registered when their modules are present
-    from gpuperf.cli import dsc as _dsc
-
-    app.command("dsc")(_dsc.dsc_command)
-    simulate_app.command("dsc")(_dsc.simulate_dsc_command)
-except ImportError:  # pragma: no cover - only during development
-    pass
-try:
-    from gpuperf.cli import asl as _asl
-
-    app.command("asl")(_asl.asl_command)
-    simulate_app.command("asl")(_asl.simulate_asl_command)
-except ImportError:  # pragma: no cover
-    pass
-
-simulate_app.command("study")(importlib.import_module("gpuperf.cli.cohort").simulate_study_command)
-for _module, _name, _attr in (
-    ("gpuperf.cli.cohort", "run", "run_command"),
-    ("gpuperf.cli.report", "report", "report_command"),
-    ("gpuperf.cli.bench", "bench", "bench_command"),
-):
-    try:
-        import importlib
-
-        app.command(_name)(getattr(importlib.import_module(_module), _attr))
-    except ImportError:  # pragma: no cover
-        pass
+app.command("dsc")(_dsc.dsc_command)
+simulate_app.command("dsc")(_dsc.simulate_dsc_command)
+app.command("asl")(_asl.asl_command)
+simulate_app.command("asl")(_asl.simulate_asl_command)
+app.command("run")(_cohort.run_command)
+simulate_app.command("study")(_cohort.simulate_study_command)
+app.command("report")(_report.report_command)
+app.command("bench")(_bench.bench_command)
 
 
 def main() -> None:

@@ -125,6 +125,12 @@ def run_command(
     lesion_ring_mm: float = typer.Option(
         None, "--lesion-ring-mm", help="group: perilesional ring radius, mm (default 3)."
     ),
+    report: bool | None = typer.Option(
+        None,
+        "--report/--no-report",
+        help="participant: write each subject's QC report and the cohort page (default: on, "
+        "or the configuration's 'report' key).",
+    ),
     quiet: bool = QuietOption,
 ) -> None:
     """Process a BIDS dataset (BIDS-App interface): participant fits, group table."""
@@ -152,6 +158,7 @@ def run_command(
             batch_voxels=batch_voxels,
             work_dir=work_dir,
             reporter=reporter,
+            report=report,
         )
         if run.exit_code:
             typer.echo(

@@ -141,27 +141,56 @@ def load_config(path: str | PathLike | None) -> CohortConfig:
     return cfg
 
 
+def _options_class(pipeline: Any) -> type | None:
+    """The :class:`gpuperf.options.Options` subclass a pipeline takes as ``options=``."""
+    import typing
+
+    from gpuperf.options import Options
+
+    try:
+        hints = typing.get_type_hints(pipeline)
+    except Exception:  # unresolvable annotations of a user pipeline: no options class
+        return None
+    hint = hints.get("options")
+    for cand in (hint, *typing.get_args(hint)):
+        if isinstance(cand, type) and issubclass(cand, Options):
+            return cand
+    return None
+
+
 def check_pipeline_options(
     options: dict[str, Any], pipeline: Any, where: str | None, section: str
 ) -> None:
-    """Raise :class:`InputError` if ``options`` has a key ``pipeline`` does not accept.
+    """Raise :class:`InputError` for a key ``pipeline`` does not accept or a bad value.
 
-    Checked before any subject runs, so a typo in the configuration fails at once rather than
-    once per subject.
+    Keys are the pipeline's keyword arguments, the fields of its options class (the ``options``
+    argument's type, e.g. :class:`gpuperf.dsc.options.DSCOptions`), and ``report``. Values of
+    option fields are checked with the same rules as the command line's flags. All of it before
+    any subject runs, so a typo in the configuration fails at once rather than once per subject.
     """
     import inspect
+
+    from gpuperf.cohort.jobs import REPORT_OPTION
+    from gpuperf.options import check_value, specs
 
     try:
         sig = inspect.signature(pipeline)
     except (TypeError, ValueError):  # pragma: no cover - builtins
         return
     params = sig.parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+    opt_cls = _options_class(pipeline)
+    fields = specs(opt_cls) if opt_cls is not None else {}
+    if REPORT_OPTION in options and not isinstance(options[REPORT_OPTION], bool):
+        raise InputError(where, f"{section}.{REPORT_OPTION}", "expected true or false")
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()) and not fields:
         return
-    reserved = {"out_dir", "prefix", "overwrite", "reporter"}
-    for key in options:
-        if key not in params or key in reserved or list(params).index(key) == 0:
-            accepted = [k for k in list(params)[1:] if k not in reserved]
+    reserved = {"out_dir", "prefix", "overwrite", "reporter", "options", "extra_outputs"}
+    accepted = [k for k in list(params)[1:] if k not in reserved and k not in fields]
+    accepted += [*fields, REPORT_OPTION]
+    for key, value in options.items():
+        if key in fields:
+            check_value(fields[key], value, where, f"{section}.{key}")
+        elif key not in accepted:
             raise InputError(
                 where,
                 f"{section}.{key}",

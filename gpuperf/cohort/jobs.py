@@ -51,6 +51,7 @@ from gpuperf.errors import GpuperfError, OutputExistsError
 from gpuperf.io.nifti import gunzip_bytes
 from gpuperf.io.outputs import TMP_PREFIX, atomic_write_bytes
 from gpuperf.progress import Reporter
+from gpuperf.provenance import jsonable
 
 #: Prefix of a job's done-marker file, inside the job's output folder.
 MARKER_PREFIX = ".gpuperf-done_"
@@ -120,8 +121,6 @@ def write_shared(path: str | PathLike, data: bytes | str | Any, tag: str = "") -
     ``tag`` (the job id) lets the next run of the same job remove a killed write's leftover.
     """
     if not isinstance(data, (bytes, str)):
-        from gpuperf.provenance import jsonable
-
         data = json.dumps(jsonable(data), indent=2) + "\n"
     atomic_write_bytes(path, data.encode() if isinstance(data, str) else data, tag=tag)
 
@@ -316,8 +315,18 @@ class FileReporter(Reporter):
         self._fh.close()
 
 
+#: Option of a modality's configuration section that the runner, not the pipeline, acts on:
+#: whether to write each subject's QC report (default on, as for ``gpuperf dsc``/``asl``).
+REPORT_OPTION = "report"
+
+
+def wants_report(options: Mapping[str, Any]) -> bool:
+    """Whether a job with these options publishes its QC report (``report``, default True)."""
+    return bool(options.get(REPORT_OPTION, True))
+
+
 def _pipeline_kwargs(job: Job, options: Mapping[str, Any]) -> dict[str, Any]:
-    kwargs = dict(options)
+    kwargs = {k: v for k, v in options.items() if k != REPORT_OPTION}
     if "mask" in job.companions and kwargs.get("mask_path") is None:
         kwargs["mask_path"] = job.companions["mask"]
     if (
@@ -461,16 +470,38 @@ def open_job(
                 reporter.close()
 
 
+def _write_report(oj: OpenJob, res: Any) -> None:
+    """The subject's QC report, written into the scratch folder so that it is published with
+    the maps (the pipelines return what the report needs; they do not draw it)."""
+    if not wants_report(oj.options) or not hasattr(res, "report_extra"):
+        return
+    from gpuperf.report import publish_run_report
+
+    publish_run_report(
+        res.out_dir,
+        res.prefix,
+        res.modality,
+        res.report_extra,
+        mask=res.mask_path,
+        overwrite=True,
+        reporter=oj.reporter,
+    )
+
+
 def finish_job(oj: OpenJob, res: Any) -> JobResult:
-    """Publish what the pipeline wrote into ``oj.tmp_out`` (step 5); ``res`` is its return
-    value. Returns the ``done`` result, or ``failed`` if publishing fails."""
+    """Write the QC report, then publish what the pipeline wrote into ``oj.tmp_out`` (step 5);
+    ``res`` is the pipeline's return value. Returns the ``done`` result, or ``failed`` if
+    publishing fails."""
     try:
+        t_report = time.perf_counter()
+        _write_report(oj, res)
+        report_s = time.perf_counter() - t_report
         t0 = time.perf_counter()
         outputs = _publish(
             oj.job, oj.out_dir, oj.tmp_out, oj.staged.renames, oj.fp, oj.options, oj.pipeline, res
         )
         publish_s = time.perf_counter() - t0
-        oj.reporter.log(f"published {len(outputs)} files")
+        oj.reporter.log(f"published {len(outputs)} files (report {report_s:.2f} s)")
         summary = dict(getattr(res, "summary", {}) or {})
         return _result(
             oj.job,
@@ -480,7 +511,7 @@ def finish_job(oj: OpenJob, res: Any) -> JobResult:
             publish_s=publish_s,
             outputs=outputs,
             log=str(oj.log_path),
-            summary=_jsonable(summary),
+            summary=jsonable(summary, strict=True),
         )
     except Exception as exc:
         return fail_job(oj, exc)
@@ -543,12 +574,6 @@ def run_job(
         oj.close()
 
 
-def _jsonable(obj: Any) -> Any:
-    from gpuperf.provenance import jsonable
-
-    return json.loads(json.dumps(jsonable(obj), default=str))
-
-
 def _publish(
     job: Job,
     out_dir: Path,
@@ -590,7 +615,7 @@ def _publish(
         "Series": str(job.series),
         "Fingerprint": fp,
         "Pipeline": pipeline_name(pipeline),
-        "Options": _jsonable(dict(options)),
+        "Options": jsonable(dict(options), strict=True),
         "Inputs": [str(p) for p in job_inputs(job)],
         "Outputs": outputs,
         "SoftwareVersion": __version__,

@@ -38,6 +38,7 @@ from gpuperf.cohort.bids import Job, find_jobs
 from gpuperf.cohort.config import CohortConfig, check_pipeline_options, load_config
 from gpuperf.cohort.jobs import (
     DEFAULT_PIPELINES,
+    REPORT_OPTION,
     JobResult,
     Pipeline,
     Staged,
@@ -455,6 +456,7 @@ def run_participants(
     pipelines: Mapping[str, str | Pipeline] | None = None,
     reporter: Reporter | None = None,
     batch_voxels: int | None = None,
+    report: bool | None = None,
 ) -> CohortRun:
     """Process every selected series of a BIDS dataset (BIDS-App ``participant`` level).
 
@@ -500,6 +502,9 @@ def run_participants(
         voxels per batch; 0 or 1: one subject at a time. Default: automatic, on for a GPU
         backend with a budget from its free memory, off on NumPy (nothing to gain). Outputs
         are the same either way. Worker processes and Dask run one subject per call.
+    report : bool, optional
+        Write each subject's QC report next to its maps (overrides the configuration's
+        ``report`` key of each modality; default on) and the cohort page.
 
     Returns
     -------
@@ -535,9 +540,11 @@ def run_participants(
     )
     pipes = {m: (pipelines or {}).get(m, DEFAULT_PIPELINES[m]) for m in ("dsc", "asl")}
     options: dict[str, dict[str, Any]] = {"dsc": dict(cfg.dsc), "asl": dict(cfg.asl)}
-    if device is not None:
-        for m in options:
+    for m in options:
+        if device is not None:
             options[m]["device"] = device
+        if report is not None:
+            options[m][REPORT_OPTION] = report
     for m in sorted({j.modality for j in jobs}):  # fail now, not once per subject
         check_pipeline_options(options[m], resolve_pipeline(pipes[m]), cfg.source, m)
     local = not (scheduler or cluster) and workers == 1
@@ -638,7 +645,8 @@ def run_participants(
     try:  # the cohort QC page: one row per subject, outliers flagged
         from gpuperf.report import rows_from_jobs, write_cohort_report
 
-        write_cohort_report(out_dir, rows_from_jobs(out_dir, done), overwrite=True)
+        if report is not False:
+            write_cohort_report(out_dir, rows_from_jobs(out_dir, done), overwrite=True)
     except Exception as exc:  # maps and logs are already safe; never fail the run for the page
         rep.warn(f"cohort report not written: {type(exc).__name__}: {exc}")
     rep.log(

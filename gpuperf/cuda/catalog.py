@@ -2,13 +2,15 @@
 
 Every ``kernels/**/*.cu`` file must have an entry: ``tests/test_cuda_compile.py`` fails for a
 kernel file that is missing here, so no kernel escapes the sm_80/sm_90 build and the ``.f64``
-lint. Add one line per new file to :data:`KERNEL_FILES`; the fit kernel's instantiations are
-derived from the model registry, so a new model is covered without touching this file.
+lint. Add one line per new file to :data:`KERNEL_FILES`. Packages above this layer add their
+instantiations with :func:`register_instances` when they are imported (the fit models register
+``lm_fit<T, Model>`` from :mod:`gpuperf.fit.models`); this module imports nothing above it, so
+a complete catalog needs ``import gpuperf.fit`` first (the compile test and gpu_check do so).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 
 @dataclass(frozen=True)
@@ -38,26 +40,37 @@ class KernelBuild:
     float32_only: bool = False
 
 
-def _fit_build() -> KernelBuild:
-    from gpuperf.fit.models import MODELS
-
-    models = list(MODELS.values())
-    return KernelBuild(
-        float32=tuple(f"lm_fit<float, {m.cuda_struct}>" for m in models),
-        float64=tuple(f"lm_fit<double, {m.cuda_struct}>" for m in models),
-        includes=tuple(dict.fromkeys(m.cuda_header for m in models)),
-    )
-
-
-#: Kernel file (relative to the kernel folder) -> how to build it. One line per file.
-KERNEL_FILES: dict[str, object] = {
-    "fit/lm_fit.cu": _fit_build,
+#: Kernel file (relative to the kernel folder) -> how to build it. One line per file; files
+#: whose instantiations are registered by a higher package start empty.
+KERNEL_FILES: dict[str, KernelBuild] = {
+    "fit/lm_fit.cu": KernelBuild(),
     "dsc/osvd_select.cu": KernelBuild(
         float32=("osvd_select<float>",), float64=("osvd_select<double>",)
     ),
 }
 
 
+def register_instances(
+    relpath: str,
+    float32: tuple[str, ...] = (),
+    float64: tuple[str, ...] = (),
+    includes: tuple[str, ...] = (),
+) -> None:
+    """Add instantiations (and the headers they need) to a kernel file's entry.
+
+    Idempotent: an expression or header already present is not added twice.
+    """
+    if relpath not in KERNEL_FILES:
+        raise KeyError(f"kernel file {relpath!r} is not in the catalog; add it to KERNEL_FILES")
+    b = KERNEL_FILES[relpath]
+    KERNEL_FILES[relpath] = replace(
+        b,
+        float32=tuple(dict.fromkeys((*b.float32, *float32))),
+        float64=tuple(dict.fromkeys((*b.float64, *float64))),
+        includes=tuple(dict.fromkeys((*b.includes, *includes))),
+    )
+
+
 def kernel_catalog() -> dict[str, KernelBuild]:
-    """:data:`KERNEL_FILES` with the lazily derived entries resolved."""
-    return {k: (v() if callable(v) else v) for k, v in KERNEL_FILES.items()}
+    """A copy of :data:`KERNEL_FILES` (with whatever has been registered so far)."""
+    return dict(KERNEL_FILES)

@@ -15,11 +15,10 @@ of the same code (also in a new process) only loads the ``.so``.
 
 Example
 -------
->>> launcher = HostLauncher(
-...     "saxpy_f32", "saxpy<float>",
-...     (("long long", "n"), ("float", "a"), ("const float*", "x"), ("float*", "y")))
->>> lib = build_host_library(sources=["my/saxpy.cu"], launchers=[launcher])
->>> lib.launch("saxpy_f32", grid=4, block=256, n_threads=1, args=(n, 2.0, x, y))
+>>> lib = build_host_library(sources=["my/saxpy.cu"],
+...                          launchers=[HostLauncher("saxpy_f32", "saxpy<float>")])
+>>> lib.launch("saxpy_f32", grid=4, block=256, n_threads=1, strict=True,
+...            args=(np.int64(n), np.float32(2.0), x, y))
 """
 
 from __future__ import annotations
@@ -56,110 +55,163 @@ class HostBuildError(GpuperfError):
 class HostLauncher:
     """An ``extern "C"`` entry point that launches one kernel instantiation on the CPU.
 
+    The launcher takes its arguments as CUDA's ``cuLaunchKernel`` does (an array of pointers to
+    the values, each read with the width of the kernel's own parameter type), and a companion
+    ``<name>__signature`` returns the parameter types as the compiler sees them, so the
+    Python side needs no hand-written parameter list (:mod:`gpuperf.cuda.signature`).
+
     Parameters
     ----------
     name : str
         Exported C symbol, e.g. ``"lm_fit_f32_MonoExp"``.
     kernel : str
         Kernel expression, e.g. ``"lm_fit<float, MonoExp>"``.
-    params : tuple of (C type, name)
-        The kernel's parameters in order, e.g. ``(("const float*", "y"), ("int", "n"))``.
-        Pointers are passed as NumPy arrays (or None for a null pointer).
+    params : tuple of (C type, name), optional
+        Expected parameters; when given, the library refuses to load if the compiled types
+        differ (a check only: launches use the compiled signature).
     """
 
     name: str
     kernel: str
-    params: tuple[tuple[str, str], ...]
+    params: tuple[tuple[str, str], ...] | None = None
 
     def cpp(self) -> str:
-        decl = ", ".join(f"{t} {n}" for t, n in self.params)
-        names = ", ".join(n for _, n in self.params)
-        sep = ", " if self.params else ""
         return (
-            f'extern "C" void {self.name}(unsigned int gp_grid, unsigned int gp_block, '
-            f"int gp_threads{sep}{decl}) {{\n"
-            f"    gp_host_launch(dim3(gp_grid), dim3(gp_block), gp_threads, &{self.kernel}"
-            f"{sep}{names});\n}}\n"
+            f'extern "C" void {self.name}(unsigned int gx, unsigned int gy, unsigned int gz, '
+            "unsigned int bx, unsigned int by, unsigned int bz, int gp_threads, void** args) {\n"
+            f"    gp_host_launch_packed(dim3(gx, gy, gz), dim3(bx, by, bz), gp_threads, "
+            f"&{self.kernel}, args);\n}}\n"
+            f'extern "C" const char* {self.name}__signature(void) {{\n'
+            f"    return gp_signature(&{self.kernel});\n}}\n"
         )
 
 
-_SCALARS: dict[str, Any] = {
-    "int": ctypes.c_int,
-    "unsigned int": ctypes.c_uint,
-    "unsigned": ctypes.c_uint,
-    "long long": ctypes.c_longlong,
-    "unsigned long long": ctypes.c_ulonglong,
-    "float": ctypes.c_float,
-    "double": ctypes.c_double,
-    "bool": ctypes.c_bool,
-}
+def _stored_names(expr: str, types: Sequence[str]) -> list[str]:
+    """Parameter names from the stored signature table (``arg<i>`` for an expression it does
+    not know); a table whose types differ from the compiled ones is stale: refuse."""
+    from gpuperf.cuda.signature import SignatureError, signature
+
+    try:
+        sig = signature(expr)
+    except SignatureError:
+        return [f"arg{i}" for i in range(len(types))]
+    stored = [p.ctype for p in sig.params]
+    if stored != list(types):
+        raise HostBuildError(
+            f"stored signature of {expr} {stored} differs from the compiled {list(types)}: "
+            "run python bench/update_kernel_signatures.py"
+        )
+    return list(sig.names)
 
 
-def ctype_of(c_type: str) -> Any:
-    """ctypes type for a C parameter type (every pointer is ``c_void_p``)."""
-    t = " ".join(c_type.replace("const", " ").split())
-    if "*" in t:
-        return ctypes.c_void_p
-    if t not in _SCALARS:
-        raise HostBuildError(f"unsupported launcher parameter type {c_type!r}")
-    return _SCALARS[t]
+def dim3_of(v: int | Sequence[int], what: str) -> tuple[int, int, int]:
+    """``(x, y, z)`` of a grid or block given as an int or a 1-3 tuple."""
+    t = (int(v),) if np.isscalar(v) else tuple(int(x) for x in v)  # type: ignore[union-attr]
+    if not 1 <= len(t) <= 3 or any(x < 0 for x in t):
+        raise HostBuildError(f"{what} must be 1 to 3 non-negative integers; got {v!r}")
+    return (t + (1, 1))[:3]  # type: ignore[return-value]
 
 
 class HostLibrary:
-    """A loaded host build; :meth:`launch` runs a kernel over a 1-D grid.
+    """A loaded host build; :meth:`launch` runs a kernel over a grid as CUDA would.
 
     Attributes
     ----------
     cdll : ctypes.CDLL
-        The loaded library; other attributes are looked up on it, so the launchers can also be
-        called directly as ``lib.<name>(grid, block, n_threads, *args)``.
+        The loaded library.
     path : Path
         The cached shared object.
     """
 
     def __init__(self, path: Path, launchers: Sequence[HostLauncher]) -> None:
+        from gpuperf.cuda.signature import KernelSignature, Param, normalize_ctype
+
         self.path = path
         self.cdll = ctypes.CDLL(str(path))
-        self._launchers = {ln.name: ln for ln in launchers}
+        self._signatures: dict[str, KernelSignature] = {}
         for ln in launchers:
             fn = getattr(self.cdll, ln.name)
-            fn.argtypes = [ctypes.c_uint, ctypes.c_uint, ctypes.c_int] + [
-                ctype_of(t) for t, _ in ln.params
-            ]
+            fn.argtypes = [ctypes.c_uint] * 6 + [ctypes.c_int, ctypes.c_void_p]
             fn.restype = None
+            sig_fn = getattr(self.cdll, ln.name + "__signature")
+            sig_fn.restype = ctypes.c_char_p
+            sig_fn.argtypes = []
+            types = [t for t in sig_fn().decode().split(";") if t]
+            if ln.params is not None:
+                declared = [normalize_ctype(t) for t, _ in ln.params]
+                if declared != types:
+                    raise HostBuildError(
+                        f"{ln.name}: declared parameters {declared} differ from the compiled "
+                        f"{ln.kernel}: {types}"
+                    )
+                names = [n for _, n in ln.params]
+            else:
+                names = _stored_names(ln.kernel, types)
+            self._signatures[ln.name] = KernelSignature(
+                ln.kernel, tuple(Param(n, t) for n, t in zip(names, types, strict=True))
+            )
 
     def __getattr__(self, name: str) -> Any:
         if name == "cdll":  # not yet set (during unpickling or a failed __init__)
             raise AttributeError(name)
         return getattr(self.cdll, name)
 
-    def launch(
-        self, name: str, grid: int, block: int, args: Sequence[Any], n_threads: int = 1
-    ) -> None:
-        """Run launcher ``name`` over ``grid`` blocks of ``block`` threads.
+    def signature_types(self, name: str) -> tuple[str, ...]:
+        """Compiled parameter types of launcher ``name`` (``("const float*", "int", ...)``)."""
+        return tuple(p.ctype for p in self._signatures[name].params)
 
-        NumPy arrays must be C-contiguous (they are passed by address and written in place);
-        None is a null pointer. ``n_threads`` host threads share the blocks.
+    def launch(
+        self,
+        name: str,
+        grid: int | Sequence[int],
+        block: int | Sequence[int],
+        args: Sequence[Any],
+        n_threads: int = 1,
+        strict: bool = False,
+    ) -> None:
+        """Run launcher ``name`` over ``grid`` blocks of ``block`` threads (ints or 1-3 tuples).
+
+        Arrays must be C-contiguous NumPy arrays of the pointee's dtype (passed by address and
+        written in place); None is a null pointer. Scalars must be NumPy scalars of the
+        parameter's dtype; with ``strict=False`` Python numbers are converted as well (with
+        ``strict=True``, as gpuperf's own launches run, they are refused: CuPy would pass them
+        with the wrong width). ``n_threads`` host threads share the blocks.
         """
-        ln = self._launchers[name]
-        if len(args) != len(ln.params):
-            raise HostBuildError(f"{name} takes {len(ln.params)} arguments, got {len(args)}")
+        from gpuperf.cuda.signature import SignatureError, check_argument
+
+        sig = self._signatures[name]
+        if len(args) != len(sig.params):
+            raise HostBuildError(f"{name} takes {len(sig.params)} arguments, got {len(args)}")
         keep: list[Any] = []
-        cargs: list[Any] = []
-        for (c_type, pname), a in zip(ln.params, args, strict=True):
-            if "*" in c_type:
-                if a is None:
-                    cargs.append(None)
-                    continue
-                if not isinstance(a, np.ndarray) or not a.flags.c_contiguous:
-                    raise HostBuildError(f"{name}: argument {pname} must be a C-contiguous array")
-                if "const" not in c_type and not a.flags.writeable:
-                    raise HostBuildError(f"{name}: output {pname} is read-only")
-                keep.append(a)
-                cargs.append(a.ctypes.data)
+        ptrs: list[int] = []
+        for p, a in zip(sig.params, args, strict=True):
+            if p.is_pointer:
+                if a is not None and not isinstance(a, np.ndarray):
+                    raise HostBuildError(f"{name}: argument {p.name} must be a NumPy array")
+                if a is not None and not a.flags.c_contiguous:
+                    raise HostBuildError(f"{name}: argument {p.name} must be a C-contiguous array")
+                if a is not None and not p.is_const and not a.flags.writeable:
+                    raise HostBuildError(f"{name}: output {p.name} is read-only")
+            elif not isinstance(a, np.generic) and not strict:
+                a = np.asarray(a, dtype=p.dtype)[()]
+            try:
+                check_argument(sig.expr, p, a)
+            except SignatureError as exc:
+                raise HostBuildError(f"{name}: {exc}") from None
+            if p.is_pointer:
+                slot: Any = ctypes.c_void_p(None if a is None else a.ctypes.data)
+                ptrs.append(ctypes.addressof(slot))
             else:
-                cargs.append(a)
-        getattr(self.cdll, name)(int(grid), int(block), int(n_threads), *cargs)
+                slot = np.array(a)  # a private, aligned copy of the value
+                ptrs.append(slot.ctypes.data)
+            keep.append((a, slot))
+        packed = (ctypes.c_void_p * max(1, len(ptrs)))(*ptrs)
+        g, b = dim3_of(grid, "grid"), dim3_of(block, "block")
+        if 0 in g or 0 in b:
+            raise HostBuildError(
+                f"{name}: empty launch (grid {g}, block {b}); CUDA refuses it, guard the caller"
+            )
+        getattr(self.cdll, name)(*g, *b, int(n_threads), packed)
 
 
 @lru_cache(maxsize=1)
@@ -186,6 +238,7 @@ def build_host_library(
     launchers: Sequence[HostLauncher] = (),
     defines: Mapping[str, object] | None = None,
     include_dirs: Sequence[str | os.PathLike] = (),
+    extra_flags: Sequence[str] = (),
 ) -> HostLibrary:
     """Compile kernel source as a host shared library and load it.
 
@@ -202,6 +255,9 @@ def build_host_library(
         ``-DNAME=VALUE`` macros.
     include_dirs : sequence of path-like
         Extra ``-I`` folders (the kernel folder is always on the path).
+    extra_flags : sequence of str
+        Compiler flags after :data:`HOST_FLAGS` (``-ffp-contract=fast -mfma`` lets g++ fuse
+        multiply-adds as a GPU does: the emulated device's default, see ``fma_flags``).
 
     Returns
     -------
@@ -225,6 +281,7 @@ def build_host_library(
         f"-I{kernel_dir()}",
         *(f"-I{Path(d)}" for d in include_dirs),
         *(f"-D{k}={v}" for k, v in sorted((defines or {}).items())),
+        *extra_flags,
     ]
     key = hashlib.sha256(
         "\0".join([tu, *flags, kernel_tree_hash(), _cxx_version()]).encode()
@@ -255,3 +312,15 @@ def build_host_library(
         lib = HostLibrary(out, launchers)
         _LIBS[key] = lib
         return lib
+
+
+@lru_cache(maxsize=1)
+def fma_flags() -> tuple[str, ...]:
+    """g++ flags that fuse ``a*b + c`` into FMAs like nvcc/NVRTC's default ``--fmad=true``;
+    empty when this CPU has no FMA unit (the build then rounds every operation)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            has_fma = any(line.startswith("flags") and " fma " in f"{line} " for line in fh)
+    except OSError:
+        has_fma = False
+    return ("-ffp-contract=fast", "-mfma") if has_fma else ()

@@ -12,28 +12,21 @@ import numpy as np
 
 OSVD_FILE = "dsc/osvd_select.cu"
 
-#: Parameters of ``osvd_select<T>`` in order (C type with ``T`` placeholder, name).
-OSVD_PARAMS = (
-    ("const T*", "coef"),
-    ("const T*", "basis"),
-    ("const int*", "set_rows"),
-    ("const int*", "n_sets"),
-    ("const int*", "plan_index"),
-    ("long long", "basis_stride"),
-    ("int", "sets_stride"),
-    ("int", "n_pad"),
-    ("int", "n_frames"),
-    ("long long", "n_vox"),
-    ("T", "oi_limit"),
-    ("int*", "set_index"),
-    ("T*", "oi"),
-    ("T*", "rmax"),
-    ("int*", "tmax_index"),
-)
-
 
 def _ctype(dtype: Any) -> str:
     return {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}[np.dtype(dtype)]
+
+
+def osvd_expression(dtype: Any) -> str:
+    """``osvd_select<float>`` or ``osvd_select<double>``."""
+    return f"osvd_select<{_ctype(dtype)}>"
+
+
+def osvd_signature(dtype: Any) -> Any:
+    """Compiled signature of ``osvd_select<T>``: the one source of its launch arguments."""
+    from gpuperf.cuda.signature import signature
+
+    return signature(osvd_expression(dtype))
 
 
 def osvd_kernel(dtype: Any) -> Any:
@@ -56,8 +49,5 @@ def osvd_host_library(dtype: Any) -> tuple[Any, str]:
 
     ct = _ctype(dtype)
     name = f"osvd_select_{'f32' if ct == 'float' else 'f64'}"
-    params = tuple(
-        (t.replace("T", ct) if t.startswith(("T", "const T")) else t, n) for t, n in OSVD_PARAMS
-    )
-    launcher = HostLauncher(name, f"osvd_select<{ct}>", params)
+    launcher = HostLauncher(name, osvd_expression(dtype))
     return build_host_library(sources=[OSVD_FILE], launchers=[launcher]), name

@@ -355,13 +355,15 @@ def stack_plans(plans: Any) -> StackedPlans:
     return StackedPlans(basis, set_rows, n_sets, n)
 
 
-def _plan_index(plan_index: Any, v: int, n_plans: int) -> np.ndarray:
+def _plan_index(plan_index: Any, v: int, n_plans: int, xp: Any = np) -> Any:
+    """Each voxel's plan as int32 (V,) on ``xp``; a CuPy ``plan_index`` stays on the device
+    (its range is checked there, one scalar each way)."""
     if plan_index is None:
         if n_plans != 1:
             raise ValueError("plan_index is needed with several plans")
-        return np.zeros(v, dtype=np.int32)
-    idx = np.asarray(plan_index, dtype=np.int32).reshape(-1)
-    if idx.size != v or (v and (idx.min() < 0 or idx.max() >= n_plans)):
+        return xp.zeros(v, dtype=np.int32)
+    idx = xp.ascontiguousarray(xp.asarray(plan_index).reshape(-1).astype(np.int32, copy=False))
+    if idx.size != v or (v and (int(idx.min()) < 0 or int(idx.max()) >= n_plans)):
         raise ValueError(f"plan_index must give each of {v} voxels a plan in [0, {n_plans})")
     return idx
 
@@ -369,22 +371,29 @@ def _plan_index(plan_index: Any, v: int, n_plans: int) -> np.ndarray:
 def _launch_args(
     coef_t: Any, sp: StackedPlans, dev: Any, plan_index: Any, oi_limit: float, outs: tuple
 ) -> tuple:
-    """Arguments of ``osvd_select<T>`` (order: :data:`gpuperf.dsc.kernels.OSVD_PARAMS`);
-    ``dev(array, dtype)`` puts a host array where the kernel runs."""
+    """Arguments of ``osvd_select<T>``, bound by name to its compiled signature
+    (:func:`gpuperf.dsc.kernels.osvd_signature`); ``dev(array, dtype)`` puts a host array
+    where the kernel runs."""
+    from gpuperf.dsc.kernels import osvd_signature
+
     dtype = np.dtype(coef_t.dtype)
-    return (
-        coef_t,
-        dev(sp.basis, dtype),
-        dev(sp.set_rows, np.int32),
-        dev(sp.n_sets, np.int32),
-        plan_index,
-        np.int64(sp.n_coef * sp.n_pad),
-        np.int32(sp.set_rows.shape[1]),
-        np.int32(sp.n_pad),
-        np.int32(sp.n),
-        np.int64(coef_t.shape[1]),
-        dtype.type(oi_limit),
-        *outs,
+    set_index, oi, rmax, tmax_index = outs
+    return osvd_signature(dtype).bind(
+        coef=coef_t,
+        basis=dev(sp.basis, dtype),
+        set_rows=dev(sp.set_rows, np.int32),
+        n_sets=dev(sp.n_sets, np.int32),
+        plan_index=plan_index,
+        basis_stride=sp.n_coef * sp.n_pad,
+        sets_stride=sp.set_rows.shape[1],
+        n_pad=sp.n_pad,
+        n_frames=sp.n,
+        n_vox=coef_t.shape[1],
+        oi_limit=oi_limit,
+        set_index=set_index,
+        oi=oi,
+        rmax=rmax,
+        tmax_index=tmax_index,
     )
 
 
@@ -414,7 +423,8 @@ def select_cupy(
     _check_coef(coef, sp)
     dtype = np.dtype(coef.dtype)
     v = coef.shape[0]
-    idx = cp.asarray(_plan_index(plan_index, v, sp.n_sets.size))
+    idx = _plan_index(plan_index if plan_index is None else cp.asarray(plan_index), v,
+                      sp.n_sets.size, cp)  # fmt: skip
     coef_t = cp.ascontiguousarray(coef[:, : sp.n_coef].T)  # time-major (M, V): coalesced reads
     outs = (
         cp.empty(v, dtype=cp.int32),
@@ -425,7 +435,8 @@ def select_cupy(
     args = _launch_args(
         coef_t, sp, lambda a, dt: cp.asarray(np.ascontiguousarray(a, dt)), idx, oi_limit, outs
     )
-    osvd_kernel(dtype)(((v + threads - 1) // threads,), (threads,), args)
+    if v:  # no voxels, no launch (a zero grid is a CUDA error)
+        osvd_kernel(dtype)(((v + threads - 1) // threads,), (threads,), args)
     set_index, oi, rmax, tmax_index = outs
     return OSVDResult(rmax, tmax_index, set_index, oi, oi < oi_limit)
 
@@ -454,7 +465,10 @@ def select_host(
     coef_t = np.ascontiguousarray(coef[:, : sp.n_coef].T)
     outs = (np.empty(v, np.int32), np.empty(v, dtype), np.empty(v, dtype), np.empty(v, np.int32))
     args = _launch_args(coef_t, sp, np.ascontiguousarray, idx, oi_limit, outs)
-    lib.launch(name, (v + threads - 1) // threads, threads, args, n_threads=n_threads)
+    if v:
+        lib.launch(
+            name, (v + threads - 1) // threads, threads, args, n_threads=n_threads, strict=True
+        )
     set_index, oi, rmax, tmax_index = outs
     return OSVDResult(rmax, tmax_index, set_index, oi, oi < oi_limit)
 

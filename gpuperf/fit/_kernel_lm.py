@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from gpuperf.cuda.host import HostLauncher, build_host_library
+from gpuperf.cuda.signature import signature
 from gpuperf.cuda.source import get_module, read_kernel
 from gpuperf.fit._numpy_lm import LMSettings
 
@@ -28,34 +29,10 @@ def kernel_expression(model: Any, dtype: Any) -> str:
     return f"lm_fit<{_CTYPE[np.dtype(dtype)]}, {model.cuda_struct}>"
 
 
-def launcher_params(ctype: str) -> tuple[tuple[str, str], ...]:
-    """The kernel's parameter list for :class:`~gpuperf.cuda.host.HostLauncher`."""
-    T = ctype
-    return (
-        (f"const {T}*", "y"),
-        (f"const {T}*", "w"),
-        ("int", "w_per_voxel"),
-        (f"const {T}*", "x"),
-        (f"const {T}*", "c"),
-        (f"const {T}*", "p0"),
-        (f"const {T}*", "lower"),
-        (f"const {T}*", "upper"),
-        ("unsigned int", "fixed_mask"),
-        ("int", "n_samples"),
-        ("long long", "n_vox"),
-        ("int", "max_iter"),
-        (T, "xtol"),
-        (T, "ftol"),
-        (T, "lambda0"),
-        (T, "lambda_min"),
-        (T, "lambda_max"),
-        (T, "accept_tol"),
-        (f"{T}*", "params"),
-        (f"{T}*", "stderr_out"),
-        (f"{T}*", "chi2_out"),
-        ("int*", "n_iter_out"),
-        ("signed char*", "status_out"),
-    )
+def kernel_signature(model: Any, dtype: Any) -> Any:
+    """The compiled signature of ``lm_fit<T, Model>`` (:func:`gpuperf.cuda.signature.signature`):
+    the one source of the launch's argument list, host and device alike."""
+    return signature(kernel_expression(model, dtype))
 
 
 def _launcher_name(model: Any, dtype: Any) -> str:
@@ -65,8 +42,7 @@ def _launcher_name(model: Any, dtype: Any) -> str:
 def host_library(model: Any) -> Any:
     """Host build of the fit kernel for ``model`` (float and double launchers)."""
     launchers = [
-        HostLauncher(_launcher_name(model, dt), kernel_expression(model, dt), launcher_params(ct))
-        for dt, ct in _CTYPE.items()
+        HostLauncher(_launcher_name(model, dt), kernel_expression(model, dt)) for dt in _CTYPE
     ]
     return build_host_library(
         code=f'#include "{model.cuda_header}"',
@@ -79,16 +55,16 @@ def fixed_mask(fixed: np.ndarray) -> int:
     return int(sum(1 << k for k, f in enumerate(np.asarray(fixed, dtype=bool)) if f))
 
 
-def _kernel_args(xp, x, y, w, w_per_voxel, c, p0, lower, upper, fixed, s: LMSettings):
+def _kernel_args(xp, model, x, y, w, w_per_voxel, c, p0, lower, upper, fixed, s: LMSettings):
     """The kernel's argument list for one chunk, on ``xp`` (NumPy for the host build, CuPy on
     the GPU): one marshalling for both, so the host parity tests check the GPU's too.
 
-    Voxel-major inputs are uploaded as they are and transposed to time-major on ``xp``; scalars
-    are NumPy scalars of the C parameter's width. Returns ``(args, outputs)``, the outputs
+    Voxel-major inputs are uploaded as they are and transposed to time-major on ``xp``; the
+    values are bound by name to the kernel's compiled signature, which orders them and makes
+    every scalar a NumPy scalar of the C parameter's width. Returns ``(args, outputs)``, the outputs
     ``(params (P, V), stderr (P, V), chi2, n_iter, status)`` being filled by the launch.
     """
     dt = np.dtype(y.dtype)
-    T = dt.type
     n_vox, n_samples = y.shape
     n_par = p0.shape[1]
     yt = xp.ascontiguousarray(xp.asarray(np.ascontiguousarray(y, dtype=dt)).T)
@@ -110,32 +86,37 @@ def _kernel_args(xp, x, y, w, w_per_voxel, c, p0, lower, upper, fixed, s: LMSett
         xp.empty(n_vox, dtype=np.int32),
         xp.empty(n_vox, dtype=np.int8),
     )
-    args = (
-        yt,
-        wt,
-        np.int32(bool(w_per_voxel)),
-        xd,
-        cd,
-        p0t,
-        lot,
-        hit,
-        np.uint32(fixed_mask(fixed)),
-        np.int32(n_samples),
-        np.int64(n_vox),
-        np.int32(s.max_iter),
-        T(s.xtol),
-        T(s.ftol),
-        T(s.lambda0),
-        T(s.lambda_min),
-        T(s.lambda_max),
-        T(s.accept_tol),
-        *outs,
-    )
+    values = {
+        "y": yt,
+        "w": wt,
+        "w_per_voxel": bool(w_per_voxel),
+        "x": xd,
+        "c": cd,
+        "p0": p0t,
+        "lower": lot,
+        "upper": hit,
+        "fixed_mask": fixed_mask(fixed),
+        "n_samples": n_samples,
+        "n_vox": n_vox,
+        "max_iter": s.max_iter,
+        "xtol": s.xtol,
+        "ftol": s.ftol,
+        "lambda0": s.lambda0,
+        "lambda_min": s.lambda_min,
+        "lambda_max": s.lambda_max,
+        "accept_tol": s.accept_tol,
+        "params": outs[0],
+        "stderr_out": outs[1],
+        "chi2_out": outs[2],
+        "n_iter_out": outs[3],
+        "status_out": outs[4],
+    }
+    args = kernel_signature(model, dt).bind(values)
     return args, outs
 
 
 def _grid(n_vox: int) -> int:
-    return max(1, -(-n_vox // BLOCK_SIZE))
+    return -(-n_vox // BLOCK_SIZE)
 
 
 def lm_host(
@@ -144,12 +125,18 @@ def lm_host(
     """Run the kernel's host build on one chunk (arrays as in :func:`lm_numpy`; ``w`` (N,)
     shared, (V, N) per voxel, or None)."""
     args, (params, stderr, chi2, n_iter, status) = _kernel_args(
-        np, x, y, w, w_per_voxel, c, p0, lower, upper, fixed, s
+        np, model, x, y, w, w_per_voxel, c, p0, lower, upper, fixed, s
     )
     threads = n_threads if n_threads is not None else (os.cpu_count() or 1)
-    plain = [a.item() if isinstance(a, np.generic) else a for a in args]
+    if y.shape[0] == 0:
+        return params.T.copy(), stderr.T.copy(), chi2, n_iter, status
     host_library(model).launch(
-        _launcher_name(model, y.dtype), _grid(y.shape[0]), BLOCK_SIZE, plain, n_threads=threads
+        _launcher_name(model, y.dtype),
+        _grid(y.shape[0]),
+        BLOCK_SIZE,
+        args,
+        n_threads=threads,
+        strict=True,
     )
     return params.T.copy(), stderr.T.copy(), chi2, n_iter, status
 
@@ -165,9 +152,12 @@ def lm_cupy(
     backend: Any, model: Any, x, y, w, w_per_voxel, c, p0, lower, upper, fixed, s: LMSettings
 ):
     """Run the CUDA kernel on one chunk; inputs are host arrays, results come back to the host."""
-    args, outs = _kernel_args(backend.xp, x, y, w, w_per_voxel, c, p0, lower, upper, fixed, s)
-    kernel = cupy_kernel(model, np.dtype(y.dtype))
-    kernel((_grid(y.shape[0]),), (BLOCK_SIZE,), args)
+    args, outs = _kernel_args(
+        backend.xp, model, x, y, w, w_per_voxel, c, p0, lower, upper, fixed, s
+    )
+    if y.shape[0]:  # no voxels, no launch (a zero grid is a CUDA error)
+        kernel = cupy_kernel(model, np.dtype(y.dtype))
+        kernel((_grid(y.shape[0]),), (BLOCK_SIZE,), args)
     params, stderr, chi2, n_iter, status = outs
     return (
         backend.to_host(params.T),

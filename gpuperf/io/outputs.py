@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from gpuperf import maps
 from gpuperf.errors import GpuperfError, OutputExistsError
 from gpuperf.io.nifti import LoadedImage, sidecar_path
 from gpuperf.provenance import jsonable
@@ -164,14 +165,22 @@ class OutputWriter:
         self,
         name: str,
         data: np.ndarray,
-        units: str,
-        description: str,
+        units: str | None = None,
+        description: str | None = None,
         extra: Mapping[str, Any] | None = None,
         dtype: Any = np.float32,
     ) -> Path:
-        """Stage a 3D (or 4D) map with its JSON sidecar; returns the final NIfTI path."""
+        """Stage a 3D (or 4D) map with its JSON sidecar; returns the final NIfTI path.
+
+        ``units`` and ``description`` default to the map's entry in :mod:`gpuperf.maps` (a map
+        missing from the table needs both).
+        """
         import nibabel as nib
 
+        if units is None or description is None:
+            spec = maps.get(name)
+            units = spec.units if units is None else units
+            description = spec.description if description is None else description
         if self.reference is None:
             raise GpuperfError("OutputWriter needs a reference image to write maps")
         data = np.asarray(data, dtype=dtype)

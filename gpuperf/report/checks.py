@@ -6,12 +6,13 @@ are module constants so that they are documented and testable.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from gpuperf import status
 from gpuperf.report.collect import RunOutputs
 from gpuperf.report.display import normalize_units
 
@@ -102,50 +103,13 @@ def status_counts(run: RunOutputs) -> dict[int, int]:
     return {int(c): int(n) for c, n in zip(codes, counts, strict=True)}
 
 
-def status_descriptions(run: RunOutputs) -> dict[int, str]:
-    """Code (or bit) -> meaning, from the status sidecar (any mapping keyed by integers)."""
-    st = run.maps.get("status")
-    if st is None:
-        return {}
-
-    def walk(obj: Any) -> dict[int, str] | None:
-        if isinstance(obj, Mapping):
-            if obj and all(str(k).lstrip("-").isdigit() for k in obj):
-                if all(isinstance(v, str) for v in obj.values()):
-                    return {int(k): str(v) for k, v in obj.items()}
-            for v in obj.values():
-                hit = walk(v)
-                if hit:
-                    return hit
-        return None
-
-    return walk(st.sidecar) or {}
-
-
-def is_bitfield(descriptions: Mapping[int, str], observed: Iterable[int] = ()) -> bool:
-    """Whether status codes are bit flags rather than an enumeration.
-
-    Described codes must all be powers of two, and either there are at least three of them
-    (1, 2, 4, ...) or an observed code is a combination of them (3 = 1 | 2). Codes 0/1/2 alone
-    read as an enumeration (converged / hit a bound / failed).
-    """
-    codes = [c for c in descriptions if c > 0]
-    if len(codes) < 2 or not all(c & (c - 1) == 0 for c in codes):
-        return False
-    return len(codes) >= 3 or any(c > 0 and c not in descriptions for c in observed)
-
-
-def ok_codes(run: RunOutputs) -> set[int]:
-    """Status codes that mean a usable fit: 0 and codes described as "converged ..." / "ok"."""
-    desc = status_descriptions(run)
-    return {0} | {c for c, text in desc.items() if text.lower().startswith(("converged", "ok"))}
-
-
 def flagged_count(run: RunOutputs) -> tuple[int, int]:
-    """(voxels with a not-ok status, voxels with a status) inside the mask."""
+    """(voxels with a flag other than the notes of :mod:`gpuperf.status`, voxels with a status)
+    inside the mask."""
     counts = status_counts(run)
-    good = ok_codes(run)
-    return sum(n for c, n in counts.items() if c not in good), sum(counts.values())
+    flagged = status.is_flagged(np.array(list(counts), dtype=np.int64))
+    n = np.array(list(counts.values()), dtype=np.int64)
+    return int(n[flagged].sum()), int(n.sum())
 
 
 def check_status(run: RunOutputs) -> list[Finding]:
@@ -158,7 +122,8 @@ def check_status(run: RunOutputs) -> list[Finding]:
                     "warning",
                     "many-flagged",
                     f"{flagged} of {total} mask voxels ({100 * flagged / total:.1f}%) have a "
-                    "fit status other than ok/converged (failed, hit a bound or flagged): see "
+                    "status flag (input unusable, fit failed or stopped, oSVD without a pass): "
+                    "see "
                     "the status summary",
                 )
             )

@@ -105,8 +105,6 @@ def summarize_run(out_dir: str | PathLike, prefix: str) -> dict[str, float]:
 
 
 def _thumbnail(out_dir: Path, prefix: str) -> bytes | None:
-    if not figures.matplotlib_available():
-        return None
     run = load_run(out_dir, prefix)
     m = run.maps.get("cbf")
     if m is None:
@@ -219,8 +217,6 @@ def write_cohort_report(
             f"least {MIN_SUBJECTS_FOR_OUTLIERS} have the number)",
         ),
     ]
-    if not figures.matplotlib_available():
-        summary.append(box("info", "matplotlib is not installed: thumbnails are omitted"))
     when = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     html_text = page(
         title,
@@ -436,7 +432,7 @@ def write_group_report(
                     f"{fmt(values[s])} (robust z {z:.1f})"
                 )
             panels.append((region, by_group, [(groups.get(s, "n/a"), values[s]) for s in outl]))
-        if panels and figures.matplotlib_available():
+        if panels:
             what = "relative to the reference region" if measure == "rel_mean" else units[key]
             name = f"{mod} {mp}" + (f" {ses}" if ses else "")
             plots.append(
@@ -454,8 +450,6 @@ def write_group_report(
     )
     if flagged_lines:
         body.append("<ul>" + "".join(f"<li>{esc(t)}</li>" for t in flagged_lines) + "</ul>")
-    if not figures.matplotlib_available():
-        body.append(box("info", "matplotlib is not installed: plots are omitted"))
     if stats_rows:
         body.append("<h2>Group comparisons</h2>")
         body.append(
@@ -510,10 +504,9 @@ def _lesion_section(lesion_rows: Sequence[Mapping[str, Any]]) -> list[str]:
             numeric=[False, False, False, True, True],
         )
     )
-    if figures.matplotlib_available():
-        for (mod, mp), d in sorted(by_map.items()):
-            png = _strip_box([("lesions", d, [])], "median / reference", f"{mod} {mp}: lesions")
-            out.append(figure(png, f"{mod} {mp} lesion ratios"))
+    for (mod, mp), d in sorted(by_map.items()):
+        png = _strip_box([("lesions", d, [])], "median / reference", f"{mod} {mp}: lesions")
+        out.append(figure(png, f"{mod} {mp} lesion ratios"))
     return out
 
 

@@ -10,99 +10,14 @@ figure caption gives the fraction of voxels beyond each end.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
+from gpuperf import maps
+from gpuperf.maps import MapSpec
 
-@dataclass(frozen=True)
-class DisplaySpec:
-    """How to show one map.
+#: How a map is shown is part of its entry in the one map table (label, range, colour map).
+DisplaySpec = MapSpec
 
-    Attributes
-    ----------
-    label : str
-        Human name of the quantity ("CBF").
-    vmin, vmax : float or None
-        Fixed range, or None for a range from the data.
-    units : tuple of str
-        Units (normalised, see :func:`normalize_units`) the fixed range is meant for; empty
-        means any units.
-    cmap : str
-        Matplotlib colour map.
-    symmetric : bool
-        Auto range symmetric about zero (signed maps such as K2).
-    categorical : bool
-        Integer codes (status maps): no interpolation, discrete colour bar.
-    """
-
-    label: str
-    vmin: float | None = None
-    vmax: float | None = None
-    units: tuple[str, ...] = ()
-    cmap: str = "viridis"
-    symmetric: bool = False
-    categorical: bool = False
-
-
-_CBF_UNITS = ("ml/100g/min",)
-_S = ("s",)
-
-#: Map name -> display. Keys are the ``<name>`` of ``<prefix>_<name>.nii.gz``.
-DISPLAY: dict[str, DisplaySpec] = {
-    "cbf": DisplaySpec("CBF", 0.0, 100.0, _CBF_UNITS, "inferno"),
-    "cbv": DisplaySpec("CBV", 0.0, 8.0, ("ml/100g",), "inferno"),
-    "rcbv": DisplaySpec("rCBV", 0.0, 6.0, (), "inferno"),
-    "rcbf": DisplaySpec("rCBF", 0.0, 6.0, (), "inferno"),
-    "mtt": DisplaySpec("MTT", 0.0, 12.0, _S, "viridis"),
-    "tmax": DisplaySpec("Tmax", 0.0, 10.0, _S, "magma"),
-    "ttp": DisplaySpec("TTP", None, None, (), "viridis"),
-    "delay": DisplaySpec("Bolus delay", 0.0, 10.0, _S, "magma"),
-    "k2": DisplaySpec("K2 (leakage)", None, None, (), "RdBu_r", symmetric=True),
-    "att": DisplaySpec("ATT", 0.0, 3.0, _S, "viridis"),
-    "abat": DisplaySpec("aBAT", 0.0, 3.0, _S, "viridis"),
-    "abv": DisplaySpec("aBV", None, None, (), "inferno"),
-    "cbf_stderr": DisplaySpec("CBF standard error", 0.0, 25.0, _CBF_UNITS, "cividis"),
-    "att_stderr": DisplaySpec("ATT standard error", 0.0, 0.5, _S, "cividis"),
-    "abv_stderr": DisplaySpec("aBV standard error", None, None, (), "cividis"),
-    "abat_stderr": DisplaySpec("aBAT standard error", None, None, (), "cividis"),
-    "residual": DisplaySpec("Fit residual", None, None, (), "cividis"),
-    "rmse": DisplaySpec("Fit RMSE", None, None, (), "cividis"),
-    "osvd_threshold": DisplaySpec("oSVD threshold", None, None, (), "cividis"),
-    "threshold": DisplaySpec("SVD threshold", None, None, (), "cividis"),
-    "oi": DisplaySpec("Oscillation index", None, None, (), "cividis"),
-    "s0": DisplaySpec("S0 (baseline signal)", None, None, (), "gray"),
-    "m0": DisplaySpec("M0", None, None, (), "gray"),
-    "status": DisplaySpec("Status flags", categorical=True, cmap="tab10"),
-}
-
-#: Order of the montages in a report (others follow alphabetically).
-ORDER = (
-    "cbf",
-    "cbv",
-    "rcbv",
-    "rcbf",
-    "mtt",
-    "tmax",
-    "ttp",
-    "delay",
-    "k2",
-    "att",
-    "abv",
-    "abat",
-    "cbf_stderr",
-    "att_stderr",
-    "abv_stderr",
-    "abat_stderr",
-    "osvd_threshold",
-    "threshold",
-    "oi",
-    "residual",
-    "rmse",
-    "s0",
-    "m0",
-    "status",
-)
 
 _UNIT_ALIASES = {
     "ml/100 g/min": "ml/100g/min",
@@ -123,15 +38,14 @@ def normalize_units(units: str) -> str:
     return _UNIT_ALIASES.get(u, _UNIT_ALIASES.get(u.replace(" ", ""), u))
 
 
-def spec_for(name: str) -> DisplaySpec:
-    """Display spec of map ``name`` (a data-driven default for unknown names)."""
-    if name in DISPLAY:
-        return DISPLAY[name]
-    if name.endswith("_stderr"):
-        return DisplaySpec(f"{name[:-7]} standard error", cmap="cividis")
-    if "threshold" in name:
-        return DisplaySpec(name.replace("_", " "), cmap="cividis")
-    return DisplaySpec(name.replace("_", " "))
+def spec_for(name: str) -> MapSpec:
+    """The map-table entry of ``name`` (:mod:`gpuperf.maps`), or a data-driven default for a
+    map the table does not know (shown with a range from the data)."""
+    if name in maps.MAPS:
+        return maps.MAPS[name]
+    label = f"{name[:-7]} standard error" if name.endswith("_stderr") else name.replace("_", " ")
+    cmap = "cividis" if name.endswith("_stderr") or "threshold" in name else "viridis"
+    return MapSpec(name, "", "", label, cmap=cmap)
 
 
 def display_range(
@@ -151,15 +65,13 @@ def display_range(
     -------
     vmin, vmax : float
     fixed : bool
-        True when the fixed range of :data:`DISPLAY` was used.
-    spec : DisplaySpec
+        True when the map table's fixed range was used.
+    spec : gpuperf.maps.MapSpec
     """
     spec = spec_for(name)
-    if (
-        spec.vmin is not None
-        and spec.vmax is not None
-        and (not spec.units or normalize_units(units) in spec.units)
-    ):
+    # dimensionless maps (ratios) keep their range whatever their sidecar says
+    same_units = spec.units == "1" or normalize_units(units) == normalize_units(spec.units)
+    if spec.vmin is not None and spec.vmax is not None and same_units:
         return float(spec.vmin), float(spec.vmax), True, spec
     v = np.asarray(values, dtype=np.float64)
     v = v[np.isfinite(v)]

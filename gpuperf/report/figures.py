@@ -1,7 +1,6 @@
 """Figures of the report, rendered with matplotlib into PNG bytes.
 
-matplotlib is optional (extra ``plot``): :func:`matplotlib_available` says whether figures can
-be drawn, and the report degrades to tables and warnings without it. Figures are drawn on
+Figures are drawn on
 :class:`matplotlib.figure.Figure` objects directly (no ``pyplot``), so no global state, GUI
 backend or display is involved.
 
@@ -23,16 +22,6 @@ from gpuperf.report.display import display_range
 NAN_COLOUR = (1.0, 0.0, 1.0, 1.0)
 MASK_COLOUR = "#00e5ff"
 DPI = 80
-
-
-def matplotlib_available() -> bool:
-    """True when matplotlib can be imported."""
-    try:
-        import matplotlib  # noqa: F401
-        from matplotlib.figure import Figure  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def _figure(width_in: float, height_in: float, layout: str | None = "constrained"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from gpuperf.cuda.catalog import register_instances
 from gpuperf.errors import GpuperfError
 from gpuperf.fit.models.base import Model
 from gpuperf.fit.models.buxton import BuxtonPASL, BuxtonPCASL, BuxtonPCASLArterial
@@ -16,6 +17,21 @@ MODELS: dict[str, Model] = {
     "buxton_pasl": BuxtonPASL(),
     "buxton_pcasl_arterial": BuxtonPCASLArterial(),
 }
+
+
+def register_kernels(models: dict[str, Model]) -> None:
+    """Tell the kernel catalog which ``lm_fit<T, Model>`` instantiations exist (compile test,
+    signatures, gpu_check); called on import for :data:`MODELS`."""
+    for m in models.values():
+        register_instances(
+            "fit/lm_fit.cu",
+            float32=(f"lm_fit<float, {m.cuda_struct}>",),
+            float64=(f"lm_fit<double, {m.cuda_struct}>",),
+            includes=(m.cuda_header,),
+        )
+
+
+register_kernels(MODELS)
 
 
 def get_model(model: str | Model) -> Model:
