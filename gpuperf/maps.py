@@ -166,6 +166,24 @@ for _spec in (
     ),
     # ASL (Alsop 2015; Buxton 1998)
     MapSpec("att", "s", "Arterial transit time", "ATT", 0.0, 3.0, "viridis"),
+    MapSpec(
+        "cbf_gm",
+        _CBF,
+        "Grey-matter CBF, partial-volume corrected (linear regression, Asllani et al. 2008)",
+        "GM CBF (PVC)",
+        0.0,
+        100.0,
+        "inferno",
+    ),
+    MapSpec(
+        "cbf_wm",
+        _CBF,
+        "White-matter CBF, partial-volume corrected (linear regression, Asllani et al. 2008)",
+        "WM CBF (PVC)",
+        0.0,
+        60.0,
+        "inferno",
+    ),
     MapSpec("abv", "%", "Arterial blood volume (macrovascular component)", "aBV", cmap="inferno"),
     MapSpec(
         "abat",

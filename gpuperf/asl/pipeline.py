@@ -146,6 +146,7 @@ class PreparedASL:
     fit: ASLFit | None = None
     fit_s: float = 0.0
     batch_size: int = 1
+    pv: tuple[np.ndarray, np.ndarray] | None = None  # GM, WM fractions (partial-volume corr.)
 
     @property
     def n_voxels(self) -> int:
@@ -184,6 +185,8 @@ def prepare_asl(
     reporter: Any = None,
     extra_outputs: Sequence[str] = (),
     options: ASLOptions | None = None,
+    pv_gm: str | PathLike | None = None,
+    pv_wm: str | PathLike | None = None,
     **option_kwargs: Any,
 ) -> PreparedASL:
     """Load and validate an ASL series: everything of :func:`run_asl` before the fit.
@@ -257,6 +260,7 @@ def prepare_asl(
             )
     else:
         mask = np.isfinite(image.data).all(axis=3)
+    pv = _load_pv(pv_gm, pv_wm, image, rep)
     if m0_ref_mask is not None:
         if m0_vox is None:
             raise InputError(
@@ -306,6 +310,10 @@ def prepare_asl(
         "t_start": t_start,
     }
     if not has_diff:
+        if pv is not None:
+            raise InputError(
+                series.path, "pv_gm", "partial-volume correction needs control/label volumes"
+            )
         if series.indices("cbf").size == 0:
             raise InputError(series.path, "volume_type", "no control, label, deltam or cbf volume")
         writer = OutputWriter(
@@ -333,13 +341,17 @@ def prepare_asl(
         memory_budget=memory_budget,
     )
     names = asl_model.map_names()
+    if pv is not None:
+        names += ["cbf_gm", "cbf_wm"]
     sources = [series.path] + ([series.m0_image.path] if series.m0_image is not None else [])
     writer = OutputWriter(
         out_dir,
         prefix,
         reference=image,
         overwrite=overwrite,
-        inputs=sources + ([Path(mask_path)] if mask_path else []),
+        inputs=sources
+        + ([Path(mask_path)] if mask_path else [])
+        + ([Path(pv_gm), Path(pv_wm)] if pv is not None else []),
     )
     writer.expect(names)
     if METHODS[asl_model.method].fits:
@@ -366,6 +378,16 @@ def prepare_asl(
     }
     if series.is_pasl:
         constants["BolusCutOffTechnique"] = series.bolus_cutoff_technique
+    if pv is not None:
+        from gpuperf.asl import pvc
+
+        constants["PartialVolumeCorrection"] = {
+            "Method": "linear regression in a local kernel (Asllani et al., MRM 2008)",
+            "KernelVoxels": list(pvc.KERNEL),
+            "MinFraction": pvc.MIN_FRACTION,
+            "GM": str(pv_gm),
+            "WM": str(pv_wm),
+        }
     return PreparedASL(
         writer=writer,
         names=names,
@@ -374,6 +396,7 @@ def prepare_asl(
         deltam=samples.deltam,
         m0=m0_for_fit,
         constants=constants,
+        pv=pv,
         **common,
     )
 
@@ -469,8 +492,12 @@ def write_asl(prep: PreparedASL) -> ASLRunResult:
     try:
         constants = {**asl_model.constants(), **prep.constants}
         writer.provenance = provenance(backend, constants, sources=prep.sources)
+        pvc_maps = _pvc_maps(prep) if prep.pv is not None else {}
         outputs: dict[str, Path] = {}
         for name in prep.names:
+            if name in pvc_maps:
+                outputs[name] = writer.add_map(name, pvc_maps[name])
+                continue
             arr = getattr(fit, name)
             if arr is None:
                 continue
@@ -546,6 +573,8 @@ def run_asl(
     reporter: Any = None,
     extra_outputs: Sequence[str] = (),
     options: ASLOptions | None = None,
+    pv_gm: str | PathLike | None = None,
+    pv_wm: str | PathLike | None = None,
     **option_kwargs: Any,
 ) -> ASLRunResult:
     """Quantify CBF (and ATT) from a BIDS ASL series and write the maps.
@@ -582,6 +611,10 @@ def run_asl(
         ``m0_ref_tissue`` ...); None keeps the default. T1 of blood defaults from
         MagneticFieldStrength, alpha from LabelingEfficiency, else 0.85 pCASL / 0.68 CASL /
         0.98 PASL.
+    pv_gm, pv_wm : path-like, optional
+        Grey- and white-matter probability maps on the ASL grid: also write ``cbf_gm`` and
+        ``cbf_wm``, partial-volume corrected by linear regression in a 5 x 5 x 1 kernel
+        (Asllani et al. 2008; :func:`gpuperf.asl.pvc.lr_pvc`). Both or neither.
 
     Returns
     -------
@@ -601,6 +634,8 @@ def run_asl(
         extra_outputs=extra_outputs,
         options=options,
         **option_kwargs,
+        pv_gm=pv_gm,
+        pv_wm=pv_wm,
     )
     compute_asl_batch([prep])
     return write_asl(prep)
@@ -650,6 +685,41 @@ def _qc_curves(model: ASLModel, fit: ASLFit, deltam, m0, mask) -> dict[str, Any]
             "units": "dM/M0",
         }
     }
+
+
+def _load_pv(
+    pv_gm: str | PathLike | None, pv_wm: str | PathLike | None, image: Any, rep: Any
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """GM and WM fractions on the grid of ``image`` (None without them)."""
+    if pv_gm is None and pv_wm is None:
+        return None
+    if pv_gm is None or pv_wm is None:
+        raise InputError(pv_gm or pv_wm, "pv_gm/pv_wm", "give both --pv-gm and --pv-wm")
+    from gpuperf.io.nifti import check_same_grid, load_image
+
+    out = []
+    for path, tissue in ((pv_gm, "GM"), (pv_wm, "WM")):
+        img = load_image(path, ndim=(3,), role=f"{tissue} probability map")
+        check_same_grid(image, img)
+        d = np.nan_to_num(np.asarray(img.data, dtype=np.float64), nan=0.0)
+        if d.size and (d.min() < -0.01 or d.max() > 1.01):
+            rep.warn(
+                f"{Path(path).name}: {tissue} fractions outside [0, 1] "
+                f"({d.min():.3g} to {d.max():.3g}); clipped to [0, 1]"
+            )
+        out.append(np.clip(d, 0.0, 1.0))
+    return out[0], out[1]
+
+
+def _pvc_maps(prep: PreparedASL) -> dict[str, np.ndarray]:
+    """``cbf_gm`` and ``cbf_wm`` of a fitted series (:func:`gpuperf.asl.pvc.lr_pvc`)."""
+    from gpuperf.asl.pvc import lr_pvc
+
+    assert prep.pv is not None and prep.fit is not None
+    cbf = np.full(prep.mask.shape, np.nan)
+    cbf[prep.mask] = prep.fit.cbf
+    gm, wm = lr_pvc(cbf, prep.pv[0], prep.pv[1], prep.mask)
+    return {"cbf_gm": gm, "cbf_wm": wm}
 
 
 def _precomputed_cbf(prep: PreparedASL) -> ASLRunResult:

@@ -49,6 +49,7 @@ simulate_app.command("dsc")(_dsc.simulate_dsc_command)
 app.command("asl")(_asl.asl_command)
 simulate_app.command("asl")(_asl.simulate_asl_command)
 app.command("run")(_cohort.run_command)
+simulate_app.command("study")(_cohort.simulate_study_command)
 app.command("report")(_report.report_command)
 app.command("bench")(_bench.bench_command)
 

@@ -45,6 +45,12 @@ def asl_command(
     quiet: bool = QuietOption,
     overwrite: bool = OverwriteOption,
     report: bool = ReportOption,
+    pv_gm: Path | None = typer.Option(
+        None, "--pv-gm", help="GM probability map on the ASL grid: also write cbf_gm/cbf_wm."
+    ),
+    pv_wm: Path | None = typer.Option(
+        None, "--pv-wm", help="WM probability map on the ASL grid (with --pv-gm)."
+    ),
     *,
     options: ASLOptions,
 ) -> None:
@@ -66,6 +72,8 @@ def asl_command(
         reporter=rep,
         extra_outputs=("report.html",) if report else (),
         options=options,
+        pv_gm=pv_gm,
+        pv_wm=pv_wm,
     )
     if report:
         for path in publish_result(result, overwrite=overwrite, reporter=rep):

@@ -108,6 +108,23 @@ def run_command(
     maps: list[str] = typer.Option(
         None, "--map", help="group: map names to summarise (default: all perfusion maps)."
     ),
+    participants: Path = typer.Option(
+        None,
+        "--participants",
+        help="group: participants table (default BIDS_DIR/participants.tsv when present).",
+    ),
+    group_by: str = typer.Option(
+        None, "--group-by", help="group: participants.tsv column of the groups (default group)."
+    ),
+    reference_group: str = typer.Option(
+        None, "--reference-group", help="group: group compared against (default control)."
+    ),
+    covariate: list[str] = typer.Option(
+        None, "--covariate", help="group: participants.tsv columns to adjust for (age,sex)."
+    ),
+    lesion_ring_mm: float = typer.Option(
+        None, "--lesion-ring-mm", help="group: perilesional ring radius, mm (default 3)."
+    ),
     report: bool | None = typer.Option(
         None,
         "--report/--no-report",
@@ -158,9 +175,16 @@ def run_command(
         ("atlas_labels", atlas_labels),
         ("reference_region", reference_region),
         ("maps", _split(maps)),
+        ("participants", participants),
+        ("group_by", group_by),
+        ("reference_group", reference_group),
+        ("covariates", _split(covariate)),
+        ("lesion_ring_mm", lesion_ring_mm),
     ):
         if value is not None:
             opts[key] = value
+    if opts.get("participants") is None and (bids_dir / "participants.tsv").is_file():
+        opts["participants"] = bids_dir / "participants.tsv"
     res = group_table(
         out_dir,
         participant_label=subjects,
@@ -169,5 +193,36 @@ def run_command(
         reporter=reporter,
         **opts,
     )
-    typer.echo(str(res.table))
+    for path in (
+        res.table,
+        res.stats_table,
+        res.correlations_table,
+        res.lesions_table,
+        res.report,
+    ):
+        if path is not None:
+            typer.echo(str(path))
     raise typer.Exit(res.exit_code)
+
+
+@handle_errors
+def simulate_study_command(
+    out: Path = typer.Argument(..., help="Dataset folder to write (BIDS root)."),
+    controls: int = typer.Option(4, "--controls", help="Control subjects."),
+    patients: int = typer.Option(4, "--patients", help="Patient subjects."),
+    noise_sd: float = typer.Option(0.2, "--noise", help="Noise SD (tissue M0 is 1000)."),
+    seed: int = typer.Option(0, "--seed", help="Random seed."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing study."),
+) -> None:
+    """Write a simulated MS perfusion study with known effects (see docs/ms-study.md)."""
+    from gpuperf.cohort.study import simulate_study
+
+    res = simulate_study(
+        out,
+        n_controls=controls,
+        n_patients=patients,
+        noise_sd=noise_sd,
+        seed=seed,
+        overwrite=overwrite,
+    )
+    typer.echo(f"{res['root']}  (masks: {res['masks_dir']}, truth: {res['truth']})")

@@ -173,8 +173,11 @@ def _labels(values: list[str] | None, prefix: str) -> set[str] | None:
     return {v[len(prefix) :] if v.startswith(prefix) else v for v in values}
 
 
-def _find_mask(masks_dir: Path | None, job: Job, desc: str) -> Path | None:
-    """``<masks_dir>/sub-XX/[ses-YY/]**/sub-XX_[ses-YY_]*desc-<desc>_mask.nii*``."""
+def _find_mask(masks_dir: Path | None, job: Job, desc: str, suffix: str = "mask") -> Path | None:
+    """``<masks_dir>/sub-XX/[ses-YY/]**/sub-XX_[ses-YY_]*desc-<desc>_mask.nii*`` (``desc`` may
+    be another entity, ``label-GM``, with ``suffix`` ``probseg``)."""
+    if "-" not in desc:
+        desc = f"desc-{desc}"
     if masks_dir is None:
         return None
     folder = masks_dir / f"sub-{job.subject}"
@@ -185,7 +188,7 @@ def _find_mask(masks_dir: Path | None, job: Job, desc: str) -> Path | None:
     head = f"sub-{job.subject}_" + (f"ses-{job.session}_" if job.session else "")
     hits = sorted(
         p
-        for p in folder.rglob(f"{head}*desc-{desc}_mask.nii*")
+        for p in folder.rglob(f"{head}*{desc}_{suffix}.nii*")
         if p.name.endswith(_NIFTI) and _acq_compatible(p.name, job.series.name)
     )
     if len(hits) > 1:
@@ -328,6 +331,11 @@ def _companions(job: Job, masks_dir: Path | None, brain_desc: str, aif_desc: str
     mask = _find_mask(masks_dir, job, brain_desc)
     if mask is not None:
         out["mask"] = mask
+    if job.modality == "asl":  # partial-volume correction: *_label-GM_probseg, *_label-WM_probseg
+        for tissue in ("GM", "WM"):
+            pv = _find_mask(masks_dir, job, f"label-{tissue}", suffix="probseg")
+            if pv is not None:
+                out[f"pv_{tissue.lower()}"] = pv
     if job.modality == "dsc":
         aif = _find_mask(masks_dir, job, aif_desc)
         if aif is not None:

@@ -18,6 +18,14 @@ Table columns (also described in the JSON sidecar written beside the TSV, as BID
 ``subject, session, modality, region, map, units, mean, median, sd, n_voxels,
 reference_region, rel_mean, rel_median``. Missing values are ``n/a``. Only finite map values
 are counted (maps hold NaN where a voxel was outside the mask or failed its fit).
+
+Beside it, when the data allow:
+
+- ``group_lesions.tsv``: one row per subject x lesion x map (:mod:`gpuperf.cohort.lesions`),
+  when a subject has a ``desc-<lesion_desc>`` mask;
+- ``group_stats.tsv`` and ``group_correlations.tsv``: groups of ``participants.tsv`` against a
+  reference group, and continuous participant columns against the values
+  (:mod:`gpuperf.cohort.compare`), when a participants table with a group column is given.
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from gpuperf.cohort import compare, lesions
 from gpuperf.cohort.bids import MODALITIES, modality_tagged, parse_entities, strip_nifti
 from gpuperf.cohort.jobs import MARKER_PREFIX
 from gpuperf.errors import GpuperfError, InputError
@@ -67,6 +76,50 @@ COLUMN_DESCRIPTIONS = {
     "rel_mean": "mean / mean of the reference region (same subject, session, modality, map).",
     "rel_median": "median / median of the reference region.",
 }
+LESION_COLUMNS = (
+    "subject",
+    "session",
+    "modality",
+    "lesion",
+    "n_voxels",
+    "volume_ml",
+    "enhancing",
+    "enhancing_fraction",
+    "map",
+    "units",
+    "mean",
+    "median",
+    "n_finite",
+    "rel_median",
+    "ring_n_voxels",
+    "ring_mean",
+    "ring_median",
+    "ring_rel_median",
+    "reference_region",
+)
+LESION_DESCRIPTIONS = {
+    "subject": "Subject ('sub-<label>').",
+    "session": "Session ('ses-<label>'); n/a without sessions.",
+    "modality": "Acquisition the map comes from: 'dsc' or 'asl'.",
+    "lesion": "Lesion number: connected component (26-connectivity) of the lesion mask, or "
+    "the label of a lesion label map.",
+    "n_voxels": "Voxels of the lesion.",
+    "volume_ml": "Lesion volume (ml).",
+    "enhancing": "1 when the lesion overlaps the enhancing mask, 0 when not; n/a without one.",
+    "enhancing_fraction": "Fraction of the lesion's voxels inside the enhancing mask.",
+    "map": "Map name.",
+    "units": "Units of the map.",
+    "mean": "Mean of the finite map values in the lesion.",
+    "median": "Median of the finite map values in the lesion.",
+    "n_finite": "Lesion voxels with a finite map value.",
+    "rel_median": "median / median of the reference region (same subject, session, map).",
+    "ring_n_voxels": "Voxels of the perilesional ring with a finite map value (ring: voxels "
+    "within ring_mm of the lesion that are in no lesion).",
+    "ring_mean": "Mean of the map in the perilesional ring.",
+    "ring_median": "Median of the map in the perilesional ring.",
+    "ring_rel_median": "ring_median / median of the reference region.",
+    "reference_region": "Region of the relative values; n/a when none.",
+}
 #: Mask names (``desc``) not used as regions unless asked for: AIF voxels are not tissue.
 DEFAULT_EXCLUDED_MASKS = ("aif",)
 #: Map names skipped by default: not perfusion quantities.
@@ -85,11 +138,23 @@ class GroupResult:
         The rows written.
     problems : list of (str, str)
         (subject/job, message) for subjects or regions that could not be used.
+    lesions_table, stats_table, correlations_table : Path or None
+        ``group_lesions.tsv``, ``group_stats.tsv``, ``group_correlations.tsv`` when written,
+        with their rows in ``lesion_rows``, ``stats_rows``, ``correlation_rows``.
+    report : Path or None
+        ``group_report.html`` when written.
     """
 
     table: Path
     rows: list[dict[str, Any]]
     problems: list[tuple[str, str]] = field(default_factory=list)
+    lesions_table: Path | None = None
+    lesion_rows: list[dict[str, Any]] = field(default_factory=list)
+    stats_table: Path | None = None
+    stats_rows: list[dict[str, Any]] = field(default_factory=list)
+    correlations_table: Path | None = None
+    correlation_rows: list[dict[str, Any]] = field(default_factory=list)
+    report: Path | None = None
 
     @property
     def exit_code(self) -> int:
@@ -228,6 +293,14 @@ def group_table(
     session_label: list[str] | None = None,
     modality: list[str] | None = None,
     table_name: str = "group_perfusion",
+    participants: str | PathLike | None = None,
+    group_by: str | None = None,
+    reference_group: str | None = None,
+    covariates: list[str] | None = None,
+    lesion_desc: str = "lesion",
+    enhancing_desc: str = "enhancing",
+    lesion_ring_mm: float = lesions.RING_MM,
+    report: bool = True,
     reporter: Any = None,
 ) -> GroupResult:
     """Write the cohort table ``<out_dir>/<table_name>.tsv`` (+ ``.json`` column descriptions).
@@ -249,6 +322,24 @@ def group_table(
         Map names to summarise (default: every 3D map except status/mask maps).
     participant_label, session_label, modality : list of str, optional
         Restrict the table.
+    participants : path-like, optional
+        BIDS ``participants.tsv``; with it, ``group_stats.tsv`` (when it has the ``group_by``
+        column) and ``group_correlations.tsv`` (when it has continuous columns) are written.
+    group_by : str, optional
+        participants.tsv column of the groups (default ``group`` when that column exists).
+    reference_group : str, optional
+        Group the others are compared with (default ``control`` when present, else the first
+        group in sorted order, with a warning).
+    covariates : list of str, optional
+        participants.tsv columns (e.g. ``age``, ``sex``) of the adjusted difference, an OLS
+        model ``value ~ 1 + group + covariates`` (text columns are dummy-coded).
+    lesion_desc, enhancing_desc : str
+        Mask names of the lesion mask (or lesion label map) and of the enhancing-lesion mask;
+        subjects with a lesion mask get rows in ``group_lesions.tsv``.
+    lesion_ring_mm : float
+        Radius of the perilesional ring (mm), see :mod:`gpuperf.cohort.lesions`.
+    report : bool
+        Write ``group_report.html`` (per-group plots, statistics, lesion ratios, outliers).
 
     Returns
     -------
@@ -271,6 +362,11 @@ def group_table(
         )
     if mdir is not None and not mdir.is_dir():
         raise InputError(mdir, "masks_dir", "folder does not exist")
+    part = None if participants is None else compare.read_participants(participants)
+    if part is not None:
+        group_by, reference_group = _groups(part, group_by, reference_group, rep)
+    elif group_by or reference_group or covariates:
+        raise InputError(None, "participants", "group comparisons need a participants.tsv")
     subs = None if not participant_label else {s.removeprefix("sub-") for s in participant_label}
     sess = None if not session_label else {s.removeprefix("ses-") for s in session_label}
     markers = sorted(out_dir.glob(f"sub-*/**/{MARKER_PREFIX}*.json"))
@@ -279,6 +375,7 @@ def group_table(
             f"{out_dir}: no completed participant-stage job (run the 'participant' level first)"
         )
     rows: list[dict[str, Any]] = []
+    lesion_rows: list[dict[str, Any]] = []
     problems: list[tuple[str, str]] = []
     for mk in rep.track(markers, total=len(markers), description="group"):
         try:
@@ -306,8 +403,10 @@ def group_table(
         try:
             first = load_image(map_files[0][1], role="map")
             s_atlas = atlas_p or _subject_atlas(mdir, sub, ses, mod)
-            regions = _load_regions(
-                first, _subject_masks(mdir, sub, ses, mask_descs, mod), s_atlas, labels
+            s_masks = _subject_masks(mdir, sub, ses, mask_descs, mod)
+            regions = _load_regions(first, s_masks, s_atlas, labels)
+            les = _subject_lesions(
+                first, mdir, sub, ses, mod, lesion_desc, enhancing_desc, lesion_ring_mm
             )
         except GpuperfError as exc:
             problems.append((job, str(exc)))
@@ -343,14 +442,167 @@ def group_table(
                         row["rel_mean"] = float(np.float64(st["mean"]) / ref["mean"])
                         row["rel_median"] = float(np.float64(st["median"]) / ref["median"])
                 rows.append(row)
+            if les is not None:
+                lesion_rows += _lesion_rows(les, img.data, ref, reference_region, row, first)
     if not rows:
         raise GpuperfError(f"{out_dir}: no row for the group table; problems: {problems}")
-    cols = {c: [("n/a" if r[c] is None else r[c]) for r in rows] for c in COLUMNS}
+    res = GroupResult(out_dir / f"{table_name}.tsv", rows, problems, lesion_rows=lesion_rows)
+    if part is not None:
+        missing = sorted({r["subject"] for r in rows} - set(part))
+        if missing:
+            problems.append(("participants.tsv", f"no row for {', '.join(missing)}"))
+        if group_by is not None and reference_group is not None:
+            res.stats_rows = compare.compare_groups(
+                rows, part, group_by, reference_group, covariates or ()
+            )
+        variables = compare.numeric_columns(part, skip=[group_by or "", *(covariates or [])])
+        res.correlation_rows = compare.correlate(rows, part, variables, group_by)
     writer = OutputWriter(out_dir, "", overwrite=True)
     with writer:
-        table = writer.add_tsv(table_name, cols)
-        writer.add_json(table_name, {c: {"Description": d} for c, d in COLUMN_DESCRIPTIONS.items()})
+        _add_table(writer, table_name, rows, COLUMNS, COLUMN_DESCRIPTIONS)
+        if lesion_rows:
+            res.lesions_table = _add_table(
+                writer, "group_lesions", lesion_rows, LESION_COLUMNS, LESION_DESCRIPTIONS
+            )
+        if res.stats_rows:
+            res.stats_table = _add_table(
+                writer,
+                "group_stats",
+                res.stats_rows,
+                compare.STATS_COLUMNS,
+                compare.STATS_DESCRIPTIONS,
+            )
+        if res.correlation_rows:
+            res.correlations_table = _add_table(
+                writer,
+                "group_correlations",
+                res.correlation_rows,
+                compare.CORR_COLUMNS,
+                compare.CORR_DESCRIPTIONS,
+            )
         writer.commit()
+    if report:
+        from gpuperf.report.cohort import write_group_report
+
+        groups = {s: rec.get(group_by, "n/a") for s, rec in (part or {}).items() if group_by}
+        res.report = write_group_report(
+            out_dir,
+            rows,
+            groups,
+            stats_rows=res.stats_rows,
+            lesion_rows=lesion_rows,
+        )
     for job, msg in problems:
         rep.log(f"[yellow]group:[/] {job}: {msg}")
-    return GroupResult(table, rows, problems)
+    return res
+
+
+def _add_table(
+    writer: Any,
+    name: str,
+    rows: list[dict[str, Any]],
+    columns: tuple[str, ...],
+    descriptions: dict[str, str],
+) -> Path:
+    cols = {c: [("n/a" if r.get(c) is None else r[c]) for r in rows] for c in columns}
+    path = writer.add_tsv(name, cols)
+    writer.add_json(name, {c: {"Description": d} for c, d in descriptions.items()})
+    return path
+
+
+def _groups(
+    part: dict[str, dict[str, str]], group_by: str | None, reference: str | None, rep: Any
+) -> tuple[str | None, str | None]:
+    """Resolve the group column and the reference group (defaults: ``group``, ``control``)."""
+    has = {c for rec in part.values() for c in rec}
+    if group_by is None:
+        if "group" not in has:
+            return None, None
+        group_by = "group"
+    if group_by not in has:
+        raise InputError(None, "group_by", f"{group_by!r} is not a column of participants.tsv")
+    levels = sorted({rec.get(group_by, "") for rec in part.values()} - {"", "n/a"})
+    if reference is None:
+        if "control" in levels:
+            reference = "control"
+        elif levels:
+            reference = levels[0]
+            rep.warn(f"group: no 'control' group in {group_by!r}; reference group {reference!r}")
+        else:
+            return group_by, None
+    elif reference not in levels:
+        raise InputError(
+            None, "reference_group", f"{reference!r} is not a value of {group_by!r}: {levels}"
+        )
+    return group_by, reference
+
+
+def _subject_lesions(
+    ref_img: Any,
+    masks_dir: Path | None,
+    sub: str,
+    ses: str | None,
+    modality: str,
+    lesion_desc: str,
+    enhancing_desc: str,
+    ring_mm: float,
+) -> tuple[lesions.Lesions, np.ndarray | None] | None:
+    """The subject's lesions (and enhancing mask), or None without a lesion mask."""
+    from gpuperf.io.nifti import check_same_grid, load_image
+
+    found = _subject_masks(masks_dir, sub, ses, [lesion_desc, enhancing_desc], modality)
+    if lesion_desc not in found:
+        return None
+    m = load_image(found[lesion_desc], ndim=(3,), role="lesion mask")
+    check_same_grid(ref_img, m)
+    les = lesions.find_lesions(m.data, ref_img.zooms()[:3], ring_mm=ring_mm)
+    enh = None
+    if enhancing_desc in found:
+        e = load_image(found[enhancing_desc], ndim=(3,), role="enhancing mask")
+        check_same_grid(ref_img, e)
+        enh = np.nan_to_num(e.data, nan=0.0) > 0
+    return les, enh
+
+
+def _lesion_rows(
+    found: tuple[lesions.Lesions, np.ndarray | None],
+    data: np.ndarray,
+    ref: dict[str, Any] | None,
+    reference_region: str | None,
+    row: dict[str, Any],
+    ref_img: Any,
+) -> list[dict[str, Any]]:
+    les, enh = found
+    if les.ids.size == 0:
+        return []
+    n_vox, vol = lesions.lesion_sizes(les, ref_img.zooms()[:3])
+    frac = lesions.overlap_fraction(les, enh) if enh is not None else None
+    inside, ring = lesions.lesion_stats(data, les)
+    ref_med = np.float64(ref["median"]) if ref else np.nan
+    out = []
+    with np.errstate(divide="ignore", invalid="ignore"):
+        for k, lid in enumerate(les.ids):
+            out.append(
+                {
+                    "subject": row["subject"],
+                    "session": row["session"],
+                    "modality": row["modality"],
+                    "lesion": int(lid),
+                    "n_voxels": int(n_vox[k]),
+                    "volume_ml": float(vol[k]),
+                    "enhancing": None if frac is None else int(frac[k] > 0),
+                    "enhancing_fraction": np.nan if frac is None else float(frac[k]),
+                    "map": row["map"],
+                    "units": row["units"],
+                    "mean": float(inside["mean"][k]),
+                    "median": float(inside["median"][k]),
+                    "n_finite": int(inside["n_finite"][k]),
+                    "rel_median": float(inside["median"][k] / ref_med),
+                    "ring_n_voxels": int(ring["n_finite"][k]),
+                    "ring_mean": float(ring["mean"][k]),
+                    "ring_median": float(ring["median"][k]),
+                    "ring_rel_median": float(ring["median"][k] / ref_med),
+                    "reference_region": reference_region if ref else None,
+                }
+            )
+    return out

@@ -121,7 +121,6 @@ def write_shared(path: str | PathLike, data: bytes | str | Any, tag: str = "") -
     ``tag`` (the job id) lets the next run of the same job remove a killed write's leftover.
     """
     if not isinstance(data, (bytes, str)):
-
         data = json.dumps(jsonable(data), indent=2) + "\n"
     atomic_write_bytes(path, data.encode() if isinstance(data, str) else data, tag=tag)
 
@@ -345,6 +344,8 @@ def _pipeline_kwargs(job: Job, options: Mapping[str, Any]) -> dict[str, Any]:
         and kwargs.get("aif", "auto") == "auto"
     ):
         kwargs["aif"] = job.companions["aif_mask"]
+    if "pv_gm" in job.companions and "pv_wm" in job.companions and kwargs.get("pv_gm") is None:
+        kwargs["pv_gm"], kwargs["pv_wm"] = job.companions["pv_gm"], job.companions["pv_wm"]
     return kwargs
 
 

@@ -17,7 +17,7 @@ from gpuperf.errors import InputError, OutputExistsError
 from gpuperf.io.outputs import atomic_write_bytes
 from gpuperf.report import checks, figures
 from gpuperf.report.collect import load_run
-from gpuperf.report.html import box, esc, fmt, img, page
+from gpuperf.report.html import box, esc, figure, fmt, img, page, table
 from gpuperf.report.run import map_stats, report_path
 
 #: |robust z| above this flags an outlier (Iglewicz & Hoaglin 1993, modified z-score).
@@ -290,3 +290,228 @@ def _entry(page_dir: Path, row: Mapping[str, Any]) -> dict[str, Any]:
         else:
             e["notes"].append("no report file")
     return e
+
+
+# -- the group page (written by the group stage) ------------------------------------------------
+#: Statistics-table columns shown on the group page (the TSV has them all).
+GROUP_PAGE_STATS = (
+    "modality",
+    "session",
+    "map",
+    "region",
+    "measure",
+    "group",
+    "n",
+    "n_reference",
+    "mean",
+    "mean_reference",
+    "relative_difference",
+    "ci_low",
+    "ci_high",
+    "effect_size",
+    "p_value",
+    "adjusted_difference",
+    "adjusted_p_value",
+)
+
+
+def group_outliers(values: Mapping[str, float], groups: Mapping[str, str]) -> dict[str, float]:
+    """Subjects whose value is an outlier *within its group*: ``{subject: robust z}``.
+
+    Same rule as the cohort page: ``|robust z| > OUTLIER_Z`` and more than
+    ``OUTLIER_MIN_REL`` from the group median, in groups of at least
+    ``MIN_SUBJECTS_FOR_OUTLIERS`` subjects with a finite value.
+    """
+    out: dict[str, float] = {}
+    for g in sorted(set(groups.get(s, "") for s in values)):
+        subs = [s for s in values if groups.get(s, "") == g]
+        v = np.array([_num(values[s]) for s in subs])
+        if np.isfinite(v).sum() < MIN_SUBJECTS_FOR_OUTLIERS:
+            continue
+        z = robust_z(v)
+        med = np.nanmedian(v)
+        for s, zi, vi in zip(subs, z, v, strict=True):
+            if (
+                np.isfinite(zi)
+                and abs(zi) > OUTLIER_Z
+                and abs(vi - med) > OUTLIER_MIN_REL * abs(med)
+            ):
+                out[s] = float(zi)
+    return out
+
+
+def _strip_box(
+    panels: Sequence[tuple[str, Mapping[str, Sequence[float]], Sequence[tuple[str, float]]]],
+    ylabel: str,
+    title: str,
+) -> bytes:
+    """One panel per region: a box per group with the subjects' values as jittered points;
+    outliers (given per group as (group, value)) are drawn as red crosses."""
+    n = len(panels)
+    fig = figures._figure(min(2.2 * n + 0.6, 14.0), 2.8)
+    axes = fig.subplots(1, n, squeeze=False)[0]
+    rng = np.random.default_rng(0)  # deterministic jitter: identical pages for identical data
+    for ax, (region, by_group, flagged) in zip(axes, panels, strict=True):
+        names = list(by_group)
+        data = [np.asarray([_num(v) for v in by_group[g]], dtype=float) for g in names]
+        data = [d[np.isfinite(d)] for d in data]
+        ax.boxplot(data, widths=0.5, showfliers=False)
+        for i, d in enumerate(data, start=1):
+            ax.plot(i + rng.uniform(-0.12, 0.12, d.size), d, "o", ms=3, alpha=0.7, color="tab:blue")
+        for g, v in flagged:
+            if g in names:
+                ax.plot(names.index(g) + 1, v, "x", color="red", ms=7, mew=2)
+        ax.set_xticks(range(1, len(names) + 1), names, fontsize=7)
+        ax.set_title(region, fontsize=8)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel(ylabel, fontsize=8)
+    fig.suptitle(title, fontsize=9)
+    return figures._png(fig)
+
+
+def write_group_report(
+    out_dir: str | PathLike,
+    rows: Sequence[Mapping[str, Any]],
+    groups: Mapping[str, str],
+    *,
+    stats_rows: Sequence[Mapping[str, Any]] = (),
+    lesion_rows: Sequence[Mapping[str, Any]] = (),
+    filename: str = "group_report.html",
+    title: str = "gpuperf group report",
+) -> Path:
+    """Write the group page ``<out_dir>/<filename>`` (replaced when it exists).
+
+    Parameters
+    ----------
+    out_dir : path-like
+    rows : sequence of dict
+        Rows of the group table (``subject, session, modality, region, map, units, mean,
+        rel_mean, reference_region``, ...).
+    groups : dict of str to str
+        ``{"sub-01": "control", ...}``; subjects missing from it are in group "n/a".
+    stats_rows, lesion_rows : sequence of dict
+        Rows of ``group_stats.tsv`` and ``group_lesions.tsv``.
+
+    Returns
+    -------
+    Path
+
+    Notes
+    -----
+    Per modality x map: strip/box plots of the region means per group (and of the values
+    relative to the reference region); subjects outlying within their group
+    (:func:`group_outliers`) are drawn as red crosses and listed. Lesions: the lesion and
+    perilesional-ring medians relative to the reference region, enhancing vs non-enhancing.
+    """
+    out_dir = Path(out_dir)
+    target = out_dir / filename
+    body: list[str] = []
+    series: dict[tuple, dict[str, dict[str, float]]] = {}
+    units: dict[tuple, str] = {}
+    for r in rows:
+        for measure in ("mean", "rel_mean"):
+            v = _num(r.get(measure))
+            if measure == "rel_mean" and not r.get("reference_region"):
+                continue
+            key = (r["modality"], r.get("session"), r["map"], measure)
+            series.setdefault(key, {}).setdefault(r["region"], {})[r["subject"]] = v
+            units[key] = "relative" if measure == "rel_mean" else str(r.get("units", ""))
+    flagged_lines = []
+    plots = []
+    for key in sorted(series, key=lambda k: tuple(str(x) for x in k)):
+        mod, ses, mp, measure = key
+        panels = []
+        for region, values in sorted(series[key].items()):
+            by_group: dict[str, list[float]] = {}
+            for s, v in sorted(values.items()):
+                by_group.setdefault(groups.get(s, "n/a"), []).append(v)
+            outl = group_outliers(values, groups)
+            for s, z in outl.items():
+                flagged_lines.append(
+                    f"{s} ({groups.get(s, 'n/a')}): {mod} {mp} {measure} in {region} = "
+                    f"{fmt(values[s])} (robust z {z:.1f})"
+                )
+            panels.append((region, by_group, [(groups.get(s, "n/a"), values[s]) for s in outl]))
+        if panels:
+            what = "relative to the reference region" if measure == "rel_mean" else units[key]
+            name = f"{mod} {mp}" + (f" {ses}" if ses else "")
+            plots.append(
+                figure(
+                    _strip_box(panels, what, f"{name}: region {measure} per subject"),
+                    f"{name} {measure} per group",
+                )
+            )
+    body.append(
+        box(
+            "warn" if flagged_lines else "ok",
+            f"{len(flagged_lines)} value(s) outlying within their group (|robust z| &gt; "
+            f"{OUTLIER_Z:g} and more than {100 * OUTLIER_MIN_REL:g}% from the group median)",
+        )
+    )
+    if flagged_lines:
+        body.append("<ul>" + "".join(f"<li>{esc(t)}</li>" for t in flagged_lines) + "</ul>")
+    if stats_rows:
+        body.append("<h2>Group comparisons</h2>")
+        body.append(
+            '<p class="muted">Welch 95% CI and p value; effect size: Hedges\' g; adjusted: '
+            "OLS with the covariates. All rows are in group_stats.tsv.</p>"
+        )
+        body.append(
+            table(
+                [[r.get(c) for c in GROUP_PAGE_STATS] for r in stats_rows],
+                header=GROUP_PAGE_STATS,
+                numeric=[
+                    c not in ("modality", "session", "map", "region", "measure", "group")
+                    for c in GROUP_PAGE_STATS
+                ],
+            )
+        )
+    body.append("<h2>Region values per group</h2>")
+    body += plots
+    if lesion_rows:
+        body.append("<h2>Lesions</h2>")
+        body += _lesion_section(lesion_rows)
+    when = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    html_text = page(
+        title, "cohort", body, subtitle=f"generated {esc(when)} by gpuperf {esc(__version__)}"
+    )
+    atomic_write_bytes(target, html_text.encode("utf-8"))
+    return target
+
+
+def _lesion_section(lesion_rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    out = []
+    by_map: dict[tuple, dict[str, list[float]]] = {}
+    for r in lesion_rows:
+        kind = {1: "enhancing", 0: "non-enhancing"}.get(_enh(r.get("enhancing")), "lesion")
+        d = by_map.setdefault((r["modality"], r["map"]), {})
+        d.setdefault(kind, []).append(_num(r.get("rel_median")))
+        d.setdefault("ring", []).append(_num(r.get("ring_rel_median")))
+    summary = []
+    for (mod, mp), d in sorted(by_map.items()):
+        for kind, v in d.items():
+            a = np.asarray(v, dtype=float)
+            a = a[np.isfinite(a)]
+            summary.append([mod, mp, kind, a.size, float(np.median(a)) if a.size else np.nan])
+    out.append(
+        '<p class="muted">Lesion and perilesional-ring medians relative to the reference '
+        "region (1 = as the reference). All rows are in group_lesions.tsv.</p>"
+    )
+    out.append(
+        table(
+            summary,
+            header=("modality", "map", "lesions", "n", "median of rel_median"),
+            numeric=[False, False, False, True, True],
+        )
+    )
+    for (mod, mp), d in sorted(by_map.items()):
+        png = _strip_box([("lesions", d, [])], "median / reference", f"{mod} {mp}: lesions")
+        out.append(figure(png, f"{mod} {mp} lesion ratios"))
+    return out
+
+
+def _enh(v: Any) -> int | None:
+    try:
+        return int(v)
+    except (TypeError, ValueError):
+        return None
