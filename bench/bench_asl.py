@@ -138,7 +138,6 @@ def test_asl_pipeline_end_to_end(benchmark, backend, phantom_200k, tmp_path):
             mask_path=phantom_200k["mask"],
             device=device,
             overwrite=True,
-            report=False,
         )
 
     res = benchmark.pedantic(run, rounds=3, iterations=1, warmup_rounds=0)

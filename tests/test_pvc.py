@@ -94,7 +94,7 @@ def test_run_asl_writes_corrected_maps(tmp_path):
     anat = s["masks_dir"] / "sub-01" / "anat"
     gm_p, wm_p = anat / "sub-01_label-GM_probseg.nii.gz", anat / "sub-01_label-WM_probseg.nii.gz"
     asl = s["root"] / "sub-01" / "perf" / "sub-01_asl.nii.gz"
-    res = run_asl(asl, tmp_path / "o", pv_gm=gm_p, pv_wm=wm_p, report=False)
+    res = run_asl(asl, tmp_path / "o", pv_gm=gm_p, pv_wm=wm_p)
     truth = json.loads(s["truth"].read_text())
     gm = nib.load(gm_p).get_fdata()
     cbf_gm = nib.load(res.outputs["cbf_gm"]).get_fdata()
@@ -106,4 +106,4 @@ def test_run_asl_writes_corrected_maps(tmp_path):
     assert side["Units"] == "ml/100g/min"
     assert "Asllani" in json.dumps(side)
     with pytest.raises(InputError, match="pv"):
-        run_asl(asl, tmp_path / "p", pv_gm=gm_p, report=False)
+        run_asl(asl, tmp_path / "p", pv_gm=gm_p)
