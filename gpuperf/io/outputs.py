@@ -318,7 +318,9 @@ def check_prefix(prefix: str) -> None:
         )
 
 
-def check_out_dir(out_dir: str | PathLike, inputs: Iterable[str | PathLike] = ()) -> None:
+def check_out_dir(
+    out_dir: str | PathLike, inputs: Iterable[str | PathLike] = (), flag: str = "--out"
+) -> None:
     """Check that ``out_dir`` can be a run's output folder: not a file, not an input, writable.
 
     A missing folder is created (with its parents): creating it and writing a probe file into
@@ -328,19 +330,19 @@ def check_out_dir(out_dir: str | PathLike, inputs: Iterable[str | PathLike] = ()
     resolved = out.resolve()
     for inp in inputs:
         if Path(inp).resolve() == resolved:
-            raise InputError(out, "--out", "is an input of this run; choose an output folder")
+            raise InputError(out, flag, "is an input of this run; choose an output folder")
     if out.exists() and not out.is_dir():
-        raise InputError(out, "--out", "exists and is not a folder")
+        raise InputError(out, flag, "exists and is not a folder")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise InputError(out, "--out", f"cannot create the folder ({exc.strerror})") from None
+        raise InputError(out, flag, f"cannot create the folder ({exc.strerror})") from None
     try:
         fd, tmp = tempfile.mkstemp(prefix=f"{TMP_PREFIX}p{os.getpid()}-", dir=out)
         os.close(fd)
         os.unlink(tmp)
     except OSError as exc:
-        raise InputError(out, "--out", f"cannot write here ({exc.strerror})") from None
+        raise InputError(out, flag, f"cannot write here ({exc.strerror})") from None
 
 
 def _naming_out_dir(method: Callable[..., Any]) -> Callable[..., Any]:
@@ -406,6 +408,8 @@ class OutputWriter:
         self._pending: list[tuple[Path, Path]] = []  # (temporary file, final path)
         self._sidecars: dict[Path, dict[str, Any]] = {}
         self._committed = False
+        #: QC extras staged so far (:func:`gpuperf.io.qc.stage_extra` merges into it).
+        self.qc_extra: dict[str, Any] = {}
         self._expected: set[str] = set()  # final names declared with expect()
         self._leftovers: set[str] | None = None  # names of this run's own interrupted set
         self._foreign: dict[str, Any] | None = None  # journal of an interrupted other run
