@@ -175,8 +175,8 @@ def test_stale_temp_files_of_dead_processes_are_removed(phantom, tmp_path):
     (stale_dir / outputs.OWNER_FILE).write_text(
         json.dumps({**outputs.owner_record(), "Pid": int(dead)})
     )
-    (out / f"{outputs.TMP_PREFIX}p{dead}-x").write_text("partial")
-    mine = out / f"{outputs.TMP_PREFIX}p{os.getpid()}-y"  # a live owner: left alone
+    (out / f"{outputs.TMP_PREFIX}{outputs.PID_TAG}{dead}-x").write_text("partial")
+    mine = out / f"{outputs.TMP_PREFIX}{outputs.PID_TAG}{os.getpid()}-y"  # a live owner: left alone
     mine.write_text("in use")
     r = _cli("dsc", phantom["series"], "--out", out, "-q", "--no-report")
     assert r.exit_code == 0, r.output

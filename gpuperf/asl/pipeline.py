@@ -314,7 +314,7 @@ def prepare_asl(
     if not has_diff:
         if pv is not None:
             raise InputError(
-                series.path, "pv_gm", "partial-volume correction needs control/label volumes"
+                series.path, "--pv-gm", "partial-volume correction needs control/label volumes"
             )
         if series.indices("cbf").size == 0:
             raise InputError(series.path, "volume_type", "no control, label, deltam or cbf volume")

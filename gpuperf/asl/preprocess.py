@@ -213,7 +213,7 @@ def reference_region_m0_blood(
     vals = vals[np.isfinite(vals)]
     if vals.size == 0 or not vals.mean() > 0:
         raise InputError(
-            path, "m0_ref_mask", "the reference region has no voxel with a positive finite M0"
+            path, "--m0-ref-mask", "the reference region has no voxel with a positive finite M0"
         )
     tr_corr = short_tr_factor(tr_s, props["t1_s"])
     te_corr = 1.0 if te_s is None else float(np.exp(te_s / props["t2_s"] - te_s / t2_blood_s))

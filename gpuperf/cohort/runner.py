@@ -561,16 +561,16 @@ def run_participants(
     bids_dir = Path(bids_dir)
     out_dir = Path(out_dir)
     if workers < 1:
-        raise InputError(None, "workers", f"must be >= 1, found {workers}")
+        raise InputError(None, "--workers", f"must be >= 1, found {workers}")
     if batch_voxels is not None and batch_voxels < 0:
-        raise InputError(None, "batch_voxels", f"must be >= 0, found {batch_voxels}")
+        raise InputError(None, "--batch-voxels", f"must be >= 0, found {batch_voxels}")
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(out_dir, "OUT_DIR", "exists and is not a folder")
     if out_dir.resolve() == bids_dir.resolve() or bids_dir.resolve() in out_dir.resolve().parents:
         if not out_dir.resolve().is_relative_to(bids_dir.resolve() / "derivatives"):
             raise InputError(
                 out_dir,
-                "out_dir",
+                "OUT_DIR",
                 "output folder must not be inside the BIDS dataset (except under derivatives/)",
             )
     cfg = config if isinstance(config, CohortConfig) else load_config(config)

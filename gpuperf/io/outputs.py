@@ -52,6 +52,8 @@ TMP_PREFIX = ".gpuperf-tmp-"
 JOURNAL_PREFIX = ".gpuperf-journal-"
 #: File in a temporary folder naming the process that owns it.
 OWNER_FILE = ".owner.json"
+#: Tag of the temporary files of :func:`atomic_write_bytes` (``.gpuperf-tmp-gppid<pid>-*``).
+PID_TAG = "gppid"
 #: Longest file name most file systems accept (bytes, NAME_MAX).
 NAME_MAX = 255
 
@@ -66,6 +68,10 @@ def _read_umask() -> int:
 _UMASK = _read_umask()
 
 
+def _pid_tag() -> str:
+    return f"{PID_TAG}{os.getpid()}"
+
+
 def atomic_write_bytes(path: str | PathLike, data: bytes, tag: str = "") -> None:
     """Write ``data`` to ``path`` through a temporary file in the same folder and a rename.
 
@@ -77,7 +83,7 @@ def atomic_write_bytes(path: str | PathLike, data: bytes, tag: str = "") -> None
     if _OPEN:
         _fault("report")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tag = tag or f"p{os.getpid()}"  # a later run removes it once this process is gone
+    tag = tag or _pid_tag()  # a later run removes it once this process is gone
     fd, tmp = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{tag}-", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
@@ -165,7 +171,7 @@ def sweep_stale(folder: str | PathLike) -> list[Path]:
     """Remove the hidden temporary folders and files of killed gpuperf runs in ``folder``.
 
     Only what names a dead owner is removed: folders with an :data:`OWNER_FILE`, files
-    ``.gpuperf-tmp-p<pid>-*`` of :func:`atomic_write_bytes`. Returns what was removed.
+    ``.gpuperf-tmp-gppid<pid>-*`` of :func:`atomic_write_bytes`. Returns what was removed.
     """
     folder = Path(folder)
     removed: list[Path] = []
@@ -181,9 +187,9 @@ def sweep_stale(folder: str | PathLike) -> list[Path]:
         with contextlib.suppress(OSError, ValueError):
             if entry.is_dir() and not entry.is_symlink():
                 owner = json.loads((entry / OWNER_FILE).read_text(encoding="utf-8"))
-            elif entry.name[len(TMP_PREFIX)] == "p":
-                pid = int(entry.name[len(TMP_PREFIX) + 1 :].split("-", 1)[0])
-                owner = {"Host": host, "Pid": pid}
+            elif entry.name.startswith(f"{TMP_PREFIX}{PID_TAG}"):
+                tag = entry.name[len(TMP_PREFIX) + len(PID_TAG) :].split("-", 1)[0]
+                owner = {"Host": host, "Pid": int(tag)}
         if not isinstance(owner, dict) or owner_alive(owner):
             continue
         with contextlib.suppress(OSError):
@@ -338,7 +344,7 @@ def check_out_dir(
     except OSError as exc:
         raise InputError(out, flag, f"cannot create the folder ({exc.strerror})") from None
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f"{TMP_PREFIX}p{os.getpid()}-", dir=out)
+        fd, tmp = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{_pid_tag()}-", dir=out)
         os.close(fd)
         os.unlink(tmp)
     except OSError as exc:
