@@ -444,3 +444,16 @@ def test_inherited_field_is_blamed_on_the_file_that_holds_it(tmp_path):
     (res,) = run.results
     assert res.status == "failed"
     assert res.error.startswith(f"{root / 'dsc.json'}: EchoTime"), res.error
+
+
+def test_interrupt_drops_staged_folders_of_uncommitted_writers(tmp_path):
+    """Ctrl-C during a fit: the staged folder (e.g. early QC warnings) goes; nothing else."""
+    w = outputs.OutputWriter(tmp_path, "x")
+    w.add_json("a", {"k": 1})
+    done = outputs.OutputWriter(tmp_path, "y")
+    done.add_json("b", {"k": 2})
+    done.commit()
+    assert len(_hidden(tmp_path)) == 1
+    outputs.abort_staged()
+    assert _hidden(tmp_path) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["y_b.json"]

@@ -43,7 +43,8 @@ MemoryOption = typer.Option(
 
 def one_line(message: str) -> str:
     """``message`` on one line (a path or a sidecar value may hold a line break)."""
-    return " ".join(str(message).split()) or "(no message)"
+    lines = [ln.strip() for ln in str(message).splitlines()]
+    return " ".join(ln for ln in lines if ln) or "(no message)"
 
 
 def fail(message: str, code: int = 2) -> None:
@@ -88,12 +89,15 @@ def handle_errors(fn: F) -> F:
                 warnings.simplefilter("ignore", RuntimeWarning)
                 return fn(*args, **kwargs)
         except GpuperfError as exc:
+            outputs.abort_staged()
             outputs.release_journals()
             fail(str(exc), exc.exit_code)
         except OSError as exc:
+            outputs.abort_staged()
             outputs.release_journals()
             fail(os_error_message(exc), 2)
         except KeyboardInterrupt:
+            outputs.abort_staged()
             print(f"interrupted: {outputs.interruption_summary()}", file=sys.stderr)
             outputs.release_journals()
             raise typer.Exit(130) from None

@@ -34,6 +34,7 @@ import os
 import shutil
 import socket
 import tempfile
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from os import PathLike
 from pathlib import Path
@@ -290,6 +291,18 @@ def interruption_summary() -> str:
     return "; ".join(parts)
 
 
+#: Writers of this process with a staged folder not yet committed (see :func:`abort_staged`).
+_STAGING: weakref.WeakSet[OutputWriter] = weakref.WeakSet()
+
+
+def abort_staged() -> None:
+    """Drop the staged folders of every uncommitted writer of this process (an interrupted
+    command cleans up after itself; final names are untouched)."""
+    for writer in list(_STAGING):
+        if not writer._committed:
+            writer.abort()
+
+
 def release_journals() -> None:
     """Close this process's open journals, leaving them on disk (e.g. after a failed report):
     the set is incomplete and the next run of the same command completes it."""
@@ -512,6 +525,7 @@ class OutputWriter:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             self._tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=self.out_dir))
             (self._tmp / OWNER_FILE).write_text(json.dumps(owner_record()), encoding="utf-8")
+            _STAGING.add(self)
         tmp = self._tmp / final.name
         self._pending = [(t, f) for t, f in self._pending if f != final]
         self._pending.append((tmp, final))
