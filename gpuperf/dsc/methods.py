@@ -65,6 +65,10 @@ class Subject:
         (NaN unless the method computes it).
     residue : backend array (V, N) or None
         Filled when the caller asked for residues.
+    leakage_maps : dict
+        Per-voxel maps of the leakage correction (``k2``, ``kep``; host arrays).
+    time_offsets : ndarray (V,) or None
+        Slice time of each voxel minus the AIF's (s; 2D readouts).
     """
 
     dr2s: Any
@@ -83,6 +87,8 @@ class Subject:
     residue: Any = None
     plan: Any = None
     chunks: list = field(default_factory=list)
+    leakage_maps: dict = field(default_factory=dict)
+    time_offsets: np.ndarray | None = None
 
 
 class Deconvolution:
@@ -168,7 +174,19 @@ class SSVD(OperatorMethod):
 
     def plan(self, aif, dt_s, options, dtype, xp):
         thr = options.resolved_threshold
-        return xp.asarray(dec.truncated_pinv(dec.toeplitz_matrix(aif, dt_s), thr).T, dtype=dtype)
+        matrix = dec.toeplitz_matrix(aif, dt_s, options.discretisation)
+        return xp.asarray(dec.truncated_pinv(matrix, thr).T, dtype=dtype)
+
+
+def _rectangle_only(method: Deconvolution, options: DSCOptions) -> None:
+    """Circulant methods have no causal origin for the edge weights of trapezoid/Volterra."""
+    if options.discretisation != "rectangle":
+        raise InputError(
+            None,
+            "--discretisation",
+            f"{options.discretisation!r} weights need a causal (Toeplitz) matrix; "
+            f"--method {method.name} is block-circulant: use rectangle, or ssvd/tikhonov",
+        )
 
 
 class CSVD(OperatorMethod):
@@ -176,15 +194,29 @@ class CSVD(OperatorMethod):
     description = "block-circulant SVD, delay-insensitive (Wu 2003)"
     default_threshold = dec.CSVD_THRESHOLD
 
+    def check(self, options):
+        _rectangle_only(self, options)
+
     def plan(self, aif, dt_s, options, dtype, xp):
         return xp.asarray(dec.csvd_operator(aif, dt_s, options.resolved_threshold), dtype=dtype)
 
 
 class Tikhonov(OperatorMethod):
     name = "tikhonov"
-    description = "Tikhonov filter on the block-circulant, fixed mu or GCV (Calamante 2003)"
+    description = (
+        "Tikhonov filter, fixed mu or GCV (Calamante 2003): block-circulant, or causal "
+        "Toeplitz with trapezoid/Volterra weights"
+    )
+
+    def plan(self, aif, dt_s, options, dtype, xp):
+        if options.discretisation == "rectangle":
+            return None
+        # trapezoid/Volterra: the causal Toeplitz matrix, filtered in its SVD basis
+        return dec.toeplitz_svd(aif, dt_s, options.discretisation)
 
     def apply(self, conc, plan, aif, dt_s, options, xp):
+        if plan is not None:
+            return dec.tikhonov_svd(conc, plan, options.mu, xp)
         return dec.tikhonov(conc, aif, dt_s, options.mu, xp)
 
 
@@ -193,6 +225,9 @@ class OSVD(Deconvolution):
     description = "oscillation-index SVD: lowest threshold with OI < limit per voxel (Wu 2003)"
     work_arrays = 8
     flags = (Status.OSVD_NO_PASS,)
+
+    def check(self, options):
+        _rectangle_only(self, options)
 
     def plan(self, aif, dt_s, options, dtype, xp):
         return osvd_mod.make_plan(aif, dt_s, options.osvd_thresholds)
