@@ -130,10 +130,10 @@ def bsw_correct(
 #: Bidirectional leakage: the residue tail fitted starts this long after Tmax (s); the option
 #: ``DSCOptions.leakage_tail_s``.
 TAIL_S = 30.0
-#: Efflux-rate grid (1/s) of the bidirectional fit: 0 .. 0.1 1/s (0 .. 6 1/min).
-KEP_GRID = np.linspace(0.0, 0.1, 201)
-#: Relative SVD threshold of the circulant deconvolution giving the apparent residue.
-BIDIRECTIONAL_THRESHOLD = 0.1
+#: Efflux-rate grid (1/s) of the bidirectional fit: 0 .. 0.05 1/s (0 .. 3 1/min).
+KEP_GRID = np.linspace(0.0, 0.05, 101)
+#: Relative SVD threshold of the (Toeplitz) deconvolution giving the apparent residue.
+BIDIRECTIONAL_THRESHOLD = 0.01
 #: Fewest tail samples for the bidirectional fit; fewer: that voxel is left uncorrected.
 MIN_TAIL_SAMPLES = 5
 
@@ -170,16 +170,22 @@ def bidirectional_correct(
         ``k2`` (1/s; > 0: T1 leakage, < 0: T2* leakage), ``kep`` (1/s), ``tail_start``.
         Voxels whose tail is shorter than :data:`MIN_TAIL_SAMPLES` keep K2 = kep = 0.
     """
-    from gpuperf.dsc.deconvolution import csvd_operator
+    from gpuperf.dsc.deconvolution import toeplitz_matrix, truncated_pinv
 
     v, n = dr2s.shape
     dtype = dr2s.dtype
-    op = xp.asarray(csvd_operator(aif, dt_s, BIDIRECTIONAL_THRESHOLD), dtype=dtype)
-    r = dr2s @ op  # apparent residue (V, N), 1/s
+    # causal (Toeplitz) deconvolution: the leaky curves do not return to baseline, which a
+    # block-circulant would wrap around onto the residue's start
+    pinv = truncated_pinv(toeplitz_matrix(aif, dt_s), BIDIRECTIONAL_THRESHOLD)
+    r = dr2s @ xp.asarray(pinv.T, dtype=dtype)  # apparent residue (V, N), 1/s
     t = np.arange(n) * dt_s
     i0 = xp.argmax(r, axis=1)  # bolus arrival in the residue domain
     start = i0 + int(np.ceil(tail_s / dt_s))
-    w = (xp.arange(n)[None, :] >= start[:, None]).astype(dtype)  # tail mask (V, N)
+    # lag k of the residue is seen only by frames k + (AIF onset) and later: the last lags,
+    # beyond N - 1 - (AIF peak), are not determined by the data (truncation pins them)
+    end = n - int(np.argmax(np.asarray(aif)))
+    lag = xp.arange(n)[None, :]
+    w = ((lag >= start[:, None]) & (lag < end)).astype(dtype)  # tail mask (V, N)
     # r*(t) ~ -K2' exp(-kep t) on the tail; K2' = K2 exp(kep t0) absorbs each voxel's t0
     e = np.exp(-np.outer(KEP_GRID, t))  # (G, N)
     num = (w * r) @ xp.asarray(e.T, dtype=dtype)  # (V, G)
