@@ -365,3 +365,51 @@ def test_discretisation_on_the_emulated_gpu(emulated_gpu, method, disc):
     for name in ("cbf", "cbv", "mtt", "tmax", "threshold"):
         np.testing.assert_allclose(getattr(gpu, name), getattr(cpu, name), rtol=1e-7, atol=1e-9)
     assert residue(np.array([0.0]), "box", 4.0)[0] == 1.0
+
+
+# -- the file pipeline and the CLI ----------------------------------------------------------------
+def test_pipeline_writes_relative_and_efflux_maps_with_slice_timing(tmp_path):
+    from typer.testing import CliRunner
+
+    from gpuperf.cli import app
+    from gpuperf.dsc.simulate import write_phantom
+
+    ph = write_phantom(tmp_path / "ph", shape=(12, 12, 3), n_frames=50, noise_sd=0.0)
+    side = json.loads(ph["series"].with_suffix("").with_suffix(".json").read_text())
+    side["SliceTiming"] = [0.0, 1.0, 0.5]
+    ph["series"].with_suffix("").with_suffix(".json").write_text(json.dumps(side))
+    args = [
+        "dsc",
+        str(ph["series"]),
+        "--out",
+        str(tmp_path / "out"),
+        "--ref-mask",
+        str(ph["brainmask"]),
+        "--leakage",
+        "bidirectional",
+        "--skip",
+        "2",
+        "--device",
+        "cpu",
+        "--no-report",
+    ]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    out = tmp_path / "out"
+    for name in ("rcbf", "rcbv", "rmtt", "k2", "kep"):
+        sc = json.loads((out / f"phantom_dsc_{name}.json").read_text())
+        assert sc["Units"] == ("1/s" if name in ("k2", "kep") else "1")
+        assert sc["Parameters"]["SkipFrames"] == 2
+        assert sc["Parameters"]["Leakage"] == "bidirectional"
+    rcbv = np.asarray(nib.load(str(out / "phantom_dsc_rcbv.nii.gz")).dataobj)
+    brain = np.asarray(nib.load(str(ph["brainmask"])).dataobj) > 0
+    assert abs(np.nanmean(rcbv[brain]) - 1.0) < 0.05
+    aif_side = json.loads((out / "phantom_dsc_aif.json").read_text())
+    assert aif_side["SliceTime_s"] in (0.0, 1.0, 0.5)  # the artery column spans all slices
+    assert len((out / "phantom_dsc_aif.tsv").read_text().splitlines()) == 1 + 48
+    # a bad SliceTiming is one line naming the sidecar and the field, exit 2
+    side["SliceTiming"] = [0.0, -1.0, 0.5]
+    ph["series"].with_suffix("").with_suffix(".json").write_text(json.dumps(side))
+    res = CliRunner().invoke(app, [*args[:3], str(tmp_path / "out2"), *args[4:]])
+    assert res.exit_code == 2 and "SliceTiming" in res.output and "phantom_dsc.json" in res.output
+    assert not (tmp_path / "out2").exists()

@@ -281,7 +281,7 @@ def prepare_dsc(
             img.data, aif=aif_arg, mask=mask, ref_mask=ref, slice_times_s=slice_times
         )
     # the AIF is final now: draw its plot on a side thread while the deconvolution runs
-    aif_png = _plot_pool().submit(_aif_png, np.arange(n_t) * tr, np.array(data.aif))
+    aif_png = _plot_pool().submit(_aif_png, np.arange(data.aif.size) * tr, np.array(data.aif))
     return PreparedDSCRun(
         aif_png=aif_png,
         series_path=series_path,
