@@ -131,8 +131,8 @@ class DSCModel:
         Bytes per chunk of voxels.
     **option_values
         Any field of :class:`DSCOptions` (threshold, osvd_thresholds, oi_limit, mu, leakage,
-        kh, rho, baseline, gamma_fit_aif, aif_auc_percentile, aif_roughness_percentile,
-        aif_clusters).
+        leakage_tail_s, discretisation, kh, rho, baseline, skip, slice_timing, gamma_fit_aif,
+        aif_auc_percentile, aif_roughness_percentile, aif_clusters).
     """
 
     def __init__(

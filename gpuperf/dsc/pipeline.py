@@ -536,9 +536,11 @@ def run_dsc(
         overwrite policy now; when given, ``<prefix>_qc.npz`` (the report's QC curves) is
         written too.
     **option_values
-        Fields of :class:`DSCOptions` (method, leakage, te_s, tr_s, baseline, kh, rho,
-        threshold, osvd_thresholds, oi_limit, mu, gamma_fit_aif, aif_auc_percentile,
-        aif_roughness_percentile, aif_clusters).
+        Fields of :class:`DSCOptions` (method, leakage, leakage_tail_s, discretisation, te_s,
+        tr_s, baseline, skip, slice_timing, kh, rho, threshold, osvd_thresholds, oi_limit, mu,
+        gamma_fit_aif, aif_auc_percentile, aif_roughness_percentile, aif_clusters). With
+        ``slice_timing`` (default) a ``SliceTiming`` in the sidecar corrects Tmax and TTP to
+        the AIF's slice time (:func:`slice_time_map`).
 
     Returns
     -------
