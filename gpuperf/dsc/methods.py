@@ -107,6 +107,10 @@ class Deconvolution:
         Working memory per voxel in units of ``4 * N * itemsize`` bytes (for chunking).
     flags : tuple of Status
         Status flags the method itself may set (for the status map's sidecar).
+    discretisations : tuple of str
+        ``DSCOptions.discretisation`` values it implements (:data:`gpuperf.dsc.deconvolution.
+        DISCRETISATIONS`); others are refused naming ``--discretisation``. Block-circulant
+        methods take ``rectangle`` only: the edge weights need a causal origin.
     """
 
     name: str = ""
@@ -114,6 +118,7 @@ class Deconvolution:
     default_threshold: float | None = None
     work_arrays: int = 6
     flags: tuple[Status, ...] = ()
+    discretisations: tuple[str, ...] = ("rectangle",)
 
     def memory_per_voxel(self, n_frames: int, itemsize: int) -> int:
         """Bytes of working memory one voxel of ``n_frames`` needs."""
@@ -171,6 +176,7 @@ class SSVD(OperatorMethod):
     name = "ssvd"
     description = "standard truncated SVD, lower-triangular Toeplitz (Ostergaard 1996)"
     default_threshold = dec.SSVD_THRESHOLD
+    discretisations = dec.DISCRETISATIONS
 
     def plan(self, aif, dt_s, options, dtype, xp):
         thr = options.resolved_threshold
@@ -178,24 +184,10 @@ class SSVD(OperatorMethod):
         return xp.asarray(dec.truncated_pinv(matrix, thr).T, dtype=dtype)
 
 
-def _rectangle_only(method: Deconvolution, options: DSCOptions) -> None:
-    """Circulant methods have no causal origin for the edge weights of trapezoid/Volterra."""
-    if options.discretisation != "rectangle":
-        raise InputError(
-            None,
-            "--discretisation",
-            f"{options.discretisation!r} weights need a causal (Toeplitz) matrix; "
-            f"--method {method.name} is block-circulant: use rectangle, or ssvd/tikhonov",
-        )
-
-
 class CSVD(OperatorMethod):
     name = "csvd"
     description = "block-circulant SVD, delay-insensitive (Wu 2003)"
     default_threshold = dec.CSVD_THRESHOLD
-
-    def check(self, options):
-        _rectangle_only(self, options)
 
     def plan(self, aif, dt_s, options, dtype, xp):
         return xp.asarray(dec.csvd_operator(aif, dt_s, options.resolved_threshold), dtype=dtype)
@@ -207,6 +199,7 @@ class Tikhonov(OperatorMethod):
         "Tikhonov filter, fixed mu or GCV (Calamante 2003): block-circulant, or causal "
         "Toeplitz with trapezoid/Volterra weights"
     )
+    discretisations = dec.DISCRETISATIONS
 
     def plan(self, aif, dt_s, options, dtype, xp):
         if options.discretisation == "rectangle":
@@ -225,9 +218,6 @@ class OSVD(Deconvolution):
     description = "oscillation-index SVD: lowest threshold with OI < limit per voxel (Wu 2003)"
     work_arrays = 8
     flags = (Status.OSVD_NO_PASS,)
-
-    def check(self, options):
-        _rectangle_only(self, options)
 
     def plan(self, aif, dt_s, options, dtype, xp):
         return osvd_mod.make_plan(aif, dt_s, options.osvd_thresholds)

@@ -242,8 +242,15 @@ class DSCOptions(Options):
         super().__post_init__()
 
     def _check(self) -> None:
-        if self.discretisation != "rectangle":
-            self.deconvolution.check(self)
+        allowed = self.deconvolution.discretisations
+        if self.discretisation not in allowed:
+            raise InputError(
+                None,
+                "--discretisation",
+                f"--method {self.method} takes {', '.join(allowed)}; found "
+                f"{self.discretisation!r} (trapezoid/Volterra weights need a causal Toeplitz "
+                "matrix: sSVD or Tikhonov)",
+            )
 
     # -- derived ---------------------------------------------------------------------------
     @property
