@@ -245,9 +245,7 @@ def fit_kinetic(
     data = GroupedFit(model, y, offset, common)
     lower = np.array([model.cbf_bounds[0], model.att_bounds[0]])
     upper = np.array([model.cbf_bounds[1], model.att_bounds[1]])
-    params, chi2, status, n_iter, stderr = data.fit(
-        model.kinetics.tissue, p0[:, :2], lower, upper
-    )
+    params, chi2, status, n_iter, stderr = data.fit(model.kinetics.tissue, p0[:, :2], lower, upper)
     snap_kinks(model, data, params, stderr, chi2, status)
     if model.arterial:
         params, stderr, chi2, status, n_iter = fit_arterial(

@@ -32,7 +32,8 @@ def snap_kinks(model: Any, data: Any, params, stderr, chi2, status) -> None:
     For voxels stopped at the iteration limit (``Status.MAX_ITER``) with ATT within
     :data:`KINK_TOLERANCE_S` of a kink, ATT is set to the kink and CBF refitted with ATT
     fixed; the result is kept when chi2 does not increase, with status ``Status.AT_KINK``.
-    The standard errors come from J^T J at that point with both parameters free (one-sided J). A voxel with a slice-time offset ``dt`` has its kinks at ``kink + dt``.
+    The standard errors come from J^T J at that point with both parameters free (one-sided
+    J). A voxel with a slice-time offset ``dt`` has its kinks at ``kink + dt``.
 
     Parameters
     ----------
