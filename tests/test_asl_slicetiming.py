@@ -260,3 +260,22 @@ def test_slice_timed_fit_one_launch_on_emulated_gpu(emulated_gpu, arterial):
     if not arterial:  # (the arterial part may take up noise: truth checked in test_asl_fit)
         ok = a.status == 0
         np.testing.assert_allclose(a.cbf[ok], truth[ok, 0], rtol=0.02)
+
+
+def test_accuracy_benchmark_rows_for_2d_data():
+    from gpuperf.benchmarks.accuracy import TSV_COLUMNS, asl_slice_timing_accuracy
+
+    rows = asl_slice_timing_accuracy(60, seed=1, device="cpu")
+    assert rows and all(set(TSV_COLUMNS) <= set(r) for r in rows)
+
+    def bias(method, value, q="cbf"):
+        (r,) = [r for r in rows if (r["method"], r["value"], r["quantity"]) == (method, value, q)]
+        return r["median_bias"]
+
+    for v in (0.0, 0.3, 0.6):
+        assert abs(bias("gkm_2d", v)) < 4.0 and abs(bias("gkm_2d", v, "att")) < 0.05
+    assert bias("gkm_2d_ignored", 0.75) < -25.0  # e^{-0.75/1.65} - 1 = -37 %
+    assert bias("gkm_2d_ignored", 0.75, "att") < -0.6
+    drift_ok = bias("consensus_2d", 0.75) - bias("consensus_2d", 0.0)
+    drift_bad = bias("consensus_2d_ignored", 0.75) - bias("consensus_2d_ignored", 0.0)
+    assert abs(drift_bad) > 2.5 * abs(drift_ok)
