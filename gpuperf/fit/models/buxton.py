@@ -275,7 +275,7 @@ class SliceTimed(Model):
         self.default_upper = (*base.default_upper, float("inf"))
 
     def evaluate(self, xp: Any, p: Any, x: Any, c: Any) -> tuple[Any, Any]:
-        """Value (V, N) and Jacobian (V, N, P + 1) at ``t + dt`` of each voxel (dt: ``p[:, -1]``)."""
+        """Value (V, N) and Jacobian (V, N, P + 1) at ``t + dt`` of each voxel (dt = p[:, -1])."""
         t = x[:, 0][None, :] + p[:, -1:]
         f, jac = self.base.evaluate_at(xp, p[:, :-1], t, x[:, 1][None, :], c)
         return f, xp.concatenate([jac, xp.zeros_like(jac[..., :1])], axis=-1)
