@@ -152,9 +152,11 @@ class ASLModel:
         self.pld_s = np.atleast_1d(np.asarray(pld_s, dtype=np.float64))
         self.tau_s = np.broadcast_to(np.asarray(tau_s, dtype=np.float64), self.pld_s.shape).copy()
         if not np.all(np.isfinite(self.pld_s)) or np.any(self.pld_s < 0):
-            raise InputError(None, "pld_s", "PLDs must be finite and >= 0 s")
+            raise InputError(None, "PostLabelingDelay", "PLDs must be finite and >= 0 s")
         if not np.all(np.isfinite(self.tau_s)) or np.any(self.tau_s <= 0):
-            raise InputError(None, "tau_s", "labelling/bolus durations must be finite and > 0 s")
+            raise InputError(
+                None, "LabelingDuration", "labelling/bolus durations must be finite and > 0 s"
+            )
         n_pld = np.unique(np.round(self.pld_s, 6)).size
         self.method = resolve_method(opts.model, n_pld)
         if opts.arterial and (

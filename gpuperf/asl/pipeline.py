@@ -24,6 +24,7 @@ from gpuperf.asl.bids import ASLSeries, read_asl_series, slice_time_offsets
 from gpuperf.asl.kinetics import METHODS
 from gpuperf.asl.model import OK_FLAGS, STATUS_FLAGS, ASLFit, ASLModel
 from gpuperf.asl.options import ASLOptions, check_sidecar
+from gpuperf.asl.plausibility import check_asl_samples, check_asl_signal, publish_warnings
 from gpuperf.asl.preprocess import (
     REFERENCE_TISSUES,
     difference_samples,
@@ -314,6 +315,7 @@ def prepare_asl(
         m0_for_fit = None  # M0Type Absent: only a series of cbf volumes can be used
 
     # ---- samples ---------------------------------------------------------------------------
+    check_asl_signal(image.data, asl_path)  # all-zero / all-NaN: nothing to quantify
     types = series.volume_types
     has_diff = any(t in ("control", "label", "deltam") for t in types)
     with rep.status("gathering voxels"):
@@ -334,7 +336,7 @@ def prepare_asl(
     if not has_diff:
         if pv is not None:
             raise InputError(
-                series.path, "pv_gm", "partial-volume correction needs control/label volumes"
+                series.path, "--pv-gm", "partial-volume correction needs control/label volumes"
             )
         if series.indices("cbf").size == 0:
             raise InputError(series.path, "volume_type", "no control, label, deltam or cbf volume")
@@ -421,6 +423,8 @@ def prepare_asl(
     if METHODS[asl_model.method].fits or notes:
         writer.expect(["qc"], ext=".npz")
     _expect_extra(writer, extra_outputs)
+    warns = check_asl_samples(samples, series.is_pasl, js, asl_path)
+    publish_warnings(warns, rep, writer if extra_outputs else None)
     constants = {
         "LabelingEfficiencySource": alpha_src,
         "T1BloodSource": "command line" if opts.t1_blood_s is not None else "MagneticFieldStrength",

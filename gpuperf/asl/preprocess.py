@@ -276,7 +276,7 @@ def reference_region_m0_blood(
     vals = vals[np.isfinite(vals)]
     if vals.size == 0 or not vals.mean() > 0:
         raise InputError(
-            path, "m0_ref_mask", "the reference region has no voxel with a positive finite M0"
+            path, "--m0-ref-mask", "the reference region has no voxel with a positive finite M0"
         )
     if relaxation not in ("T2", "T2*"):
         raise ValueError(f"relaxation must be 'T2' or 'T2*', got {relaxation!r}")
