@@ -7,8 +7,10 @@ known, so every warning and number in the report can be checked against it.
 
 from __future__ import annotations
 
+import base64
 import re
 from html.parser import HTMLParser
+from xml.etree import ElementTree
 from pathlib import Path
 
 import nibabel as nib
@@ -184,7 +186,15 @@ def assert_self_contained(path: Path) -> _Refs:
     """Every image is a data URI, every link an anchor of the page or an existing local file."""
     text = path.read_text(encoding="utf-8")
     refs = references(path)
-    assert all(s.startswith("data:image/png;base64,") for s in refs.src), refs.src[:3]
+    for src in refs.src:  # PNG images or SVG plots, each a complete document
+        kind, _, payload = src.partition(";base64,")
+        assert kind in ("data:image/png", "data:image/svg+xml"), src[:40]
+        raw = base64.b64decode(payload)
+        if kind == "data:image/png":
+            assert raw[:8] == b"\x89PNG\r\n\x1a\n" and raw.endswith(b"IEND\xaeB`\x82"), src[:40]
+        else:
+            root = ElementTree.fromstring(raw)
+            assert root.tag == "{http://www.w3.org/2000/svg}svg" and float(root.get("width")) > 0
     for h in refs.href:
         if h.startswith("#"):
             assert h[1:] in refs.ids, f"anchor {h} has no target"
