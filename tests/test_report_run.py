@@ -10,8 +10,8 @@ from __future__ import annotations
 import base64
 import re
 from html.parser import HTMLParser
-from xml.etree import ElementTree
 from pathlib import Path
+from xml.etree import ElementTree
 
 import nibabel as nib
 import numpy as np

@@ -236,8 +236,16 @@ def voxels_on_slice(
     grey = np.clip(np.where(np.isfinite(sl), (sl - lo) / (hi - lo), 0.0) * 255, 0, 255)
     sx, sy = raster.scale_factors(b.shape[0], b.shape[1], zy / zx, panel_px=288)
     img = raster.upscale(np.repeat(grey.astype(np.uint8)[..., None], 3, axis=2), sx, sy)
-    sel = raster.upscale(c[:, ::-1, k].T, sx, sy)
-    ring = raster.outline(sel)
+    # a red square around each chosen voxel (one voxel of margin, two pixels thick), as the
+    # scatter markers of the matplotlib figure were: a single voxel stays visible
+    sel = c[:, ::-1, k].T
+    grown = np.zeros_like(sel)
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            grown |= np.roll(np.roll(sel, dy, axis=0), dx, axis=1)
+    big = raster.upscale(grown, sx, sy)
+    ring = raster.outline(big)
+    ring |= raster.outline(big & ~ring)
     img[ring] = (255, 0, 0)
     return raster.png_bytes(img)
 
