@@ -103,6 +103,9 @@ def run_overlapped(
                     yield waiting.popleft().result()
                 yield result
                 continue
+            except BaseException:  # an interrupt: remove this job's scratch, as run_job does
+                oj.close()
+                raise
             if not wants_report(opts):  # nothing slow left: publish here
                 while waiting:
                     yield waiting.popleft().result()
