@@ -294,3 +294,72 @@ def test_cohort_dsc_batching(benchmark, backend, dsc_small_cohort, batch, tmp_pa
     root, tmp = dsc_small_cohort
     note = f"{DSC_SUBJECTS} small DSC subjects"
     _batching_run(benchmark, backend, root, tmp, tmp_path, "dsc", "dsc_osvd", batch, note)
+
+
+# -- as users run it: reports on (the default), 100 subjects of each modality -----------------
+#: Subjects of the default-run cohort benchmark (issue 12: subjects per hour for 100 subjects).
+DEFAULT_SUBJECTS = 100
+
+
+def _copy_cohort(src_root, dst_root, n):
+    """``n`` subjects, each a copy of ``src_root``'s first subject (same I/O as distinct ones)."""
+    first = sorted(p for p in src_root.iterdir() if p.name.startswith("sub-"))[0]
+    dst_root.mkdir()
+    for p in src_root.iterdir():
+        if p.is_file():
+            shutil.copyfile(p, dst_root / p.name)
+    for i in range(1, n + 1):
+        sub = f"sub-{i:03d}"
+        perf = dst_root / sub / "perf"
+        perf.mkdir(parents=True)
+        for f in (first / "perf").iterdir():
+            shutil.copyfile(f, perf / f.name.replace(first.name, sub))
+    return dst_root
+
+
+@pytest.mark.parametrize("modality", ["dsc", "asl"])
+def test_cohort_default_run(benchmark, backend, cohort, asl_cohort, modality, tmp_path):
+    """``gpuperf run ... participant`` as users run it: reports on (drawn in a background
+    thread while the next subject computes, :mod:`gpuperf.cohort.reporting`), two subjects read
+    ahead. ``extra_info``: subjects per hour; the sums over subjects of staging (read:
+    decompression + merged sidecars), pipeline time, of which the fit, report and publish
+    seconds (logs/jobs.tsv); ``not_kernel_over_read`` = (wall - sum of fit seconds) / sum of
+    staging seconds (issue-12 target <= 1.5)."""
+    src = cohort[0] if modality == "dsc" else asl_cohort[0]
+    root = _copy_cohort(src, tmp_path / "bids", DEFAULT_SUBJECTS)
+    device = "gpu" if backend.name == "cupy" else "cpu"
+    runs = []
+    outs = iter(range(100))
+
+    def setup():
+        out = tmp_path / f"out{next(outs)}"
+        shutil.rmtree(out, ignore_errors=True)
+        return (out,), {}
+
+    def run(out):
+        r = run_participants(
+            root, out, modality=[modality], device=device, prefetch=2, work_dir=tmp_path / "w"
+        )
+        assert r.exit_code == 0, [x.error for x in r.failed]
+        runs.append(r)
+
+    benchmark.pedantic(run, setup=setup, rounds=1, iterations=1, warmup_rounds=0)
+    last = runs[-1]
+    sums = {k: sum(getattr(r, k) for r in last.results) for k in
+            ("stage_s", "compute_s", "fit_s", "report_s", "publish_s")}  # fmt: skip
+    record(
+        benchmark,
+        stage="cohort.default",
+        method="osvd" if modality == "dsc" else "buxton_pcasl",
+        voxels=DEFAULT_SUBJECTS,
+        backend=backend,
+        variant=modality,
+        note=f"{DEFAULT_SUBJECTS} {modality.upper()} subjects, reports on (background), "
+        "prefetch 2; voxels = subjects",
+        subjects=DEFAULT_SUBJECTS,
+        subjects_per_hour=round(3600 * DEFAULT_SUBJECTS / last.wall_s, 1),
+        wall_s=round(last.wall_s, 3),
+        **{f"sum_{k}": round(v, 3) for k, v in sums.items()},
+        not_kernel_over_read=round((last.wall_s - sums["fit_s"]) / max(sums["stage_s"], 1e-9), 2),
+        loadavg_1m=round(__import__("os").getloadavg()[0], 2),
+    )

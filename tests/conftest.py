@@ -64,6 +64,7 @@ def emulated_gpu(monkeypatch):
     monkeypatch.delenv("GPUPERF_DISABLE_GPU", raising=False)
     monkeypatch.setattr(fake, "STATE", type(fake.STATE)(**vars(fake.STATE)))
     fake.STATE.launches = []
+    fake.STATE.uploads, fake.STATE.downloads = [], []
     backend.gpu_status.cache_clear()
     source._MODULES.clear()
     yield fake

@@ -36,6 +36,8 @@ STATE = SimpleNamespace(
     total_bytes=4 * 2**30,
     nvrtc=True,
     launches=[],  # (expression, grid, block) of every kernel launch
+    uploads=[],  # (shape, nbytes) of every host -> device copy (cupy.asarray/array of NumPy)
+    downloads=[],  # (shape, nbytes) of every device -> host copy (.get(), cupy.asnumpy)
 )
 
 _HOST_MSG = (
@@ -111,6 +113,7 @@ class ndarray:  # noqa: N801  (CuPy's name)
     # explicit transfers
     def get(self, stream: Any = None, order: str = "C", out: Any = None) -> np.ndarray:
         a = self._a
+        STATE.downloads.append((a.shape, a.nbytes))
         if a.flags.f_contiguous and not a.flags.c_contiguous:
             return np.array(a, order="F", copy=True)
         return np.array(a, order="C", copy=True)
@@ -213,6 +216,7 @@ def _function(fn: Any, name: str) -> Any:
                 out = np.asarray(src._a, *_unwrap(a[1:]), **_unwrap(k))
                 return src if out is src._a else ndarray(out)
             host = np.array(_unwrap(src, upload=True), *a[1:], **k)  # a copy: "device" memory
+            STATE.uploads.append((host.shape, host.nbytes))
             return ndarray(host)
         return _call(fn, a, k)
 

@@ -327,3 +327,22 @@ def test_results_md_includes_accuracy_summary(tmp_path):
     assert "## Method accuracy" in text
     assert "| dsc | delay_s=3 | osvd | -45.3 | 4.2 | -45.0 | 500/500 |" in text
     assert "osipy cSVD minus osipy sSVD CBF, max |difference|: 0.0" in text
+
+
+def test_details_lines_and_whole_process_vs_scipy():
+    row = table.BenchRow
+    rows = [
+        row("a", "cli.asl", "buxton_pcasl", "numpy", "cpu", 200_000, 4.0, variant="default+report",
+            extra={"loadavg_1m": 1.5, "note": "not shown"}),
+        row("b", "asl.fit", "buxton_pcasl", "scipy", "cpu", 500, 1.0, baseline="scipy_loop"),
+        row("c", "report.run", "osvd", "numpy", "cpu", 10, 0.1, variant="dsc",
+            extra={"report_share": 0.09}),
+        row("d", "dsc.deconvolution", "osvd", "numpy", "cpu", 10, 0.1),
+    ]  # fmt: skip
+    lines = results.render_details_md(rows)
+    assert lines[0] == ""
+    assert "- cli.asl buxton_pcasl [default+report]: loadavg_1m 1.5" in lines
+    assert "- report.run osvd [dsc]: report_share 0.09" in lines
+    # 50 000 voxels/s whole process against 500 voxels/s fit only
+    assert lines[-1].endswith("×100 (voxels/s)") and "not shown" not in "".join(lines)
+    assert results.render_details_md(rows[3:]) == []

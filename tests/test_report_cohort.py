@@ -114,3 +114,66 @@ def test_rows_from_jobs(tmp_path):
     }
     assert rows[1] == {"subject": "sub-02_dsc", "status": "failed", "message": "no AIF"}
     assert rows[2]["status"] == "ok" and "prefix" not in rows[2]
+
+
+# -- subject reports built in the background (gpuperf.cohort.reporting) -----------------------
+
+
+def _jobs_tsv(out):
+    import csv
+
+    with open(out / "logs" / "jobs.tsv", encoding="utf-8", newline="") as fh:
+        return list(csv.DictReader(fh, delimiter="\t"))
+
+
+def test_background_reports_match_serial_maps_and_record_timings(tmp_path):
+    """Reports on: each subject's report is drawn in a background thread while the next
+    subject computes; the maps are those of a run without reports, bit for bit, every subject
+    has its report, results keep job order, and logs/jobs.tsv has fit and report seconds."""
+    import nibabel as nib
+    from test_cohort_support import make_real_bids, published_files
+
+    from gpuperf.cohort import run_participants
+
+    ds = make_real_bids(tmp_path, subjects=("01", "02", "03"), modalities=("dsc",))
+    on = run_participants(ds["bids"], tmp_path / "on", device="cpu", report=True)
+    off = run_participants(ds["bids"], tmp_path / "off", device="cpu", report=False)
+    assert on.exit_code == 0 == off.exit_code, [r.error for r in on.failed + off.failed]
+    assert [r.job_id for r in on.results] == ["sub-01_dsc", "sub-02_dsc", "sub-03_dsc"]
+
+    def maps(out):
+        return {
+            p.relative_to(out).as_posix(): np.asarray(nib.load(p).dataobj)
+            for p in published_files(out)
+            if p.name.endswith(".nii.gz")
+        }
+
+    a, b = maps(tmp_path / "on"), maps(tmp_path / "off")
+    assert a.keys() == b.keys() and len(a) > 0
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    reports = sorted((tmp_path / "on").glob("sub-*/perf/*_report.html"))
+    assert len(reports) == 3 and not list((tmp_path / "off").rglob("*_report.html"))
+    assert (tmp_path / "on" / "cohort_report.html").exists()
+    for r in reports:
+        assert_self_contained(r)
+    rows_on, rows_off = _jobs_tsv(tmp_path / "on"), _jobs_tsv(tmp_path / "off")
+    assert all(float(r["report_s"]) > 0 and float(r["fit_s"]) > 0 for r in rows_on)
+    assert all(float(r["report_s"]) == 0 for r in rows_off)
+    assert all(float(r["fit_s"]) <= float(r["compute_s"]) for r in rows_on)
+
+
+def test_background_reports_keep_order_and_isolate_failures(tmp_path):
+    from test_cohort_support import fake_pipeline, make_bids
+
+    from gpuperf.cohort import run_participants
+
+    root = make_bids(tmp_path / "bids", subjects=("01", "02", "03", "04"))
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[dsc]\nfail_subject = "02"\n')
+    run = run_participants(
+        root, tmp_path / "out", pipelines={"dsc": fake_pipeline}, config=cfg, report=True
+    )
+    assert [r.job_id for r in run.results] == [f"sub-0{i}_dsc" for i in range(1, 5)]
+    assert [r.status for r in run.results] == ["done", "failed", "done", "done"]
+    assert run.exit_code != 0

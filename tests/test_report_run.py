@@ -7,9 +7,11 @@ known, so every warning and number in the report can be checked against it.
 
 from __future__ import annotations
 
+import base64
 import re
 from html.parser import HTMLParser
 from pathlib import Path
+from xml.etree import ElementTree
 
 import nibabel as nib
 import numpy as np
@@ -184,7 +186,15 @@ def assert_self_contained(path: Path) -> _Refs:
     """Every image is a data URI, every link an anchor of the page or an existing local file."""
     text = path.read_text(encoding="utf-8")
     refs = references(path)
-    assert all(s.startswith("data:image/png;base64,") for s in refs.src), refs.src[:3]
+    for src in refs.src:  # PNG images or SVG plots, each a complete document
+        kind, _, payload = src.partition(";base64,")
+        assert kind in ("data:image/png", "data:image/svg+xml"), src[:40]
+        raw = base64.b64decode(payload)
+        if kind == "data:image/png":
+            assert raw[:8] == b"\x89PNG\r\n\x1a\n" and raw.endswith(b"IEND\xaeB`\x82"), src[:40]
+        else:
+            root = ElementTree.fromstring(raw)
+            assert root.tag == "{http://www.w3.org/2000/svg}svg" and float(root.get("width")) > 0
     for h in refs.href:
         if h.startswith("#"):
             assert h[1:] in refs.ids, f"anchor {h} has no target"
@@ -454,3 +464,72 @@ def test_runs_with_nested_prefixes_are_kept_apart(tmp_path):
         "att_stderr",
         "status",
     }
+
+
+# -- raster and SVG helpers ---------------------------------------------------------------------
+
+
+def test_png_bytes_round_trip():
+    import io
+
+    import matplotlib.image as mpimg
+
+    from gpuperf.report.raster import png_bytes
+
+    rng = np.random.default_rng(0)
+    for c in (3, 4):
+        a = rng.integers(0, 256, (7, 11, c), dtype=np.uint8)
+        back = mpimg.imread(io.BytesIO(png_bytes(a)))
+        np.testing.assert_array_equal(np.round(back * 255).astype(np.uint8), a)
+    with pytest.raises(ValueError):
+        png_bytes(np.zeros((4, 4), np.uint8))
+
+
+def test_outline_and_scaling():
+    from gpuperf.report.raster import outline, scale_factors, upscale
+
+    m = np.zeros((9, 9), bool)
+    m[2:7, 2:7] = True
+    edge = outline(m)
+    assert edge.sum() == 16 and not edge[3:6, 3:6].any() and edge[m].sum() == edge.sum()
+    assert outline(np.ones((4, 4), bool)).sum() == 0  # touching the border is not an edge
+    sx, sy = scale_factors(68, 68, 1.0)
+    assert sx == sy == 2
+    sx, sy = scale_factors(16, 16, 2.0)
+    assert sy == 2 * sx
+    assert upscale(np.arange(4).reshape(2, 2), 3, 2).shape == (4, 6)
+
+
+def test_montage_orientation_and_outline():
+    """RAS+ shown in neurological convention: +x (subject right) on the right of the panel,
+    +y (anterior) at the top; the mask outline is cyan."""
+    import io
+
+    import matplotlib.image as mpimg
+
+    shape = (16, 16, 1)
+    mask = np.zeros(shape, bool)
+    mask[2:14, 2:14] = True
+    data = np.where(mask, 10.0, np.nan)
+    data[12, 12, 0] = 95.0  # right, anterior
+    png, info = figures.montage(data, mask, np.eye(4), (1, 1, 1), "cbf", "ml/100g/min")
+    img = np.round(mpimg.imread(io.BytesIO(png))[..., :3] * 255).astype(int)
+    bright = np.argwhere(img.sum(axis=2) == img.sum(axis=2).max())
+    h, w = img.shape[:2]
+    assert bright[:, 1].mean() > 0.6 * w and bright[:, 0].mean() < 0.4 * h
+    cyan = (img[..., 0] == 0) & (img[..., 1] == 229) & (img[..., 2] == 255)
+    assert cyan.sum() > 0 and info["ncols"] == 1 and info["colours"][0].startswith("#")
+
+
+def test_svg_ticks_and_document():
+    from xml.etree import ElementTree as ET
+
+    from gpuperf.report import svg
+
+    assert svg.nice_ticks(0.0, 100.0) == [0.0, 20.0, 40.0, 60.0, 80.0, 100.0]
+    assert svg.nice_ticks(0.013, 0.049) == [0.02, 0.03, 0.04]
+    doc = figures.histogram(np.r_[np.linspace(0, 90, 100), 250.0], "cbf", "ml/100g/min")
+    root = ET.fromstring(doc)
+    texts = "".join(t.text or "" for t in root.iter("{http://www.w3.org/2000/svg}text"))
+    assert "1 above the range" in texts and "median" in texts
+    assert len(list(root.iter("{http://www.w3.org/2000/svg}rect"))) >= 50  # bars

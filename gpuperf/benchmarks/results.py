@@ -221,6 +221,45 @@ def _num(v: Any, spec: str) -> str:
     return "n/a" if v is None else format(float(v), spec)
 
 
+#: ``extra_info`` keys worth a line under the table (whole-process, report and cohort rows).
+DETAIL_KEYS = (
+    "report_share",
+    "pipeline_s",
+    "report_cpu_s",
+    "subjects_per_hour",
+    "not_kernel_over_read",
+    "sum_stage_s",
+    "sum_compute_s",
+    "sum_fit_s",
+    "sum_report_s",
+    "sum_publish_s",
+    "loadavg_1m",
+)
+
+
+def render_details_md(rows: Sequence[Any]) -> list[str]:
+    """Lines under a run's table: the :data:`DETAIL_KEYS` of rows that have them, and the
+    whole-process ASL rate against the voxel-by-voxel scipy fit's rate (issue 12: >= 300x)."""
+    out: list[str] = []
+    for r in rows:
+        keys = [k for k in DETAIL_KEYS if k in r.extra]
+        if keys:
+            name = f"{r.stage} {r.method}" + (f" [{r.variant}]" if r.variant else "")
+            name += f" ({r.label})" if r.is_baseline else ""
+            out.append(f"- {name}: " + ", ".join(f"{k} {r.extra[k]}" for k in keys))
+    scipy = [r for r in rows if r.stage == "asl.fit" and r.baseline == "scipy_loop"]
+    whole = [r for r in rows if r.stage == "cli.asl" and not r.is_baseline]
+    for w in whole:
+        for b in scipy:
+            if w.voxels_per_s and b.voxels_per_s:
+                ratio = w.voxels_per_s / b.voxels_per_s
+                out.append(
+                    f"- cli.asl {w.method} [{w.variant}] whole process vs asl.fit scipy_loop "
+                    f"(fit only): ×{ratio:.0f} (voxels/s)"
+                )
+    return ["", *out] if out else []
+
+
 def render_results_md(
     runs: Sequence[Mapping[str, Any]],
     gpu_reports: Sequence[tuple[Path, Mapping[str, Any]]] = (),
@@ -244,7 +283,9 @@ def render_results_md(
         for k, v in (rec.get("extra") or {}).items():
             out.append(f"- {k}: {v}")
         out.append("")
-        out.append(to_markdown(rows_from_record(rec)))
+        rows = rows_from_record(rec)
+        out.append(to_markdown(rows))
+        out += render_details_md(rows)
     if accuracy:
         out.append(render_accuracy_md(accuracy, results_dir_name))
     out.append("\n## GPU validation reports (`bench/gpu_check.py`)\n")

@@ -73,6 +73,9 @@ class JobResult:
     status : {'done', 'skipped', 'failed'}
     stage_s, compute_s, publish_s : float
         Seconds spent decompressing/staging inputs, in the pipeline, and publishing outputs.
+    fit_s, report_s : float
+        Of ``compute_s``, the seconds in the fit (the pipeline's ``fit_s``/``fit_seconds``);
+        seconds drawing the QC report (0 without one).
     outputs : list of str
         Output files, relative to the output folder.
     error_type, error : str or None
@@ -88,6 +91,8 @@ class JobResult:
     stage_s: float = 0.0
     compute_s: float = 0.0
     publish_s: float = 0.0
+    fit_s: float = 0.0
+    report_s: float = 0.0
     outputs: list[str] = field(default_factory=list)
     error_type: str | None = None
     error: str | None = None
@@ -525,12 +530,15 @@ def finish_job(oj: OpenJob, res: Any) -> JobResult:
         publish_s = time.perf_counter() - t0
         oj.reporter.log(f"published {len(outputs)} files (report {report_s:.2f} s)")
         summary = dict(getattr(res, "summary", {}) or {})
+        fit_s = summary.get("fit_s", summary.get("fit_seconds", 0.0))
         return _result(
             oj.job,
             "done",
             stage_s=oj.stage_s,
             compute_s=oj.compute_s,
             publish_s=publish_s,
+            fit_s=float(fit_s) if isinstance(fit_s, (int, float)) else 0.0,
+            report_s=report_s,
             outputs=outputs,
             log=str(oj.log_path),
             summary=jsonable(summary, strict=True),

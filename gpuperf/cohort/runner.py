@@ -50,6 +50,7 @@ from gpuperf.cohort.jobs import (
     resolve_pipeline,
     run_job,
     stage_inputs,
+    wants_report,
     write_shared,
 )
 from gpuperf.errors import GpuperfError, InputError
@@ -66,6 +67,8 @@ JOB_COLUMNS = (
     "stage_s",
     "compute_s",
     "publish_s",
+    "fit_s",
+    "report_s",
     "n_outputs",
     "error",
 )
@@ -173,6 +176,14 @@ def _local_results(
             batch_voxels=batch_voxels,
             overwrite=overwrite,
             work_dir=work_dir,
+        )
+        return
+    if any(wants_report(options[j.modality]) for j in todo):  # reports overlap the next compute
+        from gpuperf.cohort.reporting import run_overlapped
+
+        staged = _staged_ahead(todo, prefetch, work_dir)
+        yield from run_overlapped(
+            staged, out_dir, options, pipelines, overwrite=overwrite, work_dir=work_dir
         )
         return
     for job, staged in _staged_ahead(todo, prefetch, work_dir):
@@ -683,7 +694,7 @@ def run_participants(
             {
                 **r.to_dict(),
                 "n_outputs": len(r.outputs),
-                **{k: round(getattr(r, k), 4) for k in ("stage_s", "compute_s", "publish_s")},
+                **{k: round(getattr(r, k), 4) for k in JOB_COLUMNS if k.endswith("_s")},
             }
             for r in done
         ],

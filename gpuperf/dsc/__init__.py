@@ -8,17 +8,30 @@ Python API in the DIPY idiom::
 
 and the file pipeline :func:`gpuperf.dsc.pipeline.run_dsc`; every option is a field of
 :class:`gpuperf.dsc.options.DSCOptions`, every method an entry of :mod:`gpuperf.dsc.methods`.
+The names are imported on first use (PEP 562): ``import gpuperf.dsc.options`` (what the command
+line needs for its flags) does not load the model, the pipeline or nibabel.
 """
 
-from gpuperf.dsc.model import DSCFit, DSCModel
-from gpuperf.dsc.options import DSCOptions
+from importlib import import_module
 
-__all__ = ["DSCFit", "DSCModel", "DSCOptions", "run_dsc"]
+#: Public name -> the module that defines it.
+_LAZY = {
+    "DSCFit": "gpuperf.dsc.model",
+    "DSCModel": "gpuperf.dsc.model",
+    "DSCOptions": "gpuperf.dsc.options",
+    "run_dsc": "gpuperf.dsc.pipeline",
+}
+
+__all__ = sorted(_LAZY)
 
 
 def __getattr__(name: str):
-    if name == "run_dsc":  # lazy: the pipeline imports nibabel
-        from gpuperf.dsc.pipeline import run_dsc
+    if name in _LAZY:
+        value = getattr(import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'gpuperf.dsc' has no attribute {name!r}")
 
-        return run_dsc
-    raise AttributeError(name)
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

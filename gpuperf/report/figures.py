@@ -1,8 +1,9 @@
-"""Figures of the report, rendered with matplotlib into PNG bytes.
+"""Figures of the report: map montages as colour-mapped PNGs, curves and histograms as SVG.
 
-Figures are drawn on
-:class:`matplotlib.figure.Figure` objects directly (no ``pyplot``), so no global state, GUI
-backend or display is involved.
+Images are arrays colour-mapped and encoded straight to PNG (:mod:`gpuperf.report.raster`),
+plots are small SVG documents (:mod:`gpuperf.report.svg`): a run report draws no matplotlib
+figure (matplotlib only supplies the colour maps). ``_figure``/``_png`` remain for the cohort
+page's box plots, drawn once per cohort on :class:`matplotlib.figure.Figure` (no ``pyplot``).
 
 Slices are shown axial, reoriented to RAS+ (nibabel ``io_orientation``), in neurological
 convention: the subject's right is on the right of the image, anterior at the top.
@@ -16,11 +17,14 @@ from typing import Any
 
 import numpy as np
 
+from gpuperf.report import raster, svg
 from gpuperf.report.display import display_range
 
 #: Colour of in-mask voxels whose value is missing (NaN): failed fits stand out.
 NAN_COLOUR = (1.0, 0.0, 1.0, 1.0)
+NAN_RGB = (255, 0, 255)
 MASK_COLOUR = "#00e5ff"
+MASK_RGB = (0, 229, 255)
 DPI = 80
 
 
@@ -72,7 +76,11 @@ def montage(
     max_slices: int = 12,
     ncols: int = 6,
 ) -> tuple[bytes, dict[str, Any]]:
-    """Axial montage of one map with a colour bar in physical units and the mask outline.
+    """Axial montage of one map: colour-mapped slices with the mask outline, as one PNG.
+
+    The slices are colour-mapped arrays encoded straight to PNG (:mod:`gpuperf.report.raster`);
+    slice labels, the colour bar in physical units and the legend of categorical maps are HTML
+    the caller draws from ``info`` (:func:`gpuperf.report.sections.montage_html`).
 
     Parameters
     ----------
@@ -87,12 +95,12 @@ def montage(
     -------
     png : bytes
     info : dict
-        ``vmin``, ``vmax``, ``fixed`` (range), ``below``/``above`` (fraction of finite mask
-        voxels outside the range), ``nan`` (count of non-finite mask voxels), ``slices``.
+        ``vmin``, ``vmax``, ``fixed`` (range), ``label``, ``below``/``above`` (fraction of
+        finite mask voxels outside the range), ``nan`` (count of non-finite mask voxels),
+        ``slices``, ``ncols``, ``nrows``, ``extend`` ("neither", "min", "max", "both"),
+        ``colours`` (colour-bar stops, ``#rrggbb``) or, for categorical maps, ``legend``
+        (``[(code, #rrggbb), ...]``).
     """
-    from matplotlib import colormaps
-    from matplotlib.colors import BoundaryNorm, ListedColormap
-
     if mask is None:
         mask = np.isfinite(data)
     d, (zx, zy, _) = to_ras(np.asarray(data, dtype=np.float64), affine, zooms_mm)
@@ -111,74 +119,50 @@ def montage(
     }
     slices = pick_slices(m, max_slices)
     info["slices"] = slices
-    ncols = min(ncols, len(slices))
-    nrows = int(np.ceil(len(slices) / ncols))
-    aspect = zy / zx
-    panel_w = 1.7
-    panel_h = panel_w * aspect * d.shape[1] / max(d.shape[0], 1)
-    width_in, height_in = panel_w * ncols + 1.0, max(panel_h * nrows, 1.2) + 0.2
-    # fixed margins, not constrained layout: the layout solver took ~70 % of a report's time
-    fig = _figure(width_in, height_in, layout=None)
-    right = 1.0 - 0.95 / width_in
-    fig.subplots_adjust(
-        left=0.01, right=right, bottom=0.02, top=1.0 - 0.2 / height_in, wspace=0.03, hspace=0.12
+    ncols = max(1, min(ncols, len(slices)))
+    info["ncols"], info["nrows"] = ncols, -(-len(slices) // ncols)
+    info["extend"] = {(False, False): "neither", (True, False): "min", (False, True): "max"}.get(
+        (info["below"] > 0, info["above"] > 0), "both"
     )
-    axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
-    shown = np.where(m, d, np.nan)
+    sub = d[:, :, slices]
+    ms = m[:, :, slices]
+    fin = np.isfinite(sub)
     if spec.categorical:
         codes = np.unique(finite.astype(np.int64)) if finite.size else np.array([0])
         codes = codes[:20]
-        base = colormaps["tab20"](np.linspace(0, 1, 20))
-        colours = [(0.35, 0.35, 0.35, 1.0) if c == 0 else base[i % 20] for i, c in enumerate(codes)]
-        cmap = ListedColormap(colours)
-        lookup = np.searchsorted(codes, np.nan_to_num(shown, nan=-1).astype(np.int64))
-        lookup = np.clip(lookup, 0, codes.size - 1).astype(np.float64)
-        lookup[~np.isfinite(shown)] = np.nan
-        shown = lookup
-        norm = BoundaryNorm(np.arange(codes.size + 1) - 0.5, cmap.N)
-        kwargs: dict[str, Any] = {"cmap": cmap, "norm": norm}
+        base = np.round(raster.tab20() * 255).astype(np.uint8)
+        table = np.array(
+            [(89, 89, 89) if c == 0 else base[i % 20] for i, c in enumerate(codes)], np.uint8
+        )
+        idx = np.searchsorted(codes, np.where(fin, sub, -1).astype(np.int64))
+        idx = np.clip(idx, 0, codes.size - 1)
+        info["legend"] = [(int(c), raster.hex_colour(t)) for c, t in zip(codes, table, strict=True)]
+        info["extend"] = "neither"
     else:
-        cmap = colormaps[spec.cmap]
-        kwargs = {"cmap": cmap, "vmin": vmin, "vmax": vmax}
-    cmap = cmap.with_extremes(bad="black")  # outside the mask
-    kwargs["cmap"] = cmap
-    im = None
-    for ax, k in zip(axes, slices, strict=False):
-        sl = shown[:, :, k].T
-        im = ax.imshow(sl, origin="lower", aspect=aspect, interpolation="nearest", **kwargs)
-        bad = (m[:, :, k] & ~np.isfinite(d[:, :, k])).T
-        if bad.any():
-            overlay = np.zeros(bad.shape + (4,))
-            overlay[bad] = NAN_COLOUR
-            ax.imshow(overlay, origin="lower", aspect=aspect, interpolation="nearest")
-        if m[:, :, k].any() and not m[:, :, k].all():
-            ax.contour(
-                m[:, :, k].T.astype(float),
-                levels=[0.5],
-                colors=MASK_COLOUR,
-                linewidths=0.7,
-                origin="lower",
-            )
-        ax.set_title(f"z={k}", fontsize=7, pad=2)
-        ax.set_xticks([])
-        ax.set_yticks([])
-    for ax in axes[len(slices) :]:
-        ax.set_axis_off()
-    if len(slices):
-        axes[0].text(0.02, 0.5, "L", color="white", fontsize=7, transform=axes[0].transAxes)
-        axes[0].text(0.92, 0.5, "R", color="white", fontsize=7, transform=axes[0].transAxes)
-    extend = {(False, False): "neither", (True, False): "min", (False, True): "max"}.get(
-        (info["below"] > 0, info["above"] > 0), "both"
-    )
-    if im is not None:
-        cax = fig.add_axes((right + 0.12 / width_in, 0.08, 0.12 / width_in, 0.84))
-        cbar = fig.colorbar(im, cax=cax, extend="neither" if spec.categorical else extend)
-        cbar.set_label(f"{spec.label} ({units})" if units else spec.label, fontsize=8)
-        cbar.ax.tick_params(labelsize=7)
-        if spec.categorical:
-            cbar.set_ticks(np.arange(codes.size))
-            cbar.set_ticklabels([str(c) for c in codes])
-    return _png(fig), info
+        table = raster.lut(spec.cmap)
+        span = vmax - vmin if vmax > vmin else 1.0
+        scaled = np.where(fin, (sub - vmin) / span, 0.0) * (table.shape[0] - 1)
+        idx = np.clip(np.round(scaled), 0, table.shape[0] - 1).astype(np.intp)
+        info["colours"] = [raster.hex_colour(c) for c in table[:: max(1, table.shape[0] // 32)]]
+        info["colours"].append(raster.hex_colour(table[-1]))
+    rgb = table[idx]  # (X, Y, S, 3)
+    rgb[~ms] = 0  # outside the mask: black
+    rgb[ms & ~fin] = NAN_RGB  # in the mask without a value: magenta
+    aspect = zy / zx
+    sx, sy = raster.scale_factors(d.shape[0], d.shape[1], aspect)
+    cyan = np.array(MASK_RGB, np.uint8)
+    panels = []
+    for j in range(len(slices)):
+        # (X, Y) -> rows = y from the top (anterior up), columns = x (subject right on the right)
+        p = raster.upscale(rgb[:, ::-1, j].transpose(1, 0, 2), sx, sy)
+        mk = ms[:, :, j]
+        if mk.any() and not mk.all():
+            edge = raster.outline(raster.upscale(mk[:, ::-1].T, sx, sy))
+            p[edge] = cyan
+        panels.append(p)
+    if not panels:
+        panels = [np.zeros((sy, sx, 3), np.uint8)]
+    return raster.png_bytes(raster.tile(panels, ncols)), info
 
 
 def thumbnail(
@@ -190,33 +174,21 @@ def thumbnail(
     units: str,
 ) -> bytes:
     """One axial slice (the one with most mask voxels), small, without axes, for cohort pages."""
-    from matplotlib import colormaps
-
     if mask is None:
         mask = np.isfinite(data)
     d, (zx, zy, _) = to_ras(np.asarray(data, dtype=np.float64), affine, zooms_mm)
     m, _ = to_ras(mask.astype(bool), affine, zooms_mm)
     k = int(np.argmax(m.reshape(-1, m.shape[2]).sum(axis=0)))
     vmin, vmax, _, spec = display_range(name, units, d[m])
-    cmap = colormaps[spec.cmap].with_extremes(bad="black")
-    from matplotlib.figure import Figure
-
-    h = 1.2 * (zy / zx) * d.shape[1] / max(d.shape[0], 1)
-    fig = Figure(figsize=(1.2, max(h, 0.4)), dpi=DPI)
-    ax = fig.add_axes((0, 0, 1, 1))
-    ax.imshow(
-        np.where(m, d, np.nan)[:, :, k].T,
-        origin="lower",
-        cmap=cmap,
-        vmin=vmin,
-        vmax=vmax,
-        aspect=zy / zx,
-        interpolation="nearest",
-    )
-    ax.set_axis_off()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI, facecolor="black")
-    return buf.getvalue()
+    table = raster.lut(spec.cmap)
+    sl, mk = d[:, ::-1, k].T, m[:, ::-1, k].T
+    ok = mk & np.isfinite(sl)
+    span = vmax - vmin if vmax > vmin else 1.0
+    idx = np.clip(np.round(np.where(ok, (sl - vmin) / span, 0.0) * 255), 0, 255).astype(np.intp)
+    rgb = table[idx]
+    rgb[~ok] = 0
+    sx, sy = raster.scale_factors(d.shape[0], d.shape[1], zy / zx, panel_px=96)
+    return raster.png_bytes(raster.upscale(rgb, sx, sy))
 
 
 def aif_plot(
@@ -226,29 +198,23 @@ def aif_plot(
     baseline_s: np.ndarray | None = None,
     tissue_ttp_s: float | None = None,
 ) -> bytes:
-    """The AIF against time with its baseline window shaded and its peak marked."""
-    fig = _figure(6.0, 2.8)
-    ax = fig.add_subplot()
-    ax.plot(time_s, curve, "o-", ms=3, color="tab:red", label="AIF")
-    if baseline_s is not None and np.size(baseline_s) == 2:
-        ax.axvspan(float(baseline_s[0]), float(baseline_s[1]), color="0.85", label="baseline")
-    if np.isfinite(curve).any():
-        i = int(np.nanargmax(curve))
-        ax.axvline(time_s[i], color="tab:red", ls=":", lw=1, label=f"AIF peak {time_s[i]:.1f} s")
-    if tissue_ttp_s is not None and np.isfinite(tissue_ttp_s):
-        ax.axvline(
-            tissue_ttp_s,
-            color="tab:blue",
-            ls="--",
-            lw=1,
-            label=f"median tissue TTP {tissue_ttp_s:.1f} s",
-        )
+    """The AIF against time (SVG) with its baseline window shaded and its peak marked."""
+    t = np.asarray(time_s, dtype=np.float64)
+    c = np.asarray(curve, dtype=np.float64)
     xname = columns[0][:-2] if columns[0].endswith("_s") else columns[0]
-    ax.set_xlabel(f"{xname} (s)")
-    ax.set_ylabel(columns[1])
-    ax.legend(fontsize=7, loc="upper right")
-    ax.grid(alpha=0.3)
-    return _png(fig)
+    p = svg.Panel(
+        [svg.Series(t, c, svg.RED, "both", "AIF")], xlabel=f"{xname} (s)", ylabel=columns[1]
+    )
+    if baseline_s is not None and np.size(baseline_s) == 2:
+        p.spans.append((float(baseline_s[0]), float(baseline_s[1]), "#d9d9d9", "baseline"))
+    if np.isfinite(c).any():
+        i = int(np.nanargmax(c))
+        p.vlines.append((float(t[i]), svg.RED, "2,2", f"AIF peak {t[i]:.1f} s"))
+    if tissue_ttp_s is not None and np.isfinite(tissue_ttp_s):
+        p.vlines.append(
+            (float(tissue_ttp_s), svg.BLUE, "5,3", f"median tissue TTP {tissue_ttp_s:.1f} s")
+        )
+    return svg.figure([p], 1, 480, 224)
 
 
 def voxels_on_slice(
@@ -258,30 +224,38 @@ def voxels_on_slice(
     zooms_mm: tuple[float, ...],
     title: str,
 ) -> bytes:
-    """The chosen (AIF) voxels in red on the axial slice that holds most of them."""
+    """The chosen (AIF) voxels as red squares on the axial slice that holds most of them (PNG;
+    the caller's caption says which slice: :func:`voxels_slice`)."""
     b, (zx, zy, _) = to_ras(np.asarray(background, dtype=np.float64), affine, zooms_mm)
     c, _ = to_ras(chosen.astype(bool), affine, zooms_mm)
     k = int(np.argmax(c.reshape(-1, c.shape[2]).sum(axis=0)))
-    fig = _figure(3.6, 3.6 * (zy / zx) * b.shape[1] / max(b.shape[0], 1) + 0.3)
-    ax = fig.add_subplot()
-    sl = b[:, :, k].T
+    sl = b[:, ::-1, k].T
     fin = sl[np.isfinite(sl)]
     lo, hi = np.percentile(fin, [2, 98]) if fin.size else (0.0, 1.0)
-    ax.imshow(
-        sl,
-        origin="lower",
-        cmap="gray",
-        vmin=lo,
-        vmax=hi if hi > lo else lo + 1,
-        aspect=zy / zx,
-        interpolation="nearest",
-    )
-    ys, xs = np.nonzero(c[:, :, k].T)
-    ax.scatter(xs, ys, s=40, marker="s", facecolors="none", edgecolors="red", linewidths=1.5)
-    ax.set_title(f"{title}: {int(c[:, :, k].sum())} of {int(c.sum())} voxels on z={k}", fontsize=8)
-    ax.set_xticks([])
-    ax.set_yticks([])
-    return _png(fig)
+    hi = hi if hi > lo else lo + 1
+    grey = np.clip(np.where(np.isfinite(sl), (sl - lo) / (hi - lo), 0.0) * 255, 0, 255)
+    sx, sy = raster.scale_factors(b.shape[0], b.shape[1], zy / zx, panel_px=288)
+    img = raster.upscale(np.repeat(grey.astype(np.uint8)[..., None], 3, axis=2), sx, sy)
+    # a red square around each chosen voxel (one voxel of margin, two pixels thick), as the
+    # scatter markers of the matplotlib figure were: a single voxel stays visible
+    sel = c[:, ::-1, k].T
+    grown = np.zeros_like(sel)
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            grown |= np.roll(np.roll(sel, dy, axis=0), dx, axis=1)
+    big = raster.upscale(grown, sx, sy)
+    ring = raster.outline(big)
+    ring |= raster.outline(big & ~ring)
+    img[ring] = (255, 0, 0)
+    return raster.png_bytes(img)
+
+
+def voxels_slice(chosen: np.ndarray, affine: np.ndarray, zooms_mm: tuple[float, ...]) -> str:
+    """Caption text of :func:`voxels_on_slice`: how many chosen voxels lie on the slice shown."""
+    c, _ = to_ras(chosen.astype(bool), affine, zooms_mm)
+    per = c.reshape(-1, c.shape[2]).sum(axis=0)
+    k = int(np.argmax(per))
+    return f"{int(per[k])} of {int(c.sum())} voxels on z={k}"
 
 
 def curve_labels(curves: Mapping[str, Any], k: int) -> list[str]:
@@ -294,88 +268,78 @@ def curve_labels(curves: Mapping[str, Any], k: int) -> list[str]:
 
 
 def dsc_curves(curves: Mapping[str, Any], max_curves: int = 6) -> bytes:
-    """Concentration curves (and fits) of a few voxels, and their residue functions."""
+    """Concentration curves (and fits) of a few voxels, and their residue functions (SVG)."""
     t = np.asarray(curves["time_s"], dtype=np.float64)
     meas = np.asarray(curves["measured"], dtype=np.float64)[:max_curves]
     k = meas.shape[0]
     labels = curve_labels(curves, k)
-    has_res = "residue" in curves
-    fig = _figure(9.0 if has_res else 6.0, 3.0)
-    axes = fig.subplots(1, 2 if has_res else 1, squeeze=False).ravel()
-    colours = [f"C{i}" for i in range(k)]
-    for i in range(k):
-        axes[0].plot(t, meas[i], "o", ms=2.5, color=colours[i], label=labels[i])
+    colours = [svg.CYCLE[i % len(svg.CYCLE)] for i in range(k)]
+    units = curves.get("units", "ΔR2*, 1/s")
+    title = "tissue curves (dots) and fits (lines)" if "fitted" in curves else "tissue curves"
+    left = svg.Panel(title=title, xlabel="time (s)", ylabel=f"concentration ({units})")
+    left.series += [
+        svg.Series(t, meas[i], colours[i], "markers", labels[i], marker=1.8) for i in range(k)
+    ]
     if "fitted" in curves:
         ft = np.asarray(curves.get("fit_time_s", t), dtype=np.float64)
         fitted = np.asarray(curves["fitted"], dtype=np.float64)[:k]
-        for i in range(fitted.shape[0]):
-            axes[0].plot(ft, fitted[i], "-", lw=1, color=colours[i])
-    axes[0].set_xlabel("time (s)")
-    axes[0].set_ylabel(f"concentration ({curves.get('units', 'ΔR2*, 1/s')})")
-    title = "tissue curves (dots) and fits (lines)" if "fitted" in curves else "tissue curves"
-    axes[0].set_title(title, fontsize=8)
-    axes[0].legend(fontsize=6)
-    axes[0].grid(alpha=0.3)
-    if has_res:
+        left.series += [svg.Series(ft, f, colours[i], "line") for i, f in enumerate(fitted)]
+    panels = [left]
+    if "residue" in curves:
         res = np.asarray(curves["residue"], dtype=np.float64)[:k]
         dt = float(t[1] - t[0]) if t.size > 1 else 1.0
         rt = np.arange(res.shape[1]) * dt
         keep = rt <= t[-1] - t[0]  # circulant methods return 2T samples: show the first T
-        rt, res = rt[keep], res[:, keep]
-        for i in range(res.shape[0]):
-            axes[1].plot(rt, res[i], "-", lw=1.2, color=colours[i], label=labels[i])
-        axes[1].set_xlabel("lag (s)")
-        axes[1].set_ylabel("r(t) = CBF · R(t) (1/s)")
-        axes[1].set_title("deconvolved residue functions", fontsize=8)
-        axes[1].grid(alpha=0.3)
-    return _png(fig)
+        right = svg.Panel(
+            title="deconvolved residue functions",
+            xlabel="lag (s)",
+            ylabel="r(t) = CBF · R(t) (1/s)",
+            legend=False,
+        )
+        right.series += [svg.Series(rt[keep], r[keep], colours[i]) for i, r in enumerate(res)]
+        panels.append(right)
+    return svg.figure(panels, 2, 360, 240)
 
 
 def asl_curves(curves: Mapping[str, Any], max_curves: int = 6) -> bytes:
-    """ΔM against PLD with the fitted kinetic curve, one panel per voxel."""
+    """ΔM against PLD with the fitted kinetic curve, one panel per voxel (SVG)."""
     pld = np.asarray(curves["time_s"], dtype=np.float64)
     meas = np.asarray(curves["measured"], dtype=np.float64)[:max_curves]
     k = meas.shape[0]
     labels = curve_labels(curves, k)
-    ncols = min(3, k)
-    nrows = int(np.ceil(k / ncols))
-    fig = _figure(3.0 * ncols, 2.3 * nrows)
-    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
     fitted = np.asarray(curves["fitted"], dtype=np.float64) if "fitted" in curves else None
     ft = np.asarray(curves.get("fit_time_s", pld), dtype=np.float64)
+    order = np.argsort(ft)
+    panels = []
     for i in range(k):
-        ax = axes[i]
-        ax.plot(pld, meas[i], "o", ms=3.5, color="tab:blue", label="measured")
+        p = svg.Panel(
+            [svg.Series(pld, meas[i], svg.BLUE, "markers", "measured", marker=2.6)],
+            title=labels[i],
+            xlabel="PLD (s)",
+            ylabel=f"ΔM ({curves.get('units', 'ΔM/M0')})",
+            legend=i == 0,
+        )
         if fitted is not None and i < fitted.shape[0]:
-            order = np.argsort(ft)
-            ax.plot(ft[order], fitted[i][order], "-", color="tab:orange", lw=1.2, label="fit")
-        ax.set_title(labels[i], fontsize=8)
-        ax.set_xlabel("PLD (s)", fontsize=7)
-        ax.set_ylabel(f"ΔM ({curves.get('units', 'ΔM/M0')})", fontsize=7)
-        ax.tick_params(labelsize=6)
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=6)
-    for ax in axes[k:]:
-        ax.set_axis_off()
-    return _png(fig)
+            p.series.append(svg.Series(ft[order], fitted[i][order], svg.ORANGE, "line", "fit"))
+        panels.append(p)
+    return svg.figure(panels, 3, 260, 190)
 
 
 def histogram(values: np.ndarray, name: str, units: str) -> bytes:
-    """Histogram of a map inside the mask over its display range (counts beyond it noted)."""
+    """Histogram of a map inside the mask over its display range (counts beyond it noted; SVG)."""
     v = np.asarray(values, dtype=np.float64)
     v = v[np.isfinite(v)]
     vmin, vmax, _, spec = display_range(name, units, v)
-    fig = _figure(4.0, 2.6)
-    ax = fig.add_subplot()
-    ax.hist(np.clip(v, vmin, vmax), bins=50, range=(vmin, vmax), color="tab:blue")
+    counts, edges = np.histogram(np.clip(v, vmin, vmax), bins=50, range=(vmin, vmax))
+    below, above = int((v < vmin).sum()), int((v > vmax).sum())
+    note = f"; {below} below, {above} above the range (end bins)" if below or above else ""
+    p = svg.Panel(
+        title=f"{spec.label}: {v.size} voxels{note}",
+        xlabel=f"{spec.label} ({units})" if units else spec.label,
+        ylabel="voxels",
+        bars=(edges, counts),
+    )
     if v.size:
         med = float(np.median(v))
-        ax.axvline(med, color="k", ls="--", lw=1, label=f"median {med:.3g}")
-        ax.legend(fontsize=7)
-    below, above = int((v < vmin).sum()), int((v > vmax).sum())
-    note = f"\n{below} below, {above} above the range (in the end bins)" if below or above else ""
-    ax.set_title(f"{spec.label}: {v.size} voxels{note}", fontsize=8)
-    ax.set_xlabel(f"{spec.label} ({units})" if units else spec.label)
-    ax.set_ylabel("voxels")
-    ax.grid(alpha=0.3)
-    return _png(fig)
+        p.vlines.append((med, "#000000", "4,3", f"median {med:.3g}"))
+    return svg.figure([p], 1, 340, 220)

@@ -33,6 +33,14 @@ td.num{text-align:right;font-variant-numeric:tabular-nums}
 img{max-width:100%;height:auto}nav a{margin-right:12px;white-space:nowrap}.muted{color:#777}
 tr.outlier td{background:#fff8e1}td.flag{background:#ffd8a8;font-weight:600}
 code{font-size:12px}
+.gp-fig{display:flex;align-items:stretch;gap:10px}.gp-pic{position:relative;line-height:0}
+.gp-pic img{image-rendering:pixelated}.gp-lab{position:absolute;color:#fff;font-size:10px;
+line-height:1;padding:1px 3px;pointer-events:none}.gp-cbar{display:flex;gap:4px;
+align-items:stretch;font-size:11px;min-height:120px}.gp-ramp{width:14px;border:1px solid #999}
+.gp-ticks{display:flex;flex-direction:column;justify-content:space-between}
+.gp-unit{writing-mode:vertical-rl;transform:rotate(180deg);text-align:center;color:#333}
+.gp-leg{font-size:11px;line-height:1.5}.gp-sw{display:inline-block;width:10px;height:10px;
+margin-right:4px;border:1px solid #777;vertical-align:middle}
 """
 
 _SCRIPT = """
@@ -72,15 +80,21 @@ def fmt(value: Any, digits: int = 4) -> str:
 
 
 def img(png: bytes, alt: str, width: int | None = None) -> str:
-    """An ``<img>`` with the PNG embedded as a base64 data URI."""
-    uri = "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+    """An ``<img>`` with the PNG (or SVG document) embedded as a base64 data URI."""
+    mime = "image/svg+xml" if png[:4] == b"<svg" else "image/png"
+    uri = f"data:{mime};base64," + base64.b64encode(png).decode("ascii")
     w = f' width="{int(width)}"' if width else ""
     return f'<img src="{uri}" alt="{esc(alt)}"{w}>'
 
 
-def figure(png: bytes, alt: str, caption: str = "") -> str:
+def figure(png: bytes, alt: str, caption: str = "", above: str = "", beside: str = "") -> str:
+    """A figure: the image, trusted HTML ``above`` it (positioned labels) and ``beside`` it
+    (a colour bar), and the caption."""
     cap = f'<figcaption class="caption">{caption}</figcaption>' if caption else ""
-    return f"<figure>{img(png, alt)}{cap}</figure>"
+    pic = img(png, alt)
+    if above or beside:
+        pic = f'<div class="gp-fig"><div class="gp-pic">{pic}{above}</div>{beside}</div>'
+    return f"<figure>{pic}{cap}</figure>"
 
 
 def table(

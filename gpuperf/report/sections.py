@@ -220,6 +220,7 @@ def montage_section(ctx: ReportContext) -> list[str]:
         png, info = figures.montage(
             m.data, run.mask, run.affine, run.zooms_mm, name, m.units, max_slices=ctx.max_slices
         )
+        labels, bar = montage_html(info, m.units)
         head = f"<b>{esc(info['label'])}</b> <code>{esc(m.path.name)}</code> — "
         if _categorical(name):
             cap = head + f"{esc(m.description)}. One colour per code (see Fit status)."
@@ -232,8 +233,46 @@ def montage_section(ctx: ReportContext) -> list[str]:
                 f"above; {info['nan']} NaN in the mask."
             )
         parts.append(f'<h3 id="map-{esc(name)}">{esc(info["label"])}</h3>')
-        parts.append(figure(png, f"montage {name}", cap))
+        parts.append(figure(png, f"montage {name}", cap, above=labels, beside=bar))
     return parts
+
+
+def montage_html(info: Mapping[str, Any], units: str) -> tuple[str, str]:
+    """HTML drawn over and beside a montage PNG (:func:`gpuperf.report.figures.montage`):
+    the slice labels (``z=k``) and L/R on the first panel, placed in percent of the image so
+    they follow its scaling; the colour bar in physical units (a CSS gradient, arrow ends when
+    values lie beyond the range) or, for categorical maps, the legend of codes."""
+    ncols, nrows = max(int(info["ncols"]), 1), max(int(info["nrows"]), 1)
+    labels = []
+    for i, k in enumerate(info["slices"]):
+        r, c = divmod(i, ncols)
+        left, top = 100.0 * c / ncols, 100.0 * r / nrows
+        labels.append(f'<span class="gp-lab" style="left:{left:.2f}%;top:{top:.2f}%">z={k}</span>')
+    if info["slices"]:
+        mid = 50.0 / nrows
+        labels.append(f'<span class="gp-lab" style="left:0;top:{mid:.2f}%">L</span>')
+        labels.append(
+            f'<span class="gp-lab" style="left:{100.0 / ncols - 3.0:.2f}%;top:{mid:.2f}%">R</span>'
+        )
+    label = f"{info['label']} ({units})" if units else str(info["label"])
+    if "legend" in info:
+        items = "".join(
+            f'<div><span class="gp-sw" style="background:{c}"></span>{esc(code)}</div>'
+            for code, c in info["legend"]
+        )
+        return "".join(labels), f'<div class="gp-leg"><b>{esc(label)}</b>{items}</div>'
+    stops = ",".join(info["colours"][::-1])
+    up = "▲ " if info["extend"] in ("max", "both") else ""
+    down = "▼ " if info["extend"] in ("min", "both") else ""
+    bar = (
+        '<div class="gp-cbar">'
+        f'<div class="gp-ramp" style="background:linear-gradient({stops})"></div>'
+        f'<div class="gp-ticks"><span>{up}{esc(fmt(info["vmax"]))}</span>'
+        f"<span>{esc(fmt((info['vmin'] + info['vmax']) / 2))}</span>"
+        f"<span>{down}{esc(fmt(info['vmin']))}</span></div>"
+        f'<div class="gp-unit">{esc(label)}</div></div>'
+    )
+    return "".join(labels), bar
 
 
 def status_section(ctx: ReportContext) -> list[str]:
@@ -314,7 +353,8 @@ def aif_section(ctx: ReportContext) -> list[str]:
             figure(
                 figures.voxels_on_slice(bg, chosen, run.affine, run.zooms_mm, "AIF voxels"),
                 "AIF voxels",
-                f"AIF voxels (red) on the {bg_name or 'mask'} map.",
+                f"AIF voxels (red outline) on the {bg_name or 'mask'} map: "
+                f"{esc(figures.voxels_slice(chosen, run.affine, run.zooms_mm))}.",
             )
         )
     return parts

@@ -1,0 +1,183 @@
+"""Whole process, as users run it: ``gpuperf dsc``/``asl`` default (with the HTML report) and
+``--no-report``, ``gpuperf --help`` (cold start), and osipy 0.1.4 on the same files in one run.
+
+Stage ``cli.dsc`` (method ``osvd``): a DSC series of 68 x 68 x 48 voxels (about 154 000 in the
+brain mask) x 80 frames, gzipped. Stage ``cli.asl`` (method ``buxton_pcasl``): a multi-PLD
+pCASL series, 7 PLDs x 6 control/label repeats, about 200 000 voxels in the mask. Every row is
+a fresh process (interpreter start, imports, reading, fitting, writing, report), timed from
+outside. The osipy rows run :mod:`gpuperf.benchmarks.wholeprocess` (read with nibabel, osipy's
+fit, write with nibabel); their ratio is the issue-12 target (>= 2x). ``loadavg_1m`` records
+the machine's load when the row ran: rows taken while other work runs are noisy.
+
+``--bench-size brain`` uses the same grids (these are already whole-brain sized).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+
+from gpuperf.benchmarks.baselines import osipy_version
+from gpuperf.benchmarks.conventions import record
+from gpuperf.benchmarks.wholeprocess import gpuperf_command, run_process
+
+DSC_GRID, DSC_FRAMES, TR_S, TE_S = (68, 68, 48), 80, 1.5, 0.03
+ASL_SIDE, ASL_VOXELS, ASL_REPEATS = 66, 200_000, 6
+
+
+def _load() -> float:
+    return round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else float("nan")
+
+
+def _timed(benchmark, args, rounds):
+    """Median wall time of ``args`` as fresh processes (pytest-benchmark's clock: the process
+    call)."""
+    return benchmark.pedantic(run_process, args=(args,), rounds=rounds, iterations=1)
+
+
+@pytest.fixture(scope="module")
+def dsc_files(tmp_path_factory):
+    import nibabel as nib
+
+    from gpuperf.dsc.simulate import phantom_arrays
+
+    d = tmp_path_factory.mktemp("cli_dsc")
+    ph = phantom_arrays(
+        shape=DSC_GRID, n_frames=DSC_FRAMES, tr_s=TR_S, te_s=TE_S, noise_sd=0.005, seed=5
+    )
+    aff = np.diag([2.0, 2.0, 2.0, 1.0])
+    series = d / "sub-01_dsc.nii.gz"
+    nib.save(nib.Nifti1Image(ph["signal"], aff), series)
+    (d / "sub-01_dsc.json").write_text(json.dumps({"EchoTime": TE_S, "RepetitionTime": TR_S}))
+    mask = d / "brainmask.nii.gz"
+    nib.save(nib.Nifti1Image(ph["brain"].astype(np.uint8), aff), mask)
+    return series, mask, int(ph["brain"].sum()), d
+
+
+@pytest.fixture(scope="module")
+def asl_files(tmp_path_factory):
+    import nibabel as nib
+
+    from gpuperf.asl.simulate import write_phantom
+
+    nz = -(-ASL_VOXELS // ((ASL_SIDE - 2) ** 2))
+    ph = write_phantom(
+        tmp_path_factory.mktemp("cli_asl") / "in",
+        "pcasl",
+        shape=(ASL_SIDE, ASL_SIDE, nz),
+        repeats=ASL_REPEATS,
+        noise_sd=1.0,
+        seed=3,
+    )
+    n = int((np.asarray(nib.load(ph["mask"]).dataobj) > 0).sum())
+    return ph["asl"], ph["mask"], n, len(ph["plds_s"])
+
+
+@pytest.mark.parametrize("report", [True, False], ids=["default", "no-report"])
+def test_cli_dsc(benchmark, dsc_files, tmp_path, report):
+    series, mask, n, d = dsc_files
+    args = gpuperf_command(
+        "dsc", str(series), "--mask", str(mask), "--out", str(tmp_path / "o"), "--overwrite",
+        "--quiet", "--device", "cpu", *(() if report else ("--no-report",)),
+    )  # fmt: skip
+    _timed(benchmark, args, rounds=3)
+    assert (tmp_path / "o" / "sub-01_dsc_report.html").exists() == report
+    record(
+        benchmark,
+        stage="cli.dsc",
+        method="osvd",
+        voxels=n,
+        backend="numpy",
+        frames=DSC_FRAMES,
+        variant="default+report" if report else "--no-report",
+        loadavg_1m=_load(),
+        note="`gpuperf dsc` as a fresh process: start-up, read, auto AIF, oSVD, 10 maps + "
+        "sidecars written" + (", HTML QC report" if report else ""),
+    )
+
+
+def test_cli_dsc_osipy(benchmark, dsc_files, tmp_path):
+    if osipy_version() is None:
+        pytest.skip("osipy not installed (see bench/README.md)")
+    series, mask, n, d = dsc_files
+    args = [sys.executable, "-m", "gpuperf.benchmarks.wholeprocess", "osipy-dsc", str(series),
+            str(mask), str(tmp_path / "o"), str(TE_S)]  # fmt: skip
+    _timed(benchmark, args, rounds=1)
+    record(
+        benchmark,
+        stage="cli.dsc",
+        method="osvd",
+        voxels=n,
+        backend="osipy",
+        baseline="osipy",
+        baseline_version=osipy_version(),
+        frames=DSC_FRAMES,
+        loadavg_1m=_load(),
+        note="fresh process: nibabel read, dR2*, AIF = mean of the 20 highest-peak voxels, "
+        "osipy oSVD (CBF, CBV, MTT, Tmax), nibabel write; no report",
+    )
+
+
+@pytest.mark.parametrize("report", [True, False], ids=["default", "no-report"])
+def test_cli_asl(benchmark, asl_files, tmp_path, report):
+    series, mask, n, k = asl_files
+    args = gpuperf_command(
+        "asl", str(series), "--mask", str(mask), "--out", str(tmp_path / "o"), "--overwrite",
+        "--quiet", "--device", "cpu", *(() if report else ("--no-report",)),
+    )  # fmt: skip
+    _timed(benchmark, args, rounds=2)
+    assert bool(list((tmp_path / "o").glob("*_report.html"))) == report
+    record(
+        benchmark,
+        stage="cli.asl",
+        method="buxton_pcasl",
+        voxels=n,
+        backend="numpy",
+        frames=k,
+        variant="default+report" if report else "--no-report",
+        loadavg_1m=_load(),
+        note=f"`gpuperf asl` as a fresh process: {k} PLDs x {ASL_REPEATS} repeats, read, "
+        "kinetic fit (CBF, ATT), maps + sidecars" + (", HTML QC report" if report else ""),
+    )
+
+
+def test_cli_asl_osipy(benchmark, asl_files, tmp_path):
+    if osipy_version() is None:
+        pytest.skip("osipy not installed (see bench/README.md)")
+    series, mask, n, k = asl_files
+    args = [sys.executable, "-m", "gpuperf.benchmarks.wholeprocess", "osipy-asl", str(series),
+            str(mask), str(tmp_path / "o")]  # fmt: skip
+    _timed(benchmark, args, rounds=1)
+    record(
+        benchmark,
+        stage="cli.asl",
+        method="buxton_pcasl",
+        voxels=n,
+        backend="osipy",
+        baseline="osipy",
+        baseline_version=osipy_version(),
+        frames=k,
+        loadavg_1m=_load(),
+        note="fresh process: series read, ΔM averaged per PLD, osipy quantify_multi_pld, "
+        "nibabel write; no report (osipy's model differs: speed only)",
+    )
+
+
+def test_cli_cold_start(benchmark):
+    """``gpuperf --help`` as a fresh process: interpreter start + the command line's imports
+    (no matplotlib, dask, cupy, scipy; tests/test_benchmarks_startup.py)."""
+    _timed(benchmark, gpuperf_command("--help"), rounds=5)
+    record(
+        benchmark,
+        stage="cli.startup",
+        method="help",
+        voxels=1,
+        backend="numpy",
+        variant="cold start",
+        loadavg_1m=_load(),
+        note="`gpuperf --help`, fresh process (target <= 0.3 s); voxels/s is meaningless here",
+    )

@@ -1,0 +1,73 @@
+"""Start-up: what ``gpuperf --help`` and the commands import before any work starts.
+
+The import chain of the command line must stay light (the time is measured in ``bench/``,
+never asserted here): heavy libraries are imported where they are used.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+HEAVY = ("matplotlib", "dask", "cupy", "scipy")
+
+
+def _loaded(code: str) -> dict[str, bool]:
+    """Which of HEAVY (and a few gpuperf modules) a fresh interpreter has after ``code``."""
+    probe = (
+        f"{code}\nimport json, sys\n"
+        "names = "
+        + repr(
+            HEAVY
+            + (
+                "nibabel",
+                "gpuperf.report",
+                "gpuperf.asl.pipeline",
+                "gpuperf.dsc.pipeline",
+                "gpuperf.asl.bids",
+                "rich.markdown",
+            )
+        )
+        + "\nprint(json.dumps({n: n in sys.modules for n in names}))"
+    )
+    r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def test_cli_import_loads_no_heavy_library():
+    loaded = _loaded("import gpuperf.cli")
+    assert not any(loaded[n] for n in HEAVY), loaded
+    # the pipelines, the report and the ASL reader load when a command runs, not for --help
+    for name in ("gpuperf.report", "gpuperf.asl.pipeline", "gpuperf.dsc.pipeline", "nibabel"):
+        assert not loaded[name], name
+
+
+def test_help_renders_without_rich_markdown(tmp_path):
+    code = (
+        "import sys\nfrom gpuperf.cli import app\nsys.argv = ['gpuperf', '--help']\n"
+        "try:\n    app()\nexcept SystemExit:\n    pass\n"
+    )
+    loaded = _loaded(code)
+    assert not loaded["rich.markdown"] and not any(loaded[n] for n in HEAVY), loaded
+
+
+@pytest.mark.parametrize("package", ["gpuperf.asl", "gpuperf.dsc"])
+def test_package_names_resolve_lazily(package):
+    """``import gpuperf.asl.options`` does not load the reader or the pipeline, and every name
+    of the package's ``__all__`` still resolves (and is the object of its defining module)."""
+    loaded = _loaded(f"import {package}.options")
+    assert not loaded[f"{package}.pipeline"]
+    code = (
+        f"import importlib, {package} as p\n"
+        "for n in p.__all__:\n"
+        "    obj = getattr(p, n)\n"
+        "    assert obj is getattr(importlib.import_module(p._LAZY[n]), n), n\n"
+        "assert set(p.__all__) <= set(dir(p))\n"
+        "try:\n    p.no_such_name\nexcept AttributeError:\n    pass\n"
+        "else:\n    raise AssertionError('unknown names must raise AttributeError')\n"
+    )
+    _loaded(code)
