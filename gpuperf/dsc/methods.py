@@ -83,6 +83,8 @@ class Subject:
     residue: Any = None
     plan: Any = None
     chunks: list = field(default_factory=list)
+    #: Extra per-voxel maps of the method (name -> host (V,) array; ``gpuperf.maps`` names).
+    maps: dict = field(default_factory=dict)
 
 
 class Deconvolution:
@@ -332,3 +334,8 @@ def get(name: str) -> Deconvolution:
 
 for _method in (OSVD(), CSVD(), SSVD(), Tikhonov()):
     register(_method)
+
+# after the base classes: gpuperf.dsc.parametric subclasses them
+from gpuperf.dsc.parametric import Parametric  # noqa: E402
+
+register(Parametric())

@@ -343,6 +343,9 @@ def write_dsc(prep: PreparedDSCRun) -> DSCRunResult:
                 continue
             spec = maps.get(name)
             writer.add_map(name, data, spec.units, spec.description)
+        for name, data in fit.maps.items():  # the method's own maps (e.g. parametric: cth)
+            spec = maps.get(name)
+            writer.add_map(name, data, spec.units, spec.description)
         spec = maps.get("status")
         writer.add_map(
             "status",

@@ -6,6 +6,7 @@ from gpuperf.cuda.catalog import register_instances
 from gpuperf.errors import GpuperfError
 from gpuperf.fit.models.base import Model
 from gpuperf.fit.models.buxton import BuxtonPASL, BuxtonPCASL, BuxtonPCASLArterial
+from gpuperf.fit.models.dsc_gamma_residue import DSCGammaResidue
 from gpuperf.fit.models.gammavar import GammaVar
 from gpuperf.fit.models.monoexp import MonoExp
 
@@ -16,6 +17,7 @@ MODELS: dict[str, Model] = {
     "buxton_pcasl": BuxtonPCASL(),
     "buxton_pasl": BuxtonPASL(),
     "buxton_pcasl_arterial": BuxtonPCASLArterial(),
+    "dsc_gamma_residue": DSCGammaResidue(),
 }
 
 
