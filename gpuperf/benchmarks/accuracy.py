@@ -276,7 +276,7 @@ PHYSIO_DELAYS_S = (-2.0, -1.0, 0.0, 1.0, 2.0, 3.0)
 PHYSIO_AIF = {"recirculation": 0.25, "steady_state": 0.05}
 #: Noise levels (None: noise-free) and noisy replicates per (shape, CBF, MTT, delay).
 PHYSIO_SNRS = (None, 100.0)
-PHYSIO_REPLICATES = 4
+PHYSIO_REPLICATES = 10
 #: Accuracy targets of issue #11 (|median CBF error| per CBF x MTT cell, over all delays).
 PHYSIO_TARGETS = {
     None: {"exponential": 10.0, "gamma": 10.0, "box": 10.0, "lognormal": 15.0},
@@ -323,7 +323,7 @@ def dsc_physiology_phantom(
 def dsc_physiology_accuracy(
     methods: Iterable[str] = PHYSIO_METHODS,
     snrs: Sequence[float | None] = PHYSIO_SNRS,
-    replicates: int = 4,
+    replicates: int = PHYSIO_REPLICATES,
     seed: int = 0,
     device: str = "auto",
     shapes: Sequence[str] = PHYSIO_SHAPES,
