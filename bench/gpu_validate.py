@@ -57,8 +57,10 @@ def install(wheels: Path | None, target: Path, need: list[str], out: Path) -> di
         step.update(ok=False, error=f"{missing} missing and no --wheels folder given")
         return step
     target.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "pip", "install", "--no-index", "--find-links", str(wheels),
-           "--target", str(target), *missing]  # fmt: skip
+    # --no-deps: the machine's own numpy & co. stay; pip would otherwise try to resolve them
+    # from the (absent) index and give up. Their own needs (packaging) come with pytest there.
+    cmd = [sys.executable, "-m", "pip", "install", "--no-index", "--no-deps", "--find-links",
+           str(wheels), "--target", str(target), *missing]  # fmt: skip
     rc, _ = _run(cmd, dict(os.environ), out / "pip.txt", 600)
     step.update(ok=rc == 0, installed=missing if rc == 0 else [], returncode=rc)
     return step

@@ -151,6 +151,16 @@ for _spec in (
         symmetric=True,
     ),
     MapSpec(
+        "kep",
+        "1/s",
+        "Efflux rate of the bidirectional leakage correction, K2 exp(-kep t) in the residue "
+        "(Bjornerud et al., JCBFM 31:2041, 2011)",
+        "kep (efflux)",
+        0.0,
+        0.05,
+        "viridis",
+    ),
+    MapSpec(
         "threshold",
         "1",
         "Relative SVD threshold used (fraction of s_max; mu/s_max for Tikhonov)",

@@ -64,7 +64,6 @@ def test_gamma_variate_first_moment_is_a_plus_1_times_b():
 
 
 def test_gamma_fit_removes_recirculation():
-    pytest.importorskip("gpuperf.fit")
     t = np.arange(60) * 1.0
     first = gamma_variate(t, 2.0, 8.0, 3.0, 1.5)
     late = gamma_variate(t, 1.0, 20.0, 3.0, 3.0)

@@ -124,7 +124,7 @@ def test_cli_choices_are_the_registries():
     assert "<" + "|".join(methods.names()) + ">" in text
     assert "<" + "|".join(leak_mod.names()) + ">" in text
     assert set(methods.names()) == {"osvd", "csvd", "ssvd", "tikhonov", "parametric"}
-    assert set(leak_mod.names()) == {"none", "bsw"}
+    assert set(leak_mod.names()) == {"none", "bsw", "bidirectional"}
     # every option is on the command line, existing flags under their names
     for spec in specs(DSCOptions).values():
         assert spec.flag in text, spec.flag

@@ -10,8 +10,6 @@ from gpuperf.dsc import deconvolution as dec
 from gpuperf.dsc import osvd
 from gpuperf.errors import GpuperfError
 
-pytest.importorskip("gpuperf.cuda.host")
-
 
 def _curves(n_vox=600, n=60, tr=1.5, seed=0):
     rng = np.random.default_rng(seed)

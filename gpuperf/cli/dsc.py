@@ -42,7 +42,9 @@ def dsc_command(
     aif_curve: Path | None = typer.Option(
         None, "--aif-curve", help="AIF curve file (TSV/CSV/txt, dR2* in 1/s, last column)."
     ),
-    ref_mask: Path | None = typer.Option(None, "--ref-mask", help="Reference mask for rCBV."),
+    ref_mask: Path | None = typer.Option(
+        None, "--ref-mask", help="Reference mask for rCBF, rCBV, rMTT."
+    ),
     prefix: str | None = typer.Option(None, "--prefix", help="Output prefix."),
     device: Device = DeviceOption,
     memory_budget_mb: float | None = MemoryOption,

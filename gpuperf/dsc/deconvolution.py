@@ -24,6 +24,16 @@ Tikhonov
     50:1237, 2003); ``mu`` fixed (relative to ``s_max``) or chosen per voxel by generalised
     cross-validation (GCV; Golub, Heath & Wahba, Technometrics 21:215, 1979).
 
+Discretisation (Sourbron et al., PMB 52:6761, 2007)
+    The rectangle rule ``c_n = dt sum_{k<=n} a_{n-k} r_k`` gives the first residue sample full
+    weight, though it only covers half an interval of the integral ``int_0^t a(t-s) r(s) ds``:
+    a residue that peaks at t = 0 comes back near half height and CBF reads low. ``trapezoid``
+    halves the weights of the end samples ``r_0`` and ``r_n``; ``volterra`` takes both curves
+    piecewise linear (weights ``dt/6 (a_{m-1} + 4 a_m + a_{m+1})`` inside, ``dt/6 (2 a_n +
+    a_{n-1})`` for ``r_0``, ``dt/6 (2 a_0 + a_1)`` for ``r_n``). Both need a causal origin, so
+    they apply to the Toeplitz methods (sSVD, Tikhonov on the Toeplitz matrix), not to the
+    block-circulant ones.
+
 All residues returned are ``F*R`` scaled by ``rho/kH`` (units 1/s when the curves share units);
 negative values are kept as computed: clipping them would make MTT/Tmax depend on the window.
 """
@@ -38,16 +48,50 @@ import numpy as np
 SSVD_THRESHOLD = 0.2
 CSVD_THRESHOLD = 0.1
 
+#: Quadratures of the convolution integral (:func:`toeplitz_matrix`); ``rectangle`` is the
+#: toolboxes' (and the default).
+DISCRETISATIONS = ("rectangle", "trapezoid", "volterra")
+
 #: GCV search grid for Tikhonov, mu relative to s_max (log-spaced).
 GCV_MU_GRID = np.logspace(-3, 0, 31)
 
 
-def toeplitz_matrix(aif: np.ndarray, dt_s: float) -> np.ndarray:
-    """``dt * `` lower-triangular Toeplitz convolution matrix of the AIF, float64 (N, N)."""
+def toeplitz_matrix(aif: np.ndarray, dt_s: float, discretisation: str = "rectangle") -> np.ndarray:
+    """Lower-triangular convolution matrix ``A`` of the AIF (``c = A @ r``), float64 (N, N).
+
+    Parameters
+    ----------
+    aif : ndarray (N,)
+    dt_s : float
+    discretisation : {'rectangle', 'trapezoid', 'volterra'}
+        Quadrature of ``c(t_n) = int_0^{t_n} a(t_n - s) r(s) ds`` (see the module docstring;
+        Sourbron et al., PMB 52:6761, 2007). ``rectangle``: ``A_nk = dt a_{n-k}`` (k <= n),
+        the toolboxes' matrix (Ostergaard 1996).
+    """
     a = np.asarray(aif, dtype=np.float64)
     n = a.size
-    idx = np.arange(n)[:, None] - np.arange(n)[None, :]
-    return np.where(idx >= 0, a[np.clip(idx, 0, None)], 0.0) * dt_s
+    idx = np.arange(n)[:, None] - np.arange(n)[None, :]  # n - k
+    lower = idx >= 0
+
+    def at(m: np.ndarray) -> np.ndarray:  # a_m, 0 outside 0..N-1
+        return np.where((m >= 0) & (m < n), a[np.clip(m, 0, n - 1)], 0.0)
+
+    if discretisation == "rectangle":
+        return np.where(lower, at(idx), 0.0) * dt_s
+    row = np.arange(n)[:, None]
+    col = np.arange(n)[None, :]
+    if discretisation == "trapezoid":
+        w = np.where((col == 0) | (col == row), 0.5, 1.0)
+        out = np.where(lower, at(idx) * w, 0.0)
+        out[0, 0] = 0.0  # the integral over [0, 0]
+        return out * dt_s
+    if discretisation == "volterra":
+        # piecewise-linear a and r: each interval [t_j, t_j+1] contributes
+        # dt (r_j (a_{n-j}/3 + a_{n-j-1}/6) + r_{j+1} (a_{n-j}/6 + a_{n-j-1}/3))
+        left = np.where(col < row, at(idx) / 3.0 + at(idx - 1) / 6.0, 0.0)  # interval j = k
+        right = np.where((col >= 1) & (col <= row), at(idx + 1) / 6.0 + at(idx) / 3.0, 0.0)
+        return (left + right) * dt_s
+    raise ValueError(f"unknown discretisation {discretisation!r}")
 
 
 def circulant_matrix(aif: np.ndarray, dt_s: float) -> np.ndarray:
@@ -141,6 +185,48 @@ def csvd_operator(aif: np.ndarray, dt_s: float, threshold: float = CSVD_THRESHOL
     """
     n = np.asarray(aif).size
     return csvd_fft(np.eye(n), aif, dt_s, threshold)
+
+
+def toeplitz_svd(
+    aif: np.ndarray, dt_s: float, discretisation: str = "rectangle"
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """SVD ``(U, s, Vt)`` of :func:`toeplitz_matrix` (float64), for :func:`tikhonov_svd`."""
+    return np.linalg.svd(toeplitz_matrix(aif, dt_s, discretisation))
+
+
+def tikhonov_svd(
+    conc: Any, svd: tuple[np.ndarray, np.ndarray, np.ndarray], mu: float | None, xp: Any = np
+) -> tuple[Any, Any]:
+    """Tikhonov deconvolution with a (causal, Toeplitz) matrix given by its SVD.
+
+    ``r = V diag(s / (s^2 + mu^2)) U^T c`` (Calamante et al., MRM 50:1237, 2003; with the
+    trapezoid/Volterra matrices of Sourbron et al., PMB 52:6761, 2007). ``mu`` relative to
+    ``s_max``, or None for per-voxel GCV on :data:`GCV_MU_GRID`:
+    ``GCV(mu) = sum_i (phi_i beta_i)^2 / (sum_i phi_i)^2``, ``phi_i = mu^2 / (s_i^2 + mu^2)``,
+    ``beta = U^T c`` (A is square: U is complete, so the residual is in its basis).
+
+    Returns
+    -------
+    residue : array (V, N)
+    mu_rel : array (V,)
+    """
+    u, s, vt = svd
+    v = conc.shape[0]
+    s2 = s**2
+    smax2 = s2.max()
+    beta = conc @ xp.asarray(u, dtype=conc.dtype)  # (V, N): rows are U^T c
+    if mu is not None:
+        filt = s / (s2 + (mu**2) * smax2)
+        res = (beta * xp.asarray(filt, dtype=conc.dtype)) @ xp.asarray(vt, dtype=conc.dtype)
+        return res, xp.full((v,), mu, dtype=conc.dtype)
+    grid = GCV_MU_GRID
+    mu2 = (grid**2)[:, None] * smax2  # (G, N)
+    phi = mu2 / (s2[None, :] + mu2)
+    rw = xp.asarray((phi**2 / phi.sum(axis=1)[:, None] ** 2).T, dtype=conc.dtype)  # (N, G)
+    best = xp.argmin((beta * beta) @ rw, axis=1)
+    filt = xp.asarray(s[None, :] / (s2[None, :] + mu2), dtype=conc.dtype)[best]  # (V, N)
+    res = (beta * filt) @ xp.asarray(vt, dtype=conc.dtype)
+    return res, xp.asarray(grid, dtype=conc.dtype)[best]
 
 
 def tikhonov(

@@ -1,4 +1,4 @@
-"""Boxerman-Schmainda-Weisskoff (BSW) leakage correction.
+"""Leakage corrections: Boxerman-Schmainda-Weisskoff (BSW) and bidirectional (Bjornerud).
 
 Boxerman, Schmainda & Weisskoff, AJNR 27:859 (2006): each voxel's curve is modelled as
 
@@ -13,6 +13,19 @@ How the non-enhancing reference is chosen (documented in ``docs/dsc.md``): start
 usable brain voxel that is not an AIF voxel; fit K2 against their mean; keep the voxels whose
 K2 lies within 3 robust standard deviations (1.4826 * MAD) of the median K2 (leaky voxels are
 the outliers); the mean of those is ``Rbar``. Two passes.
+
+BSW assumes the tissue's transit-time distribution equals the reference's (``K1 Rbar`` must
+fit the vascular part): where tissue MTT differs from the reference MTT, the mismatch leaks
+into K2 and CBV is biased. The **bidirectional** correction (Bjornerud et al., JCBFM 31:2041,
+2011) works in the residue domain instead, with the AIF as input and no reference curve:
+
+    dR2*(t) = C_a(t) conv [ CBF R(t) - K2 exp(-kep t) ]
+
+The deconvolved apparent residue is ``r*(t) = CBF R(t) - K2 exp(-kep (t - t0))`` (t0 the
+tissue's bolus arrival, taken at Tmax); the vascular part has decayed in the tail, so K2 and the
+efflux rate kep (1/s) are fitted there (kep on a grid, K2 in closed form per kep, per voxel) and
+the corrected curve is ``dR2* + K2 (C_a conv exp(-kep (t - t0)))``. kep = 0 is unidirectional
+(BSW with the AIF as reference). See :func:`bidirectional_correct`.
 """
 
 from __future__ import annotations
@@ -114,6 +127,92 @@ def bsw_correct(
     return corrected, BSWResult(k1, k2, ref, use)
 
 
+#: Bidirectional leakage: the residue tail fitted starts this long after Tmax (s); the option
+#: ``DSCOptions.leakage_tail_s``.
+TAIL_S = 30.0
+#: Efflux-rate grid (1/s) of the bidirectional fit: 0 .. 0.05 1/s (0 .. 3 1/min).
+KEP_GRID = np.linspace(0.0, 0.05, 101)
+#: Relative SVD threshold of the (Toeplitz) deconvolution giving the apparent residue.
+BIDIRECTIONAL_THRESHOLD = 0.01
+#: Fewest tail samples for the bidirectional fit; fewer: that voxel is left uncorrected.
+MIN_TAIL_SAMPLES = 5
+
+
+@dataclass
+class BidirectionalResult:
+    """K2 (1/s, relative to the AIF), kep (1/s) and the tail start (sample) per voxel."""
+
+    k2: Any
+    kep: Any
+    tail_start: Any
+
+
+def bidirectional_correct(
+    dr2s: Any, aif: np.ndarray, dt_s: float, tail_s: float, xp: Any = np
+) -> tuple[Any, BidirectionalResult]:
+    """Bidirectional residue-domain leakage correction (Bjornerud et al., JCBFM 31:2041, 2011).
+
+    Parameters
+    ----------
+    dr2s : array (V, N)
+    aif : ndarray (N,)
+        The AIF (dR2*, 1/s): the leakage term's input.
+    dt_s : float
+    tail_s : float
+        The tail fitted starts this long after each voxel's residue maximum (Tmax), when the
+        vascular residue has decayed (several MTTs).
+
+    Returns
+    -------
+    corrected : array (V, N)
+        ``dr2s + K2 (C_a conv exp(-kep (t - t0)) H(t - t0))`` (rectangle-rule convolution).
+    result : BidirectionalResult
+        ``k2`` (1/s; > 0: T1 leakage, < 0: T2* leakage), ``kep`` (1/s), ``tail_start``.
+        Voxels whose tail is shorter than :data:`MIN_TAIL_SAMPLES` keep K2 = kep = 0.
+    """
+    from gpuperf.dsc.deconvolution import toeplitz_matrix, truncated_pinv
+
+    v, n = dr2s.shape
+    dtype = dr2s.dtype
+    # causal (Toeplitz) deconvolution: the leaky curves do not return to baseline, which a
+    # block-circulant would wrap around onto the residue's start
+    pinv = truncated_pinv(toeplitz_matrix(aif, dt_s), BIDIRECTIONAL_THRESHOLD)
+    r = dr2s @ xp.asarray(pinv.T, dtype=dtype)  # apparent residue (V, N), 1/s
+    t = np.arange(n) * dt_s
+    i0 = xp.argmax(r, axis=1)  # bolus arrival in the residue domain
+    start = i0 + int(np.ceil(tail_s / dt_s))
+    # lag k of the residue is seen only by frames k + (AIF onset) and later: the last lags,
+    # beyond N - 1 - (AIF peak), are not determined by the data (truncation pins them)
+    end = n - int(np.argmax(np.asarray(aif)))
+    lag = xp.arange(n)[None, :]
+    w = ((lag >= start[:, None]) & (lag < end)).astype(dtype)  # tail mask (V, N)
+    # r*(t) ~ -K2' exp(-kep t) on the tail; K2' = K2 exp(kep t0) absorbs each voxel's t0
+    e = np.exp(-np.outer(KEP_GRID, t))  # (G, N)
+    num = (w * r) @ xp.asarray(e.T, dtype=dtype)  # (V, G)
+    den = w @ xp.asarray((e * e).T, dtype=dtype)
+    ok = den > 0
+    safe = xp.where(ok, den, 1)
+    sse = -(num * num) / safe  # sum w r^2 is common to every kep of a voxel
+    best = xp.argmin(xp.where(ok, sse, np.inf), axis=1)
+    rows = xp.arange(v)
+    k2p = -(num / safe)[rows, best]
+    kep = xp.asarray(KEP_GRID, dtype=dtype)[best]
+    enough = w.sum(axis=1) >= MIN_TAIL_SAMPLES
+    k2p = xp.where(enough, k2p, 0)
+    kep = xp.where(enough, kep, 0)
+    t_dev = xp.asarray(t, dtype=dtype)
+    t0 = t_dev[xp.clip(i0, 0, n - 1)]
+    k2 = k2p * xp.exp(-kep * t0)
+    # leakage term K2' exp(-kep t) H(t - t0), convolved with the AIF (rectangle rule, as A)
+    kern = xp.where(xp.arange(n)[None, :] >= i0[:, None], 1.0, 0.0).astype(dtype)
+    kern *= k2p[:, None] * xp.exp(-kep[:, None] * t_dev[None, :])
+    cdtype = np.complex64 if dtype == np.float32 else np.complex128
+    spec = xp.fft.rfft(kern, n=2 * n, axis=-1)
+    spec *= xp.asarray(np.fft.rfft(np.asarray(aif, np.float64), n=2 * n) * dt_s, dtype=cdtype)
+    leak = xp.fft.irfft(spec, n=2 * n, axis=-1)[:, :n].astype(dtype, copy=False)
+    return dr2s + leak, BidirectionalResult(k2, kep, start)
+
+
 # -- the registry of leakage corrections (``--leakage``) ----------------------------------------
 class LeakageCorrection:
     """A leakage correction: curves in, corrected curves and per-voxel maps out.
@@ -132,10 +231,22 @@ class LeakageCorrection:
     maps: tuple[str, ...] = ()
 
     def correct(
-        self, dr2s: Any, dt_s: float, candidates: np.ndarray, xp: Any, to_host: Any
-    ) -> tuple[Any, np.ndarray | None]:
-        """Return the corrected curves and the K2 map (host float32, (V,)) or None."""
-        return dr2s, None
+        self,
+        dr2s: Any,
+        dt_s: float,
+        candidates: np.ndarray,
+        xp: Any,
+        to_host: Any,
+        aif: np.ndarray | None = None,
+        options: Any = None,
+    ) -> tuple[Any, dict[str, np.ndarray]]:
+        """Return the corrected curves and the correction's maps (name in :attr:`maps` ->
+        host float32 (V,)).
+
+        ``candidates`` (V,) bool: usable non-AIF voxels (a reference may be chosen there);
+        ``aif`` (N,): the AIF; ``options``: the :class:`gpuperf.dsc.options.DSCOptions`.
+        """
+        return dr2s, {}
 
 
 class NoCorrection(LeakageCorrection):
@@ -148,13 +259,31 @@ class BSW(LeakageCorrection):
     description = "Boxerman-Schmainda-Weisskoff, AJNR 27:859 (2006)"
     maps = ("k2",)
 
-    def correct(self, dr2s, dt_s, candidates, xp, to_host):
+    def correct(self, dr2s, dt_s, candidates, xp, to_host, aif=None, options=None):
         corrected, bsw = bsw_correct(dr2s, dt_s, candidates, xp, to_host)
-        return corrected, to_host(bsw.k2).astype(np.float32)
+        return corrected, {"k2": to_host(bsw.k2).astype(np.float32)}
+
+
+class Bidirectional(LeakageCorrection):
+    name = "bidirectional"
+    description = "residue-domain, with efflux kep (Bjornerud et al., JCBFM 31:2041, 2011)"
+    maps = ("k2", "kep")
+
+    def correct(self, dr2s, dt_s, candidates, xp, to_host, aif=None, options=None):
+        if aif is None:
+            raise GpuperfError("bidirectional leakage correction needs the AIF")
+        tail = TAIL_S if options is None else options.leakage_tail_s
+        corrected, res = bidirectional_correct(dr2s, aif, dt_s, tail, xp)
+        return corrected, {
+            "k2": to_host(res.k2).astype(np.float32),
+            "kep": to_host(res.kep).astype(np.float32),
+        }
 
 
 #: Name -> leakage correction.
-CORRECTIONS: dict[str, LeakageCorrection] = {c.name: c for c in (NoCorrection(), BSW())}
+CORRECTIONS: dict[str, LeakageCorrection] = {
+    c.name: c for c in (NoCorrection(), BSW(), Bidirectional())
+}
 
 
 def names() -> tuple[str, ...]:

@@ -65,6 +65,10 @@ class Subject:
         (NaN unless the method computes it).
     residue : backend array (V, N) or None
         Filled when the caller asked for residues.
+    leakage_maps : dict
+        Per-voxel maps of the leakage correction (``k2``, ``kep``; host arrays).
+    time_offsets : ndarray (V,) or None
+        Slice time of each voxel minus the AIF's (s; 2D readouts).
     """
 
     dr2s: Any
@@ -85,6 +89,8 @@ class Subject:
     chunks: list = field(default_factory=list)
     #: Extra per-voxel maps of the method (name -> host (V,) array; ``gpuperf.maps`` names).
     maps: dict = field(default_factory=dict)
+    leakage_maps: dict = field(default_factory=dict)
+    time_offsets: np.ndarray | None = None
 
 
 class Deconvolution:
@@ -103,6 +109,10 @@ class Deconvolution:
         Working memory per voxel in units of ``4 * N * itemsize`` bytes (for chunking).
     flags : tuple of Status
         Status flags the method itself may set (for the status map's sidecar).
+    discretisations : tuple of str
+        ``DSCOptions.discretisation`` values it implements (:data:`gpuperf.dsc.deconvolution.
+        DISCRETISATIONS`); others are refused naming ``--discretisation``. Block-circulant
+        methods take ``rectangle`` only: the edge weights need a causal origin.
     """
 
     name: str = ""
@@ -110,6 +120,7 @@ class Deconvolution:
     default_threshold: float | None = None
     work_arrays: int = 6
     flags: tuple[Status, ...] = ()
+    discretisations: tuple[str, ...] = ("rectangle",)
 
     def memory_per_voxel(self, n_frames: int, itemsize: int) -> int:
         """Bytes of working memory one voxel of ``n_frames`` needs."""
@@ -167,10 +178,12 @@ class SSVD(OperatorMethod):
     name = "ssvd"
     description = "standard truncated SVD, lower-triangular Toeplitz (Ostergaard 1996)"
     default_threshold = dec.SSVD_THRESHOLD
+    discretisations = dec.DISCRETISATIONS
 
     def plan(self, aif, dt_s, options, dtype, xp):
         thr = options.resolved_threshold
-        return xp.asarray(dec.truncated_pinv(dec.toeplitz_matrix(aif, dt_s), thr).T, dtype=dtype)
+        matrix = dec.toeplitz_matrix(aif, dt_s, options.discretisation)
+        return xp.asarray(dec.truncated_pinv(matrix, thr).T, dtype=dtype)
 
 
 class CSVD(OperatorMethod):
@@ -184,9 +197,21 @@ class CSVD(OperatorMethod):
 
 class Tikhonov(OperatorMethod):
     name = "tikhonov"
-    description = "Tikhonov filter on the block-circulant, fixed mu or GCV (Calamante 2003)"
+    description = (
+        "Tikhonov filter, fixed mu or GCV (Calamante 2003): block-circulant, or causal "
+        "Toeplitz with trapezoid/Volterra weights"
+    )
+    discretisations = dec.DISCRETISATIONS
+
+    def plan(self, aif, dt_s, options, dtype, xp):
+        if options.discretisation == "rectangle":
+            return None
+        # trapezoid/Volterra: the causal Toeplitz matrix, filtered in its SVD basis
+        return dec.toeplitz_svd(aif, dt_s, options.discretisation)
 
     def apply(self, conc, plan, aif, dt_s, options, xp):
+        if plan is not None:
+            return dec.tikhonov_svd(conc, plan, options.mu, xp)
         return dec.tikhonov(conc, aif, dt_s, options.mu, xp)
 
 

@@ -79,7 +79,8 @@ class DSCFit:
     Attributes
     ----------
     cbf : ml/100g/min.   cbv : ml/100g.   mtt, tmax, ttp : s.
-    k2 : 1/s (BSW leakage) or None.   rcbv : CBV / mean CBV in the reference mask, or None.
+    k2 : 1/s (leakage) or None.   kep : efflux rate, 1/s (bidirectional leakage) or None.
+    rcbf, rcbv, rmtt : CBF, CBV, MTT over their means in the reference mask, or None.
     threshold : the relative SVD threshold used per voxel (mu / s_max for Tikhonov).
     oi : oscillation index of the chosen oSVD residue (NaN for other methods).
     status : int32 :class:`gpuperf.status.Status` flags (``OUTSIDE_MASK`` outside the mask).
@@ -97,7 +98,10 @@ class DSCFit:
     status: np.ndarray
     aif: np.ndarray
     k2: np.ndarray | None = None
+    kep: np.ndarray | None = None
+    rcbf: np.ndarray | None = None
     rcbv: np.ndarray | None = None
+    rmtt: np.ndarray | None = None
     aif_voxels: np.ndarray | None = None
     n_baseline: int | None = None
     residue: np.ndarray | None = None
@@ -129,8 +133,8 @@ class DSCModel:
         Bytes per chunk of voxels.
     **option_values
         Any field of :class:`DSCOptions` (threshold, osvd_thresholds, oi_limit, mu, leakage,
-        kh, rho, baseline, gamma_fit_aif, aif_auc_percentile, aif_roughness_percentile,
-        aif_clusters).
+        leakage_tail_s, discretisation, kh, rho, baseline, skip, slice_timing, gamma_fit_aif,
+        aif_auc_percentile, aif_roughness_percentile, aif_clusters).
     """
 
     def __init__(
@@ -188,6 +192,8 @@ class DSCModel:
             o.oi_limit,
             o.mu,
             o.leakage,
+            o.leakage_tail_s,
+            o.discretisation,
             o.kh,
             o.rho,
             self.device,
@@ -204,6 +210,7 @@ class DSCModel:
         ref_mask: np.ndarray | None = None,
         return_residue: bool = False,
         gamma_fit_aif: bool | None = None,
+        slice_times_s: Any = None,
     ) -> DSCFit:
         """Fit raw DSC signal.
 
@@ -221,11 +228,19 @@ class DSCModel:
         return_residue : bool
             Keep the (V, N) residues (memory: 4 V N bytes).
         gamma_fit_aif : bool, optional
-            Replace the AIF by its gamma-variate fit (recirculation removed); default the
+            Replace the AIF by its gamma-variate fit (recirculation removed) for the
+            deconvolution; CBV keeps the measured AIF's area (see :meth:`prepare`). Default the
             option ``gamma_fit_aif``.
+        slice_times_s : array, optional
+            2D readouts: acquisition time of each slice after the volume starts (BIDS
+            ``SliceTiming``, s), (Z,) along the third axis of a 4D signal, or (V,) for a
+            (V, T) signal. Tmax and TTP are then taken relative to the AIF's slice time (the
+            mean slice time of the AIF voxels; 0 for an external AIF curve). Ignored when the
+            option ``slice_timing`` is False.
         """
         return self.fit_batch(
-            [self.prepare(signal, aif, mask, ref_mask, gamma_fit_aif)], return_residue
+            [self.prepare(signal, aif, mask, ref_mask, gamma_fit_aif, slice_times_s)],
+            return_residue,
         )[0]
 
     def prepare(
@@ -235,14 +250,33 @@ class DSCModel:
         mask: np.ndarray | None = None,
         ref_mask: np.ndarray | None = None,
         gamma_fit_aif: bool | None = None,
+        slice_times_s: Any = None,
     ) -> PreparedDSC:
         """Everything of :meth:`fit` before the per-voxel deconvolution: mask, dR2* (on the
-        backend), bolus arrival, AIF. Parameters as for :meth:`fit`; raises its input errors."""
+        backend), bolus arrival, AIF. Parameters as for :meth:`fit`; raises its input errors.
+
+        The option ``skip`` drops the first frames (non-steady state) before anything else: a
+        curve given as ``aif`` then has the series' full length and loses them too.
+
+        With a gamma-variate AIF (``gamma_fit_aif``) the deconvolution uses the fitted first
+        pass, but CBV divides the tissue area by the *measured* AIF's area: both integrals then
+        cover the same window (first pass, recirculation and steady state alike). Dividing the
+        whole tissue area by the first-pass area inflated CBV by the recirculating fraction.
+        """
         t_start = time.perf_counter()
         opts = self.options
         signal = np.asarray(signal)
         if signal.ndim not in (2, 4):
             raise InputError(None, "signal", f"expected (V, T) or (X, Y, Z, T); got {signal.shape}")
+        skip = int(opts.skip)
+        if skip:
+            if skip >= signal.shape[-1] - 4:
+                raise InputError(
+                    None, "--skip", f"{skip} frames skipped leave too few of {signal.shape[-1]}"
+                )
+            signal = signal[..., skip:]
+            if not isinstance(aif, str) and np.asarray(aif).dtype != bool:
+                aif = np.asarray(aif, np.float64).reshape(-1)[skip:]
         n_t = signal.shape[-1]
         if n_t < 4:
             raise InputError(None, "signal", f"need at least 4 frames; got {n_t}")
@@ -265,12 +299,22 @@ class DSCModel:
         usable = backend.to_host(flags) == 0
         aif_curve, aif_vox_local = self._aif(backend, grid, dr2s, usable, aif, n_t)
         aif_info: dict[str, Any] = {}
+        aif_area = None
         if opts.gamma_fit_aif if gamma_fit_aif is None else gamma_fit_aif:
             from gpuperf.dsc.aif import fit_gamma_aif
 
-            aif_curve, aif_info = fit_gamma_aif(aif_curve, opts.tr_s)
+            measured = np.asarray(aif_curve, np.float64)
+            _check_aif(measured, n_t, opts.tr_s)
+            aif_curve, aif_info = fit_gamma_aif(measured, opts.tr_s)
+            aif_area = float(trapz(measured, opts.tr_s))
+            aif_info["CBVNormalisation"] = "area of the measured AIF"
         aif_curve = np.asarray(aif_curve, np.float64)
         _check_aif(aif_curve, n_t, opts.tr_s)
+        offsets = None
+        if slice_times_s is not None and opts.slice_timing:
+            offsets = _slice_offsets(slice_times_s, signal.shape, grid, aif_vox_local)
+            aif_info["AIFSliceTime_s"] = offsets[1]
+            offsets = offsets[0]
         return PreparedDSC(
             backend=backend,
             dr2s=dr2s,
@@ -283,6 +327,8 @@ class DSCModel:
             usable=usable,
             aif_info=aif_info,
             t_start=t_start,
+            aif_area=aif_area,
+            time_offsets=offsets,
         )
 
     def _aif(
@@ -328,19 +374,20 @@ class DSCModel:
             raise GpuperfError("fit_batch: subjects with different frame counts")
         fits = self._fit_dr2s_many(
             prepared[0].backend,
-            [(p.dr2s, p.flags, p.aif, p.aif_voxels) for p in prepared],
+            [(p.dr2s, p.flags, p.aif, p.aif_voxels, p.aif_area, p.time_offsets) for p in prepared],
             return_residue,
         )
         return [self._finish(p, f) for p, f in zip(prepared, fits, strict=True)]
 
     def _finish(self, p: PreparedDSC, fit: DSCFit) -> DSCFit:
-        """Reference-region rCBV and the maps back onto the input grid."""
+        """Reference-region rCBF, rCBV, rMTT and the maps back onto the input grid."""
         grid = p.grid
         fit.n_baseline = p.n_baseline
         fit.info.update(p.aif_info)
         if p.ref is not None:
-            fit.rcbv = self._rcbv(fit.cbv, p.ref, p.usable)
-        for name in ("cbf", "cbv", "mtt", "tmax", "ttp", "threshold", "oi", "k2", "rcbv"):
+            for name in ("cbf", "cbv", "mtt"):
+                setattr(fit, "r" + name, _relative(getattr(fit, name), p.ref, p.usable, name))
+        for name in _SCATTERED:
             vals = getattr(fit, name)
             if vals is not None:
                 setattr(fit, name, grid.scatter(vals))
@@ -378,14 +425,15 @@ class DSCModel:
         flags[bad] = int(Status.NONFINITE_INPUT)
         c[bad] = 0
         aif = np.asarray(aif, np.float64).reshape(-1)
-        return self._fit_dr2s_many(backend, [(c, flags, aif, None)], return_residue)[0]
+        return self._fit_dr2s_many(backend, [(c, flags, aif, None, None, None)], return_residue)[0]
 
     # ------------------------------------------------------------------------------------------
     def _fit_dr2s_many(
         self, backend: Backend, items: Sequence[tuple], return_residue: bool
     ) -> list[DSCFit]:
-        """Deconvolve subjects ``(dr2s (V, N), flags (V,), aif (N,), aif_voxels)``: each is
-        prepared and finished alone; the method runs all of them (oSVD: one selection queue)."""
+        """Deconvolve subjects ``(dr2s (V, N), flags (V,), aif (N,), aif_voxels, aif_area,
+        time_offsets)``: each is prepared and finished alone; the method runs all of them (oSVD:
+        one selection queue)."""
         subjects = [self._start(backend, *it, return_residue) for it in items]
         self.deconvolution.run(backend, subjects, self.options, self.memory_budget)
         return [self._end(backend, sub) for sub in subjects]
@@ -397,9 +445,14 @@ class DSCModel:
         flags: Any,
         aif: np.ndarray,
         aif_voxels: np.ndarray | None,
+        aif_area: float | None,
+        time_offsets: np.ndarray | None,
         return_residue: bool,
     ) -> Subject:
-        """Per subject, before the deconvolution: leakage, CBV, TTP, the AIF's plan."""
+        """Per subject, before the deconvolution: leakage, CBV, TTP, the AIF's plan.
+
+        ``aif_area``: the area CBV divides by (default the AIF's own); ``time_offsets`` (V,) s:
+        slice time of each voxel minus the AIF's, added to Tmax and TTP."""
         xp = backend.xp
         opts = self.options
         dt = opts.tr_s
@@ -408,9 +461,15 @@ class DSCModel:
         candidates = backend.to_host(flags) == 0  # leakage reference: usable, not the AIF
         if aif_voxels is not None:
             candidates[aif_voxels] = False
-        dr2s, k2 = self.leakage_correction.correct(dr2s, dt, candidates, xp, backend.to_host)
-        sub = Subject(dr2s=dr2s, flags=flags, aif=aif, aif_voxels=aif_voxels, v=v, n=n, k2=k2)
-        sub.cbv = 100.0 * (opts.kh / opts.rho) * trapz(dr2s, dt, xp) / trapz(aif, dt)
+        dr2s, leak_maps = self.leakage_correction.correct(
+            dr2s, dt, candidates, xp, backend.to_host, aif=aif, options=opts
+        )
+        sub = Subject(dr2s=dr2s, flags=flags, aif=aif, aif_voxels=aif_voxels, v=v, n=n)
+        sub.leakage_maps = leak_maps
+        sub.k2 = leak_maps.get("k2")
+        sub.time_offsets = time_offsets
+        area = trapz(aif, dt) if aif_area is None else aif_area
+        sub.cbv = 100.0 * (opts.kh / opts.rho) * trapz(dr2s, dt, xp) / area
         sub.ttp = xp.argmax(dr2s, axis=1).astype(self.dtype) * dt
         sub.rmax = xp.empty(v, dtype=self.dtype)
         sub.tmax_i = xp.empty(v, dtype=xp.int32)
@@ -436,6 +495,11 @@ class DSCModel:
         with np.errstate(divide="ignore", invalid="ignore"):
             mtt = xp.where(rmax > 0, 60.0 * cbv / xp.where(rmax > 0, cbf, 1), np.nan)
         tmax = sub.tmax_i.astype(self.dtype) * opts.tr_s
+        ttp = sub.ttp
+        if sub.time_offsets is not None:  # 2D readouts: times relative to the AIF's slice
+            off = xp.asarray(sub.time_offsets, dtype=self.dtype)
+            tmax = tmax + off
+            ttp = ttp + off
         h = backend.to_host
         status = h(flags).astype(np.int32)
         bad = (status & int(INPUT_FLAGS)) != 0
@@ -446,33 +510,79 @@ class DSCModel:
             return arr
 
         k2 = sub.k2
+        kep = sub.leakage_maps.get("kep")
         plan_sets = getattr(sub.plan, "set_threshold", None)
         return DSCFit(
             cbf=out(cbf),
             cbv=out(cbv),
             mtt=out(mtt),
             tmax=out(tmax),
-            ttp=out(sub.ttp),
+            ttp=out(ttp),
             threshold=out(sub.thr),
             oi=out(sub.oi),
             status=status,
             aif=sub.aif,
             k2=None if k2 is None else np.where(bad, np.nan, k2).astype(np.float32),
+            kep=None if kep is None else np.where(bad, np.nan, kep).astype(np.float32),
             aif_voxels=sub.aif_voxels,
             residue=None if sub.residue is None else h(sub.residue),
             info={"osvd_sets": None if plan_sets is None else plan_sets.tolist()},
             maps={k: out(v) for k, v in sub.maps.items()},
         )
 
-    @staticmethod
-    def _rcbv(cbv: np.ndarray, ref: np.ndarray, usable: np.ndarray) -> np.ndarray:
-        sel = ref & usable & np.isfinite(cbv)
-        if not sel.any():
-            raise InputError(None, "ref_mask", "no usable voxel of the reference mask in the mask")
-        mean = float(np.mean(cbv[sel]))
-        if mean <= 0:
-            raise GpuperfError(f"mean CBV in the reference mask is {mean:.4g}: rCBV undefined")
-        return (cbv / mean).astype(np.float32)
+
+#: Maps scattered back onto the input grid (when computed).
+_SCATTERED = (
+    "cbf",
+    "cbv",
+    "mtt",
+    "tmax",
+    "ttp",
+    "threshold",
+    "oi",
+    "k2",
+    "kep",
+    "rcbf",
+    "rcbv",
+    "rmtt",
+)
+
+
+def _relative(values: np.ndarray, ref: np.ndarray, usable: np.ndarray, name: str) -> np.ndarray:
+    """``values / mean(values in the reference region)`` (finite, usable voxels only)."""
+    sel = ref & usable & np.isfinite(values)
+    if not sel.any():
+        raise InputError(None, "ref_mask", "no usable voxel of the reference mask in the mask")
+    mean = float(np.mean(values[sel]))
+    if mean <= 0:
+        label = name.upper()
+        raise GpuperfError(f"mean {label} in the reference mask is {mean:.4g}: r{label} undefined")
+    return (values / mean).astype(np.float32)
+
+
+def _slice_offsets(
+    slice_times_s: Any, shape: tuple, grid: VoxelGrid, aif_voxels: np.ndarray | None
+) -> tuple[np.ndarray, float]:
+    """Per fitted voxel, its slice time minus the AIF's (s), and the AIF's slice time.
+
+    ``slice_times_s``: (Z,) along the third axis of a 4D signal, or one value per voxel of the
+    spatial grid. The AIF's slice time is the mean over its voxels (0 for an external curve).
+    """
+    st = np.asarray(slice_times_s, dtype=np.float64)
+    spatial = tuple(shape[:-1])
+    if len(spatial) == 3 and st.ndim == 1:
+        if st.size != spatial[2]:
+            raise InputError(
+                None, "SliceTiming", f"{st.size} values for {spatial[2]} slices (third axis)"
+            )
+        st = np.broadcast_to(st[None, None, :], spatial)
+    elif st.shape != spatial:
+        raise InputError(None, "SliceTiming", f"shape {st.shape} != the data's {spatial}")
+    if not np.all(np.isfinite(st)) or np.any(st < 0):
+        raise InputError(None, "SliceTiming", "expected finite times >= 0 (s)")
+    per_voxel = grid.gather(np.ascontiguousarray(st))
+    aif_time = 0.0 if aif_voxels is None else float(per_voxel[aif_voxels].mean())
+    return per_voxel - aif_time, aif_time
 
 
 def _check_aif(aif: np.ndarray, n: int, dt_s: float) -> None:
@@ -504,9 +614,14 @@ class PreparedDSC:
         Reference region for rCBV.
     usable : ndarray of bool (V,)
     aif_info : dict
-        Gamma-variate fit of the AIF, when asked for.
+        Gamma-variate fit of the AIF, when asked for (and the AIF's slice time).
     t_start : float
         perf_counter() at the start of :meth:`DSCModel.prepare`.
+    aif_area : float or None
+        Area CBV divides by when it is not the AIF's own (the measured AIF's with a
+        gamma-variate AIF).
+    time_offsets : ndarray (V,) or None
+        Slice time of each voxel minus the AIF's (s), added to Tmax and TTP.
     """
 
     backend: Any
@@ -520,6 +635,8 @@ class PreparedDSC:
     usable: np.ndarray
     aif_info: dict
     t_start: float
+    aif_area: float | None = None
+    time_offsets: np.ndarray | None = None
 
     @property
     def n_voxels(self) -> int:

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from gpuperf.dsc import aif as _aif
+from gpuperf.dsc import deconvolution as _dec
+from gpuperf.dsc import leakage as _leakage
 from gpuperf.dsc import osvd as _osvd
 from gpuperf.errors import InputError
 from gpuperf.options import Options, option, specs
@@ -85,7 +87,8 @@ class DSCOptions(Options):
     leakage: str = _opt(
         "Leakage",
         "none",
-        "Leakage correction (bsw: Boxerman-Schmainda-Weisskoff 2006)",
+        "Leakage correction (bsw: Boxerman-Schmainda-Weisskoff 2006; bidirectional: "
+        "Bjornerud 2011, with efflux)",
         flag="--leakage",
         choices=_leakage_names,
     )
@@ -117,6 +120,36 @@ class DSCOptions(Options):
         "Pre-bolus frames (default: detect the bolus arrival)",
         flag="--baseline",
         minimum=1,
+    )
+    skip: int = _opt(
+        "SkipFrames",
+        0,
+        "Non-steady-state frames dropped from the start before anything else (S0 included)",
+        flag="--skip",
+        minimum=0,
+    )
+    discretisation: str = _opt(
+        "Discretisation",
+        "rectangle",
+        "Convolution weights for sSVD and Tikhonov: rectangle (the toolboxes' default), "
+        "trapezoid or volterra (Sourbron 2007); others refuse non-rectangle",
+        flag="--discretisation",
+        choices=_dec.DISCRETISATIONS,
+    )
+    leakage_tail_s: float = _opt(
+        "LeakageTail",
+        _leakage.TAIL_S,
+        "Bidirectional leakage: the residue tail fitted starts this long after Tmax",
+        flag="--leakage-tail",
+        unit="s",
+        minimum=0,
+        min_inclusive=False,
+    )
+    slice_timing: bool = _opt(
+        "SliceTimingCorrection",
+        True,
+        "Correct Tmax/TTP to the AIF's slice time when the sidecar has SliceTiming (2D)",
+        flag="--slice-timing",
     )
     kh: float = _opt(
         "kH",
@@ -207,6 +240,17 @@ class DSCOptions(Options):
         _ms_hint(self.te_s, TE_MAX_S, "EchoTime", "--te")
         _ms_hint(self.tr_s, TR_MAX_S, "RepetitionTime", "--tr")
         super().__post_init__()
+
+    def _check(self) -> None:
+        allowed = self.deconvolution.discretisations
+        if self.discretisation not in allowed:
+            raise InputError(
+                None,
+                "--discretisation",
+                f"--method {self.method} takes {', '.join(allowed)}; found "
+                f"{self.discretisation!r} (trapezoid/Volterra weights need a causal Toeplitz "
+                "matrix: sSVD or Tikhonov)",
+            )
 
     # -- derived ---------------------------------------------------------------------------
     @property

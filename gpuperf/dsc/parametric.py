@@ -322,9 +322,12 @@ class Parametric(Deconvolution):
             ti = np.clip(np.rint(np.maximum(fit["delay"], 0.0) / options.tr_s), 0, sub.n - 1)
             sub.tmax_i = xp.asarray(np.nan_to_num(ti).astype(np.int32))
             sub.flags |= xp.asarray(fit["status"].astype(np.int32))
+            delay = fit["delay"]
+            if sub.time_offsets is not None:  # 2D readouts: relative to the AIF's slice time
+                delay = delay + np.asarray(sub.time_offsets, np.float64)
             sub.maps = {
                 "cth": fit["cth"],
-                "delay": fit["delay"],
+                "delay": delay,
                 "cbf_stderr": 6000.0 * kscale * fit["flow_stderr"],
                 "mtt_stderr": fit["mtt_stderr"],
                 "delay_stderr": fit["delay_stderr"],

@@ -37,7 +37,7 @@ from gpuperf.dsc.aif import read_aif_curve
 from gpuperf.dsc.model import DSCFit, DSCModel, PreparedDSC
 from gpuperf.dsc.options import DSCOptions, resolve_options
 from gpuperf.dsc.signal import check_te_tr
-from gpuperf.errors import GpuperfError
+from gpuperf.errors import GpuperfError, InputError
 from gpuperf.io.nifti import (
     is_nifti,
     load_image,
@@ -52,8 +52,26 @@ from gpuperf.progress import Reporter, ensure_reporter
 from gpuperf.provenance import provenance
 from gpuperf.status import INPUT_FLAGS, Status, sidecar_entry
 
-#: Float maps of a fit, in the order they are written (k2/rcbv only when computed).
-MAP_NAMES = ("cbf", "cbv", "mtt", "tmax", "ttp", "threshold", "oi", "k2", "rcbv")
+#: Float maps of a fit, in the order they are written (leakage and relative maps only when
+#: computed).
+MAP_NAMES = (
+    "cbf",
+    "cbv",
+    "mtt",
+    "tmax",
+    "ttp",
+    "threshold",
+    "oi",
+    "k2",
+    "kep",
+    "rcbf",
+    "rcbv",
+    "rmtt",
+)
+#: Maps a reference mask adds.
+RELATIVE_MAPS = ("rcbf", "rcbv", "rmtt")
+#: BIDS SliceEncodingDirection -> spatial axis.
+_SLICE_AXES = {"i": 0, "j": 1, "k": 2}
 
 maps.register(
     maps.MapSpec(
@@ -201,6 +219,9 @@ def prepare_dsc(
     tr = opts.tr_s if opts.tr_s is not None else meta.get("RepetitionTime")
     te, tr = check_te_tr(te, tr, sc if (opts.te_s is None or opts.tr_s is None) else None)
     n_t = img.n_frames
+    slice_times = None
+    if opts.slice_timing and meta.get("SliceTiming") is not None:
+        slice_times = slice_time_map(meta, img.shape3d, tr, sc)
     inputs: list[Path] = [series_path]
     mask = None
     if mask_path is not None:
@@ -229,7 +250,7 @@ def prepare_dsc(
     names = ["cbf", "cbv", "mtt", "tmax", "ttp", "threshold", "oi", "status"]
     names += model.leakage_correction.maps
     if ref is not None:
-        names.append("rcbv")
+        names += RELATIVE_MAPS
     if aif_source == "auto":
         names.append("aifmask")
     params = {**model.parameters(), "AIF": aif_source}
@@ -256,9 +277,11 @@ def prepare_dsc(
         f"({img.shape3d} x {n_t} frames, TE {te} s, TR {tr} s)"
     )
     with rep.status("preparing"):
-        data = model.prepare(img.data, aif=aif_arg, mask=mask, ref_mask=ref)
+        data = model.prepare(
+            img.data, aif=aif_arg, mask=mask, ref_mask=ref, slice_times_s=slice_times
+        )
     # the AIF is final now: draw its plot on a side thread while the deconvolution runs
-    aif_png = _plot_pool().submit(_aif_png, np.arange(n_t) * tr, np.array(data.aif))
+    aif_png = _plot_pool().submit(_aif_png, np.arange(data.aif.size) * tr, np.array(data.aif))
     return PreparedDSCRun(
         aif_png=aif_png,
         series_path=series_path,
@@ -275,6 +298,50 @@ def prepare_dsc(
         reporter=reporter,
         t_start=t0,
     )
+
+
+def slice_time_map(
+    meta: dict, shape3d: tuple, tr_s: float, source: str | PathLike | None
+) -> np.ndarray:
+    """Acquisition time of every voxel's slice (s) from the sidecar's ``SliceTiming``.
+
+    ``SliceEncodingDirection`` (i, j, k, default k; a trailing ``-`` lists the times in the
+    reverse slice order, BIDS) gives the slice axis. Refused, naming the sidecar and the field:
+    not a list of numbers, a length other than the slice count, negative or non-finite values,
+    values of TR or more.
+    """
+    raw = meta.get("SliceTiming")
+    direction = str(meta.get("SliceEncodingDirection", "k"))
+    axis = _SLICE_AXES.get(direction.rstrip("-"))
+    if axis is None:
+        raise InputError(
+            source, "SliceEncodingDirection", f"expected i, j or k (with -); found {direction!r}"
+        )
+    try:
+        st = np.asarray(raw, dtype=np.float64)
+    except (TypeError, ValueError):
+        st = None
+    if st is None or st.ndim != 1:
+        raise InputError(source, "SliceTiming", f"expected a list of seconds; found {raw!r}")
+    if st.size != shape3d[axis]:
+        raise InputError(
+            source,
+            "SliceTiming",
+            f"{st.size} values for {shape3d[axis]} slices along axis {'ijk'[axis]}",
+        )
+    if not np.all(np.isfinite(st)) or np.any(st < 0):
+        raise InputError(source, "SliceTiming", "expected finite times >= 0 s; found a negative")
+    if np.any(st >= tr_s):
+        raise InputError(
+            source,
+            "SliceTiming",
+            f"max {st.max():g} s is not below RepetitionTime {tr_s:g} s (milliseconds?)",
+        )
+    if direction.endswith("-"):
+        st = st[::-1]
+    shape = [1, 1, 1]
+    shape[axis] = st.size
+    return np.ascontiguousarray(np.broadcast_to(st.reshape(shape), shape3d))
 
 
 def compute_dsc_batch(prepared: Sequence[PreparedDSCRun], reporter: Any = None) -> None:
@@ -378,9 +445,10 @@ def write_dsc(prep: PreparedDSCRun) -> DSCRunResult:
                 "GammaVariateFit": {
                     k: v
                     for k, v in fit.info.items()
-                    if k not in ("osvd_sets", "elapsed_s", "backend", "device")
+                    if k not in ("osvd_sets", "elapsed_s", "backend", "device", "AIFSliceTime_s")
                 }
                 or None,
+                "SliceTime_s": fit.info.get("AIFSliceTime_s"),
                 "OSVDThresholdSets": fit.info.get("osvd_sets"),
             },
             with_provenance=True,
@@ -444,7 +512,8 @@ def run_dsc(
         (seconds) unless the options ``te_s`` / ``tr_s`` are given.
     out_dir : path-like
         Output folder: ``<prefix>_{cbf,cbv,mtt,tmax,ttp,threshold,oi,status}.nii.gz`` (+ ``k2``
-        with leakage correction, ``rcbv`` with a reference mask), each with a JSON sidecar;
+        with leakage correction, ``kep`` with bidirectional leakage correction, ``rcbf``,
+        ``rcbv``, ``rmtt`` with a reference mask), each with a JSON sidecar;
         ``<prefix>_aif.tsv`` (time_s, dr2s_per_s), ``<prefix>_aif.png``, and
         ``<prefix>_aifmask.nii.gz`` for ``aif='auto'``.
     options : DSCOptions, optional
@@ -455,7 +524,7 @@ def run_dsc(
         'auto' (Mouridsen-style, inside the mask), a NIfTI AIF mask, or a TSV/CSV/txt curve
         (dR2* in 1/s, one value per frame; last column).
     ref_mask_path : path-like, optional
-        Reference region (e.g. NAWM) for rCBV.
+        Reference region (e.g. NAWM) for rCBF, rCBV and rMTT (each map over its mean there).
     prefix : str, optional
         Output file-name prefix (default: the series name without extension).
     device : {'auto', 'cpu', 'gpu'}
@@ -470,9 +539,11 @@ def run_dsc(
         overwrite policy now; when given, ``<prefix>_qc.npz`` (the report's QC curves) is
         written too.
     **option_values
-        Fields of :class:`DSCOptions` (method, leakage, te_s, tr_s, baseline, kh, rho,
-        threshold, osvd_thresholds, oi_limit, mu, gamma_fit_aif, aif_auc_percentile,
-        aif_roughness_percentile, aif_clusters).
+        Fields of :class:`DSCOptions` (method, leakage, leakage_tail_s, discretisation, te_s,
+        tr_s, baseline, skip, slice_timing, kh, rho, threshold, osvd_thresholds, oi_limit, mu,
+        gamma_fit_aif, aif_auc_percentile, aif_roughness_percentile, aif_clusters). With
+        ``slice_timing`` (default) a ``SliceTiming`` in the sidecar corrects Tmax and TTP to
+        the AIF's slice time (:func:`slice_time_map`).
 
     Returns
     -------
