@@ -268,6 +268,18 @@ def lm_problem(model: str, n_vox: int, seed: int = 0) -> dict[str, Any]:
     m = MODELS[model]
     if model == "dsc_gamma_residue":
         return dsc_gamma_residue_problem(n_vox, rng)
+    if model.endswith("_sliced"):  # a per-voxel slice-time offset, held fixed (2D readouts)
+        pr = lm_problem(model[: -len("_sliced")], n_vox, seed)
+        dt = np.random.default_rng(seed + 1).uniform(0.0, 0.8, (n_vox, 1))
+        truth = np.concatenate([pr["truth"], dt], axis=1)
+        f, _ = m.evaluate(np, truth, pr["x"], pr["consts"])
+        y = f + rng.normal(0.0, 0.02 * float(np.abs(f).max()), f.shape)
+        fixed = np.zeros(m.n_params, dtype=bool)
+        fixed[-1] = True
+        if model.startswith("buxton_pcasl_arterial"):
+            fixed[3] = True  # aBAT: a box edge carries no gradient (gpuperf.asl.arterial)
+        p0 = np.concatenate([pr["p0"], dt], axis=1)
+        return {**pr, "y": y, "p0": p0, "truth": truth, "fixed": fixed}
     if model == "buxton_pasl":
         t = np.asarray(PASL_TIS_S)
         x = np.stack([t, np.full(t.size, PASL_TI1_S)], axis=1)
@@ -427,7 +439,7 @@ def parity_lm(model: str, device: Device, n_vox: int) -> dict[str, Any]:
     from gpuperf.cuda.parity import fit_parity
 
     for dt in (np.float64, np.float32):
-        kw = {"consts": pr["consts"], "dtype": dt}
+        kw = {"consts": pr["consts"], "dtype": dt, "fixed": pr.get("fixed")}
         ref = fit_lm(model, pr["x"], pr["y"], pr["p0"], device="cpu", **kw)
         res = fit_lm(model, pr["x"], pr["y"], pr["p0"], device=other, **kw)
         rep = fit_parity(ref, res, dt)  # same status and parameters, or an equally good chi2

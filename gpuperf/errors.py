@@ -6,6 +6,8 @@ Library code raises subclasses of :class:`GpuperfError`; the command line prints
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from os import PathLike
 
 
@@ -42,3 +44,28 @@ class GPUUnavailableError(GpuperfError):
 
 class OutputExistsError(GpuperfError):
     """An output file exists and ``overwrite`` was not given."""
+
+
+@contextmanager
+def about_file(path: str | PathLike, fields: tuple[str, ...] = ("signal",)) -> Iterator[None]:
+    """Name ``path`` in the errors of the block that know no file.
+
+    A plain :class:`GpuperfError` ("automatic AIF: no usable voxel") gets ``path`` in front;
+    an :class:`InputError` without a file gets it when its field is one of ``fields`` (the
+    series' own properties; a mask's shape stays the mask's problem).
+
+    Examples
+    --------
+    >>> with about_file("sub-01_dsc.nii.gz"):  # doctest: +SKIP
+    ...     data = model.prepare(signal)
+    """
+    try:
+        yield
+    except InputError as exc:
+        if exc.path is None and exc.field in fields:
+            raise InputError(path, exc.field, exc.message) from exc
+        raise
+    except GpuperfError as exc:
+        if type(exc) is GpuperfError and not str(exc).startswith(str(path)):
+            raise GpuperfError(f"{path}: {exc}") from exc
+        raise

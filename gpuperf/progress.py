@@ -31,8 +31,10 @@ class Reporter:
 
     def warn(self, message: str) -> None:
         """Print a warning (silenced by ``quiet`` like everything else)."""
-        if self._console is not None:
-            self._console.print(f"[bold yellow]warning:[/] {message}")
+        if self._console is not None:  # the message is text: "[cuda12]" is not markup
+            from rich.markup import escape
+
+            self._console.print(f"[bold yellow]warning:[/] {escape(message)}")
 
     def track(
         self, items: Iterable[T], total: int | None = None, description: str = ""

@@ -14,7 +14,6 @@ from typing import Any
 import numpy as np
 
 from gpuperf.asl import constants as K
-from gpuperf.fit import fit_lm
 from gpuperf.status import Status
 
 
@@ -42,28 +41,27 @@ def abat_candidates(sample_times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mids[keep], half[keep]
 
 
-def fit_arterial(model: Any, y, params, stderr, chi2, status, n_iter, common: dict[str, Any]):
+def fit_arterial(model: Any, data: Any, params, stderr, chi2, status, n_iter):
     """Tissue + arterial fit: best chi2 over the aBAT intervals of :func:`abat_candidates`.
 
-    Each candidate interval is fitted with aBAT fixed at its midpoint; the tissue-only fit
-    (aBV = 0, aBAT undefined) is kept wherever no arterial solution lowers chi2.
-    ``abat_stderr`` reports the half-width of the chosen interval (the resolution the sampling
-    allows), not a covariance-based error.
+    Each candidate interval is fitted with aBAT fixed at its midpoint (shifted by the voxel's
+    slice-time offset, when there is one); the tissue-only fit (aBV = 0, aBAT undefined) is
+    kept wherever no arterial solution lowers chi2. ``abat_stderr`` reports the half-width of
+    the chosen interval (the resolution the sampling allows), not a covariance-based error.
 
     Parameters
     ----------
     model : gpuperf.asl.ASLModel
-    y : (V, K) dM/M0
+    data : gpuperf.asl.fitting.GroupedFit
+        The voxels' group means, weights, offsets and the fitter settings.
     params, stderr : (V, 2) ; chi2, status, n_iter : (V,)
-        The tissue-only fit.
-    common : dict
-        Keyword arguments of :func:`gpuperf.fit.fit_lm` shared by the fits of the model.
+        The tissue-only fit (chi2 of the repeats).
 
     Returns
     -------
     params, stderr : (V, 4) ; chi2, status, n_iter : (V,)
     """
-    n_vox = y.shape[0]
+    n_vox = params.shape[0]
     best_p = np.concatenate([params, np.zeros((n_vox, 1)), np.full((n_vox, 1), np.nan)], 1)
     best_se = np.concatenate([stderr, np.full((n_vox, 2), np.nan)], 1)
     best_chi2 = np.where(np.isfinite(chi2), chi2, np.inf)
@@ -73,6 +71,7 @@ def fit_arterial(model: Any, y, params, stderr, chi2, status, n_iter, common: di
     att_t = np.where(np.isfinite(params[:, 1]), params[:, 1], model.att_start_s)
     cbf_t = np.where(np.isfinite(params[:, 0]), params[:, 0], 50.0)
     fixed = np.array([False, False, False, True])
+    shift = np.zeros(n_vox) if data.offset is None else data.offset
     # ATT starts: the tissue-only fit (biased by arterial signal), the default, and later
     # (ATT kinks make the arterial chi2 multimodal)
     att_starts = (
@@ -86,34 +85,22 @@ def fit_arterial(model: Any, y, params, stderr, chi2, status, n_iter, common: di
         for a0 in att_starts
     ]
     for abat, half, a0 in starts:
-        p0 = np.stack([cbf_t, a0, np.full(n_vox, 1.0), np.full(n_vox, abat)], axis=1)
+        p0 = np.stack([cbf_t, a0, np.full(n_vox, 1.0), abat + shift], axis=1)
         p0 = np.clip(p0, lower, upper)
-        r = fit_lm(
-            model.kinetics.signal,
-            model.sample_times(),
-            y,
-            p0,
-            lower=lower,
-            upper=upper,
-            fixed=fixed,
-            **common,
-        )
-        c2 = np.asarray(r.chi2, dtype=np.float64)
-        rp = np.asarray(r.params, dtype=np.float64)
+        rp, c2, st, it, se = data.fit(model.kinetics.signal, p0, lower, upper, fixed=fixed)
         # an arterial solution must beat the current one by more than rounding (0.1 % of
         # chi2) with a non-negligible aBV (> 0.001 %), else the simpler fit stands
         better = (
-            (np.asarray(r.status) != Status.FIT_FAILED)
+            (st != Status.FIT_FAILED)
             & np.isfinite(c2)
             & (c2 < best_chi2 * (1 - 1e-3))
             & (rp[:, 2] > 1e-3)
         )
         best_p[better] = rp[better]
-        se = np.asarray(r.stderr, dtype=np.float64)
         se[:, 3] = half
         best_se[better] = se[better]
         best_chi2[better] = c2[better]
-        best_status[better] = np.asarray(r.status)[better]
-        best_iter[better] = np.asarray(r.n_iter)[better]
+        best_status[better] = st[better]
+        best_iter[better] = it[better]
     best_chi2[~np.isfinite(best_chi2)] = np.nan
     return best_p, best_se, best_chi2, best_status, best_iter

@@ -117,6 +117,16 @@ class ASLSeries:
     background_suppression : bool
     bs_pulses : int or None
     bolus_cutoff_technique : str or None
+    acquisition_type : str or None
+        ``MRAcquisitionType`` ('2D', '3D').
+    slice_timing_s : ndarray (n_slices,) or None
+        ``SliceTiming`` indexed by slice position along :attr:`slice_axis` (a negative
+        ``SliceEncodingDirection`` is reversed here); validated against the image.
+    slice_axis : int
+        Voxel axis of the slices (``SliceEncodingDirection`` i/j/k; default k = 2).
+    slice_encoding_direction : str
+    scanning_sequence, pulse_sequence_type : str or None
+        ``ScanningSequence`` and ``PulseSequenceType`` (readout: T2 or T2* of M0).
     """
 
     image: LoadedImage
@@ -136,6 +146,19 @@ class ASLSeries:
     background_suppression: bool = False
     bs_pulses: int | None = None
     bolus_cutoff_technique: str | None = None
+    acquisition_type: str | None = None
+    slice_timing_s: np.ndarray | None = None
+    slice_axis: int = 2
+    slice_encoding_direction: str = "k"
+    scanning_sequence: str | None = None
+    pulse_sequence_type: str | None = None
+
+    @property
+    def is_2d(self) -> bool:
+        """A 2D (slice-by-slice) readout: MRAcquisitionType 2D, or SliceTiming without it."""
+        if self.acquisition_type is not None:
+            return self.acquisition_type.upper() == "2D"
+        return self.slice_timing_s is not None
 
     @property
     def path(self) -> Path:
@@ -279,6 +302,14 @@ def read_asl_series(asl_path: str | PathLike, m0_path: str | PathLike | None = N
                 "BolusCutOffTechnique",
                 f"expected QUIPSS, QUIPSSII or Q2TIPS, found {technique!r}",
             )
+        if technique.upper().replace(" ", "") == "QUIPSS":
+            raise InputError(
+                js,
+                "BolusCutOffTechnique",
+                "QUIPSS (QUIPSS I) is not supported: its signal scales with TI2 - TI1 of the "
+                "imaging-slice saturation, a model gpuperf does not implement; quantifying it "
+                "as QUIPSS II would be wrong (QUIPSSII and Q2TIPS are supported)",
+            )
         delay = meta.get("BolusCutOffDelayTime")
         if delay is None:
             raise InputError(
@@ -341,6 +372,11 @@ def read_asl_series(asl_path: str | PathLike, m0_path: str | PathLike | None = N
     eff = check_sidecar("alpha", _number(meta, "LabelingEfficiency", js), js, "LabelingEfficiency")
     b0 = _number(meta, "MagneticFieldStrength", js)
 
+    timing, axis, direction = _slice_timing(meta, js, image.data.shape[:3])
+    acq = meta.get("MRAcquisitionType")
+    if acq is not None and str(acq).upper() not in ("2D", "3D"):
+        raise InputError(js, "MRAcquisitionType", f"expected 2D or 3D, found {acq!r}")
+
     series = ASLSeries(
         image=image,
         sidecar=meta,
@@ -354,9 +390,86 @@ def read_asl_series(asl_path: str | PathLike, m0_path: str | PathLike | None = N
         background_suppression=bs,
         bs_pulses=n_pulses,
         bolus_cutoff_technique=technique,
+        acquisition_type=None if acq is None else str(acq).upper(),
+        slice_timing_s=timing,
+        slice_axis=axis,
+        slice_encoding_direction=direction,
+        scanning_sequence=_text(meta.get("ScanningSequence")),
+        pulse_sequence_type=_text(meta.get("PulseSequenceType")),
     )
     _attach_m0(series, js, m0_path, asl_path)
     return series
+
+
+def _text(v: Any) -> str | None:
+    """A sidecar string field (lists, e.g. ScanningSequence ['SE', 'EP'], joined with '\\')."""
+    if v is None:
+        return None
+    if isinstance(v, list):
+        return "\\".join(str(x) for x in v)
+    return str(v)
+
+
+def _slice_timing(
+    meta: dict, path: Path, shape: tuple[int, ...]
+) -> tuple[np.ndarray | None, int, str]:
+    """``SliceTiming`` (s) per slice position along the slice axis, validated.
+
+    BIDS: one entry per slice, in the order of ``SliceEncodingDirection`` (default ``k``; a
+    trailing ``-`` means the first entry is the last slice along the axis). Returns
+    ``(timing or None, axis, direction)``.
+    """
+    direction = meta.get("SliceEncodingDirection", "k")
+    if not isinstance(direction, str) or direction not in ("i", "j", "k", "i-", "j-", "k-"):
+        raise InputError(
+            path, "SliceEncodingDirection", f"expected i, j, k, i-, j- or k-, found {direction!r}"
+        )
+    axis = "ijk".index(direction[0])
+    v = meta.get("SliceTiming")
+    if v is None:
+        return None, axis, direction
+    if (
+        not isinstance(v, list)
+        or not v
+        or any(isinstance(x, bool) or not isinstance(x, (int, float)) for x in v)
+    ):
+        raise InputError(path, "SliceTiming", "expected a list of numbers (s), one per slice")
+    t = np.asarray(v, dtype=np.float64)
+    n_slices = shape[axis]
+    if t.size != n_slices:
+        raise InputError(
+            path,
+            "SliceTiming",
+            f"has {t.size} entries but the image has {n_slices} slices along "
+            f"{direction[0]} (SliceEncodingDirection {direction}): one entry per slice",
+        )
+    if not np.all(np.isfinite(t)) or np.any(t < 0):
+        raise InputError(path, "SliceTiming", "entries must be finite and >= 0 (seconds)")
+    if np.any(t > 30):
+        raise InputError(
+            path,
+            "SliceTiming",
+            f"entries up to {t.max():g}: expected seconds (BIDS), these look like milliseconds",
+        )
+    if direction.endswith("-"):
+        t = t[::-1].copy()
+    return t, axis, direction
+
+
+def slice_time_offsets(series: ASLSeries) -> np.ndarray | None:
+    """Per-voxel readout delay (X, Y, Z) in s: ``SliceTiming`` of each voxel's slice.
+
+    None for 3D readouts and for series without ``SliceTiming`` (every voxel then at its
+    nominal PLD). A voxel of slice k has effective delay ``PLD + SliceTiming[k]`` ((p)CASL;
+    PASL ``TI + SliceTiming[k]``); multiband is already expressed by the list (slices read
+    together share a time).
+    """
+    if series.slice_timing_s is None or not series.is_2d:
+        return None
+    shape = series.image.data.shape[:3]
+    view = [1, 1, 1]
+    view[series.slice_axis] = shape[series.slice_axis]
+    return np.broadcast_to(series.slice_timing_s.reshape(view), shape)
 
 
 def _tr_of(meta: dict, path: Path, idx: np.ndarray | None = None) -> float | None:

@@ -71,6 +71,17 @@ def background_suppression_factor(
     return float(efficiency_per_pulse**n_pulses)
 
 
+#: Default FWHM (mm) of the Gaussian smoothing of a voxelwise M0: none. M0 is acquired with the
+#: ASL readout on the same grid, so dividing dM by M0 voxel by voxel cancels coil sensitivity
+#: and readout T2/T2* weighting exactly, and its SNR (no subtraction) is far above that of dM;
+#: smoothing would trade a negligible noise gain for partial-volume bias at the brain edge
+#: (CSF/skull), which needs erosion and extrapolation to undo. The reference tools differ:
+#: ExploreASL treats M0 as a smooth bias field and smooths it strongly after masking and
+#: extrapolation; oxford_asl/BASIL's voxelwise calibration works on the M0 image with an edge
+#: correction (docs/asl.md; neither reproduced here). Use --m0-fwhm for noisy M0 scans
+#: (e.g. a single low-resolution M0 volume); the smoothing is normalised inside the M0 region.
+M0_FWHM_MM = 0.0
+
 #: Iteration limit of the kinetic-model fit. Smooth optima converge in 5-20 trials; what runs
 #: longer is almost always creeping towards a kink of the model, which is finished explicitly
 #: (see ``ASLModel._snap_kinks``), so a higher limit only costs time.

@@ -117,8 +117,10 @@ def kinetic_model_for(labeling_type: str, arterial: bool = False) -> KineticMode
 class Method(Protocol):
     """A quantification method: one object, one line in :data:`METHODS`.
 
-    ``quantify(model, y, reporter)`` takes ``y = dM/M0`` of the valid voxels (V, K) and
-    returns a dict of per-voxel arrays: every map of :meth:`map_names` but ``status``, plus
+    ``quantify(model, y, reporter, offset=None)`` takes ``y = dM/M0`` of the valid voxels
+    (V, K) and, for 2D readouts, each voxel's slice-time offset ``offset`` (V,) in s (its
+    samples are read at ``PLD + offset``; PASL ``TI + offset``), and returns a dict of
+    per-voxel arrays: every map of :meth:`map_names` but ``status``, plus
     ``status`` (:class:`gpuperf.status.Status` flags, int32) and optional ``_``-prefixed
     extras (``_n_iter``).
     """
@@ -129,7 +131,9 @@ class Method(Protocol):
 
     def map_names(self, model: Any) -> list[str]: ...
 
-    def quantify(self, model: Any, y: np.ndarray, reporter: Any) -> dict[str, Any]: ...
+    def quantify(
+        self, model: Any, y: np.ndarray, reporter: Any, offset: np.ndarray | None = None
+    ) -> dict[str, Any]: ...
 
     def constants(self, model: Any) -> dict[str, Any]: ...
 
@@ -145,10 +149,15 @@ class ConsensusFormula:
     def map_names(self, model: Any) -> list[str]:
         return ["cbf", "status"] + (["cbf_stderr"] if model.pld_s.size > 1 else [])
 
-    def quantify(self, model: Any, y: np.ndarray, reporter: Any) -> dict[str, Any]:
+    def quantify(
+        self, model: Any, y: np.ndarray, reporter: Any, offset: np.ndarray | None = None
+    ) -> dict[str, Any]:
         backend = get_backend(model.device)
         yd = backend.asarray(y, dtype=np.float64)
-        pld = backend.asarray(model.pld_s[None, :])
+        pld_eff = model.pld_s[None, :]
+        if offset is not None:  # 2D readout: the slice's effective delay PLD + SliceTiming[k]
+            pld_eff = pld_eff + np.asarray(offset, dtype=np.float64).reshape(-1, 1)
+        pld = backend.asarray(pld_eff)
         tau = backend.asarray(model.tau_s[None, :])
         per_sample = model.kinetics.consensus(
             yd,
@@ -185,8 +194,10 @@ class KineticFit:
             names += ["abv", "abat", "abv_stderr", "abat_stderr"]
         return names
 
-    def quantify(self, model: Any, y: np.ndarray, reporter: Any) -> dict[str, Any]:
-        return fit_kinetic(model, y, reporter)
+    def quantify(
+        self, model: Any, y: np.ndarray, reporter: Any, offset: np.ndarray | None = None
+    ) -> dict[str, Any]:
+        return fit_kinetic(model, y, reporter, offset)
 
     def constants(self, model: Any) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -195,6 +206,8 @@ class KineticFit:
             "SampleTimeDefinition": "t = LabelingDuration + PostLabelingDelay"
             if model.kinetics.time_from_labelling_start
             else "t = TI",
+            "RepeatsFitted": "group means weighted by repeat count; chi2 and standard errors "
+            "include the within-group sum of squares",
             "ATTStartSeconds": model.att_start_s,
             "CBFBounds": list(model.cbf_bounds),
             "ATTBoundsSeconds": list(model.att_bounds),

@@ -13,7 +13,6 @@ from typing import Any
 
 import numpy as np
 
-from gpuperf.fit import fit_lm
 from gpuperf.status import Status
 
 #: A max-iteration ATT closer than this to a kink of the model is tested as a kink optimum (s).
@@ -27,63 +26,57 @@ def kinks(sample_times: np.ndarray) -> np.ndarray:
     return np.unique(np.round(np.concatenate([x[:, 0] - x[:, 1], x[:, 0]]), 9))
 
 
-def snap_kinks(model: Any, y, params, stderr, chi2, status, common: dict[str, Any]) -> None:
+def snap_kinks(model: Any, data: Any, params, stderr, chi2, status) -> None:
     """Finish voxels whose optimum sits on a kink of the model (arrays changed in place).
 
     For voxels stopped at the iteration limit (``Status.MAX_ITER``) with ATT within
     :data:`KINK_TOLERANCE_S` of a kink, ATT is set to the kink and CBF refitted with ATT
     fixed; the result is kept when chi2 does not increase, with status ``Status.AT_KINK``.
-    The ATT standard error comes from J^T J at that point with both parameters free
-    (one-sided J).
+    The standard errors come from J^T J at that point with both parameters free (one-sided
+    J). A voxel with a slice-time offset ``dt`` has its kinks at ``kink + dt``.
 
     Parameters
     ----------
     model : gpuperf.asl.ASLModel
-    y : (V, K) dM/M0 ; params, stderr : (V, 2) float64 ; chi2 : (V,) ; status : (V,) int32
-    common : dict
-        Keyword arguments of :func:`gpuperf.fit.fit_lm` shared by the fits of the model.
+    data : gpuperf.asl.fitting.GroupedFit
+        The voxels' group means, weights, offsets and the fitter settings.
+    params, stderr : (V, 2) float64 ; chi2 : (V,) of the repeats ; status : (V,) int32
     """
     cand = np.flatnonzero((status == Status.MAX_ITER) & np.isfinite(params[:, 1]))
     if cand.size == 0:
         return
-    knots = kinks(model.sample_times())
-    nearest = knots[np.abs(params[cand, 1][:, None] - knots[None, :]).argmin(axis=1)]
+    knots = kinks(model.sample_times())[None, :]
+    if data.offset is not None:
+        knots = knots + data.offset[cand, None]
+    dist = np.abs(params[cand, 1][:, None] - knots)
+    nearest = np.take_along_axis(
+        np.broadcast_to(knots, dist.shape), dist.argmin(axis=1)[:, None], axis=1
+    )[:, 0]
     near = np.abs(params[cand, 1] - nearest) < KINK_TOLERANCE_S
     cand, nearest = cand[near], nearest[near]
     if cand.size == 0:
         return
-    tissue = model.kinetics.tissue
     lower = np.array([model.cbf_bounds[0], model.att_bounds[0]])
     upper = np.array([model.cbf_bounds[1], model.att_bounds[1]])
     p0 = np.stack([params[cand, 0], nearest], axis=1)
-    kw = {**common, "reporter": None}
-    r = fit_lm(
-        tissue,
-        model.sample_times(),
-        y[cand],
+    p_new, c2, st, _, _ = data.fit(
+        model.kinetics.tissue,
         p0,
-        lower=lower,
-        upper=upper,
+        lower,
+        upper,
         fixed=np.array([False, True]),
-        **kw,
+        rows=cand,
+        reporter=None,
     )
-    c2 = np.asarray(r.chi2, dtype=np.float64)
-    ok = (np.asarray(r.status) == Status.OK) & (c2 <= chi2[cand] * (1 + 1e-6))
+    ok = (st == Status.OK) & (c2 <= chi2[cand] * (1 + 1e-6))
     if not ok.any():
         return
     idx = cand[ok]
-    p_new = np.asarray(r.params, dtype=np.float64)[ok]
     # covariance at the kink with both free: zero iterations evaluate J^T J only
-    cov = fit_lm(
-        tissue,
-        model.sample_times(),
-        y[idx],
-        p_new,
-        lower=lower,
-        upper=upper,
-        **{**kw, "max_iter": 0},
+    *_, se = data.fit(
+        model.kinetics.tissue, p_new[ok], lower, upper, rows=idx, reporter=None, max_iter=0
     )
-    params[idx] = p_new
-    stderr[idx] = np.asarray(cov.stderr, dtype=np.float64)
+    params[idx] = p_new[ok]
+    stderr[idx] = se
     chi2[idx] = c2[ok]
     status[idx] = Status.AT_KINK

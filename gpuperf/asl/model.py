@@ -152,9 +152,11 @@ class ASLModel:
         self.pld_s = np.atleast_1d(np.asarray(pld_s, dtype=np.float64))
         self.tau_s = np.broadcast_to(np.asarray(tau_s, dtype=np.float64), self.pld_s.shape).copy()
         if not np.all(np.isfinite(self.pld_s)) or np.any(self.pld_s < 0):
-            raise InputError(None, "pld_s", "PLDs must be finite and >= 0 s")
+            raise InputError(None, "PostLabelingDelay", "PLDs must be finite and >= 0 s")
         if not np.all(np.isfinite(self.tau_s)) or np.any(self.tau_s <= 0):
-            raise InputError(None, "tau_s", "labelling/bolus durations must be finite and > 0 s")
+            raise InputError(
+                None, "LabelingDuration", "labelling/bolus durations must be finite and > 0 s"
+            )
         n_pld = np.unique(np.round(self.pld_s, 6)).size
         self.method = resolve_method(opts.model, n_pld)
         if opts.arterial and (
@@ -262,7 +264,14 @@ class ASLModel:
         )
 
     # ------------------------------------------------------------------------------------------
-    def fit(self, data: Any, m0: Any, mask: Any = None, reporter: Any = None) -> ASLFit:
+    def fit(
+        self,
+        data: Any,
+        m0: Any,
+        mask: Any = None,
+        reporter: Any = None,
+        time_offset_s: Any = None,
+    ) -> ASLFit:
         """Quantify CBF (and ATT) voxelwise.
 
         Parameters
@@ -276,6 +285,12 @@ class ASLModel:
         mask : ndarray of bool (...), optional
             Voxels to quantify (default: all).
         reporter : gpuperf.progress.Reporter, optional
+        time_offset_s : float or ndarray (...), optional
+            Per-voxel delay (s) between the start of the volume's readout and this voxel's
+            slice: 2D readouts read slice k ``SliceTiming[k]`` later, so its effective delay
+            is ``PLD + SliceTiming[k]`` (PASL: ``TI + SliceTiming[k]``) in the consensus
+            formula and the kinetic model (:func:`gpuperf.asl.bids.slice_time_offsets`).
+            None or all zero: every voxel at its nominal PLD (3D readouts).
 
         Returns
         -------
@@ -304,8 +319,15 @@ class ASLModel:
         flags = input_flags(y_all, m0_all)
         valid = flags == 0
         y = np.ascontiguousarray(y_all[valid] / m0_all[valid, None], dtype=self.dtype)
+        offset = None
+        if time_offset_s is not None:
+            off = np.broadcast_to(np.asarray(time_offset_s, dtype=np.float64), spatial)
+            if not np.all(np.isfinite(off)) or np.any(off < 0):
+                raise InputError(None, "time_offset_s", "slice-time offsets must be finite, >= 0")
+            if np.any(off != 0):
+                offset = np.ascontiguousarray(gather(off, mask)[valid])
         backend = get_backend(self.device)
-        maps = METHODS[self.method].quantify(self, y, reporter)
+        maps = METHODS[self.method].quantify(self, y, reporter, offset)
         if "residual" in maps:
             maps["residual"] = maps["residual"] * m0_all[valid]
         flags[valid] = maps.pop("status")

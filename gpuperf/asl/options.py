@@ -106,6 +106,20 @@ class ASLOptions(Options):
     max_iter: int = option(
         K.MAX_ITER, "Trial steps per voxel of the kinetic-model fit", flag="--max-iter", minimum=1
     )
+    ignore_slice_timing: bool = option(
+        False,
+        "Quantify every slice of a 2D readout at the nominal PLD, ignoring SliceTiming "
+        "(for comparison only: upper slices are then biased by e^{-SliceTiming/T1b})",
+        flag="--ignore-slice-timing",
+    )
+    m0_fwhm_mm: float = option(
+        K.M0_FWHM_MM,
+        "FWHM of a Gaussian smoothing of the voxelwise M0 inside the M0-positive region (0: none)",
+        flag="--m0-fwhm",
+        unit="mm",
+        minimum=0,
+        maximum=30,
+    )
     m0_ref_tissue: str | None = option(
         None,
         "Tissue of the M0 reference region (with --m0-ref-mask)",

@@ -20,15 +20,18 @@ import numpy as np
 from gpuperf import maps as map_table
 from gpuperf import status as st
 from gpuperf.asl import constants as K
-from gpuperf.asl.bids import ASLSeries, read_asl_series
+from gpuperf.asl.bids import ASLSeries, read_asl_series, slice_time_offsets
 from gpuperf.asl.kinetics import METHODS
 from gpuperf.asl.model import OK_FLAGS, STATUS_FLAGS, ASLFit, ASLModel
 from gpuperf.asl.options import ASLOptions, check_sidecar
+from gpuperf.asl.plausibility import check_asl_samples, check_asl_signal, publish_warnings
 from gpuperf.asl.preprocess import (
     REFERENCE_TISSUES,
     difference_samples,
+    readout_relaxation,
     reference_region_m0_blood,
     short_tr_factor,
+    smooth_m0,
 )
 from gpuperf.backend import get_backend
 from gpuperf.errors import GpuperfError, InputError
@@ -147,6 +150,9 @@ class PreparedASL:
     fit_s: float = 0.0
     batch_size: int = 1
     pv: tuple[np.ndarray, np.ndarray] | None = None  # GM, WM fractions (partial-volume corr.)
+    time_offset: np.ndarray | None = None  # (V,) slice-time offset of each voxel (2D), s
+    ref: np.ndarray | None = None  # (V,) bool: reference region for rCBF/rATT
+    notes: list[str] = field(default_factory=list)  # shown in the QC report
 
     @property
     def n_voxels(self) -> int:
@@ -187,6 +193,7 @@ def prepare_asl(
     options: ASLOptions | None = None,
     pv_gm: str | PathLike | None = None,
     pv_wm: str | PathLike | None = None,
+    ref_mask: str | PathLike | None = None,
     **option_kwargs: Any,
 ) -> PreparedASL:
     """Load and validate an ASL series: everything of :func:`run_asl` before the fit.
@@ -240,6 +247,9 @@ def prepare_asl(
 
     # ---- M0 --------------------------------------------------------------------------------
     m0_vox, m0_info = _voxel_m0(series, t1_tissue)
+    if m0_vox is not None and opts.m0_fwhm_mm > 0:
+        m0_vox = smooth_m0(m0_vox, opts.m0_fwhm_mm, series.image.zooms())
+        m0_info["M0SmoothingFWHMmm"] = opts.m0_fwhm_mm
     if m0_vox is not None and series.m0_tr_s is None:
         rep.warn(
             "the M0 sidecar has no RepetitionTimePreparation/RepetitionTime: M0 is used without "
@@ -269,13 +279,26 @@ def prepare_asl(
                 "reference-region calibration needs an M0 image (M0Type Separate/Included or --m0)",
             )
         ref = load_mask(m0_ref_mask, image, role="M0 reference mask")
+        relax, relax_why = readout_relaxation(
+            series.m0_sidecar.get("ScanningSequence", series.scanning_sequence)
+            if series.m0_image is not None
+            else series.scanning_sequence,
+            series.m0_sidecar.get("PulseSequenceType", series.pulse_sequence_type)
+            if series.m0_image is not None
+            else series.pulse_sequence_type,
+            series.m0_sidecar.get("MRAcquisitionType", series.acquisition_type)
+            if series.m0_image is not None
+            else series.acquisition_type,
+        )
         m0b, ref_info = reference_region_m0_blood(
             m0_vox[ref] * short_tr_factor(series.m0_tr_s, t1_tissue),
             m0_ref_tissue,
             tr_s=series.m0_tr_s,
             te_s=series.m0_te_s,
             path=m0_ref_mask,
+            relaxation=relax,
         )
+        ref_info["EchoDecaySource"] = relax_why
         m0_for_fit: Any = lam * m0b  # the model divides by lambda: M0b = M0 / lambda
         m0_info = {
             "M0Source": "reference region",
@@ -292,6 +315,7 @@ def prepare_asl(
         m0_for_fit = None  # M0Type Absent: only a series of cbf volumes can be used
 
     # ---- samples ---------------------------------------------------------------------------
+    check_asl_signal(image.data, asl_path)  # all-zero / all-NaN: nothing to quantify
     types = series.volume_types
     has_diff = any(t in ("control", "label", "deltam") for t in types)
     with rep.status("gathering voxels"):
@@ -312,7 +336,7 @@ def prepare_asl(
     if not has_diff:
         if pv is not None:
             raise InputError(
-                series.path, "pv_gm", "partial-volume correction needs control/label volumes"
+                series.path, "--pv-gm", "partial-volume correction needs control/label volumes"
             )
         if series.indices("cbf").size == 0:
             raise InputError(series.path, "volume_type", "no control, label, deltam or cbf volume")
@@ -332,6 +356,45 @@ def prepare_asl(
     if np.any(~np.isfinite(samples.tau_s)):
         raise InputError(js, "LabelingDuration", "missing for some control/label volumes")
 
+    notes: list[str] = []
+    offsets_3d = slice_time_offsets(series)
+    timing_info: dict[str, Any] = {"MRAcquisitionType": series.acquisition_type}
+    if offsets_3d is not None and opts.ignore_slice_timing:
+        rep.warn(
+            f"{js.name}: SliceTiming ignored (--ignore-slice-timing): every slice is quantified "
+            "at the nominal PLD"
+        )
+        timing_info["SliceTimingApplied"] = False
+        offsets_3d = None
+    elif offsets_3d is not None:
+        st_s = series.slice_timing_s
+        timing_info.update(
+            SliceTimingApplied=True,
+            SliceTimingSeconds=[float(v) for v in st_s],
+            SliceEncodingDirection=series.slice_encoding_direction,
+            EffectiveDelay=("TI + SliceTiming[k]" if series.is_pasl else "PLD + SliceTiming[k]"),
+        )
+        notes.append(
+            f"2D readout: slice timing applied, effective delay "
+            f"{'TI' if series.is_pasl else 'PLD'} + SliceTiming[k] "
+            f"(SliceTiming {st_s.min():.3g} to {st_s.max():.3g} s over {st_s.size} slices)"
+        )
+    elif series.is_2d:
+        rep.warn(
+            f"{js.name}: MRAcquisitionType is 2D but there is no SliceTiming: every slice is "
+            "quantified at the nominal PLD (later slices are read later: CBF is biased there)"
+        )
+        timing_info["SliceTimingApplied"] = False
+        notes.append("2D readout without SliceTiming: slices quantified at the nominal PLD")
+    else:
+        timing_info["SliceTimingApplied"] = False
+    time_offset = None if offsets_3d is None else gather(offsets_3d, mask).astype(np.float64)
+    ref_vox = None
+    if ref_mask is not None:
+        ref_vox = gather(load_mask(ref_mask, image, role="reference mask"), mask)
+        if not ref_vox.any():
+            raise InputError(ref_mask, "ref_mask", "no voxel of the reference mask is in the mask")
+
     asl_model = ASLModel(
         series.labeling_type,
         samples.pld_s,
@@ -343,6 +406,8 @@ def prepare_asl(
     names = asl_model.map_names()
     if pv is not None:
         names += ["cbf_gm", "cbf_wm"]
+    if ref_vox is not None:
+        names += ["rcbf"] + (["ratt"] if "att" in names else [])
     sources = [series.path] + ([series.m0_image.path] if series.m0_image is not None else [])
     writer = OutputWriter(
         out_dir,
@@ -351,12 +416,15 @@ def prepare_asl(
         overwrite=overwrite,
         inputs=sources
         + ([Path(mask_path)] if mask_path else [])
-        + ([Path(pv_gm), Path(pv_wm)] if pv is not None else []),
+        + ([Path(pv_gm), Path(pv_wm)] if pv is not None else [])
+        + ([Path(ref_mask)] if ref_mask is not None else []),
     )
     writer.expect(names)
-    if METHODS[asl_model.method].fits:
+    if METHODS[asl_model.method].fits or notes:
         writer.expect(["qc"], ext=".npz")
     _expect_extra(writer, extra_outputs)
+    warns = check_asl_samples(samples, series.is_pasl, js, asl_path)
+    publish_warnings(warns, rep, writer if extra_outputs else None)
     constants = {
         "LabelingEfficiencySource": alpha_src,
         "T1BloodSource": "command line" if opts.t1_blood_s is not None else "MagneticFieldStrength",
@@ -371,6 +439,7 @@ def prepare_asl(
         # informational: scanners may average pairs before export, so no check against it
         "TotalAcquiredPairs": series.sidecar.get("TotalAcquiredPairs"),
         **m0_info,
+        "SliceTiming": timing_info,
         "Samples": int(samples.deltam.shape[1]),
         "Voxels": int(mask.sum()),
         "StatusFlags": st.describe(STATUS_FLAGS),
@@ -378,6 +447,8 @@ def prepare_asl(
     }
     if series.is_pasl:
         constants["BolusCutOffTechnique"] = series.bolus_cutoff_technique
+    if ref_vox is not None:
+        constants["ReferenceMask"] = str(ref_mask)
     if pv is not None:
         from gpuperf.asl import pvc
 
@@ -397,6 +468,9 @@ def prepare_asl(
         m0=m0_for_fit,
         constants=constants,
         pv=pv,
+        time_offset=time_offset,
+        ref=ref_vox,
+        notes=notes,
         **common,
     )
 
@@ -450,7 +524,14 @@ def compute_asl_batch(prepared: Sequence[PreparedASL], reporter: Any = None) -> 
             )
         t_fit = time.perf_counter()
         if len(group) == 1:
-            fits = [model.fit(group[0].deltam, group[0].m0, reporter=progress)]
+            fits = [
+                model.fit(
+                    group[0].deltam,
+                    group[0].m0,
+                    reporter=progress,
+                    time_offset_s=group[0].time_offset,
+                )
+            ]
         else:
             deltam = np.concatenate([p.deltam for p in group], axis=0)
             # a scalar M0 (reference region, M0Estimate) becomes a per-voxel column: the fit
@@ -458,7 +539,15 @@ def compute_asl_batch(prepared: Sequence[PreparedASL], reporter: Any = None) -> 
             m0 = np.concatenate(
                 [np.broadcast_to(np.asarray(p.m0, dtype=np.float64), (p.n_voxels,)) for p in group]
             )
-            whole = model.fit(deltam, m0, reporter=progress)
+            offsets = None
+            if any(p.time_offset is not None for p in group):
+                offsets = np.concatenate(
+                    [
+                        np.zeros(p.n_voxels) if p.time_offset is None else p.time_offset
+                        for p in group
+                    ]
+                )
+            whole = model.fit(deltam, m0, reporter=progress, time_offset_s=offsets)
             fits = split_fit(whole, [p.n_voxels for p in group])
         fit_s = time.perf_counter() - t_fit
         for p, f in zip(group, fits, strict=True):
@@ -493,6 +582,11 @@ def write_asl(prep: PreparedASL) -> ASLRunResult:
         constants = {**asl_model.constants(), **prep.constants}
         writer.provenance = provenance(backend, constants, sources=prep.sources)
         pvc_maps = _pvc_maps(prep) if prep.pv is not None else {}
+        if prep.ref is not None:
+            rel, rel_info = relative_maps(fit, prep.ref)
+            pvc_maps.update({k: scatter(v, mask) for k, v in rel.items()})
+            constants["ReferenceRegion"] = rel_info
+            writer.provenance = provenance(backend, constants, sources=prep.sources)
         outputs: dict[str, Path] = {}
         for name in prep.names:
             if name in pvc_maps:
@@ -515,7 +609,9 @@ def write_asl(prep: PreparedASL) -> ASLRunResult:
             outputs[name] = writer.add_map(
                 name, scatter(arr, mask), units=spec.units, description=spec.description
             )
-        qc = _qc_curves(asl_model, fit, prep.deltam, prep.m0, mask)
+        qc = _qc_curves(asl_model, fit, prep.deltam, prep.m0, mask, prep.time_offset)
+        if prep.notes:
+            qc = {**(qc or {}), "notes": list(prep.notes)}
         if qc is not None:
             qc["timings"] = {
                 "fit": fit_s,
@@ -575,6 +671,7 @@ def run_asl(
     options: ASLOptions | None = None,
     pv_gm: str | PathLike | None = None,
     pv_wm: str | PathLike | None = None,
+    ref_mask: str | PathLike | None = None,
     **option_kwargs: Any,
 ) -> ASLRunResult:
     """Quantify CBF (and ATT) from a BIDS ASL series and write the maps.
@@ -615,6 +712,10 @@ def run_asl(
         Grey- and white-matter probability maps on the ASL grid: also write ``cbf_gm`` and
         ``cbf_wm``, partial-volume corrected by linear regression in a 5 x 5 x 1 kernel
         (Asllani et al. 2008; :func:`gpuperf.asl.pvc.lr_pvc`). Both or neither.
+    ref_mask : path-like, optional
+        Reference region (e.g. normal-appearing white matter, whole grey matter): also write
+        ``rcbf`` (and ``ratt`` for the kinetic fit), CBF (ATT) over its mean in the region's
+        converged voxels.
 
     Returns
     -------
@@ -636,6 +737,7 @@ def run_asl(
         **option_kwargs,
         pv_gm=pv_gm,
         pv_wm=pv_wm,
+        ref_mask=ref_mask,
     )
     compute_asl_batch([prep])
     return write_asl(prep)
@@ -648,7 +750,44 @@ run_asl.compute = compute_asl_batch  # type: ignore[attr-defined]
 run_asl.write = write_asl  # type: ignore[attr-defined]
 
 
-def _qc_curves(model: ASLModel, fit: ASLFit, deltam, m0, mask) -> dict[str, Any] | None:
+def relative_maps(fit: ASLFit, ref: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """rCBF (and rATT): the maps over their mean in the reference region's converged voxels.
+
+    Relative CBF against normal-appearing white matter or whole grey matter is the
+    normalisation MS perfusion studies report; it cancels the global calibration (M0,
+    labelling efficiency) shared by all voxels of a subject.
+
+    Parameters
+    ----------
+    fit : ASLFit (per-voxel arrays (V,))
+    ref : (V,) bool, the reference region among the fitted voxels.
+
+    Raises
+    ------
+    GpuperfError
+        No converged voxel with a finite, positive value in the reference region.
+    """
+    ok = ref & np.isin(fit.status, OK_FLAGS)
+    out, info = {}, {"Voxels": int(ref.sum()), "ConvergedVoxels": int(ok.sum())}
+    for name, src in (("rcbf", fit.cbf), ("ratt", fit.att)):
+        if src is None:
+            continue
+        vals = np.asarray(src, dtype=np.float64)[ok]
+        vals = vals[np.isfinite(vals)]
+        mean = float(vals.mean()) if vals.size else float("nan")
+        if not mean > 0:
+            raise GpuperfError(
+                f"reference region: no converged voxel with a positive {name[1:].upper()} "
+                "(cannot normalise)"
+            )
+        out[name] = (np.asarray(src, dtype=np.float64) / mean).astype(np.float32)
+        info[f"Mean{name[1:].upper()}"] = mean
+    return out, info
+
+
+def _qc_curves(
+    model: ASLModel, fit: ASLFit, deltam, m0, mask, time_offset=None
+) -> dict[str, Any] | None:
     """A few voxels' measured dM/M0 and fitted curves (``gpuperf.report`` EXTRA_FORMAT)."""
     if not METHODS[model.method].fits:
         return None
@@ -670,9 +809,16 @@ def _qc_curves(model: ASLModel, fit: ASLFit, deltam, m0, mask) -> dict[str, Any]
     cols = [fit.cbf[picks], fit.att[picks]]
     if model.arterial:
         cols += [np.nan_to_num(fit.abv[picks]), np.nan_to_num(fit.abat[picks], nan=99.0)]
-    fitted, _ = fine.kinetic_model.evaluate(
-        np, np.stack(cols, 1).astype(np.float64), fine.sample_times(), fine.consts()
-    )
+    params = np.stack(cols, 1).astype(np.float64)
+    if time_offset is not None:  # each voxel's curve at its own slice's sample times
+        from gpuperf.fit.models.buxton import slice_timed
+
+        params = np.column_stack([params, np.asarray(time_offset)[picks]])
+        fitted, _ = slice_timed(fine.kinetic_model).evaluate(
+            np, params, fine.sample_times(), fine.consts()
+        )
+    else:
+        fitted, _ = fine.kinetic_model.evaluate(np, params, fine.sample_times(), fine.consts())
     vox = np.argwhere(mask)[picks]
     return {
         "curves": {

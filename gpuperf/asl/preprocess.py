@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from os import PathLike
+from typing import Any
 
 import numpy as np
 
@@ -25,13 +26,69 @@ from gpuperf.errors import InputError
 #: 0.87 ml/ml), as used by BASIL/oxford_asl ``asl_calib`` (Chappell et al., MRM 2010; Herscovitch
 #: and Raichle, JCBFM 1985 for the partition coefficients). Literature approximations: override
 #: them when your protocol has better values.
+#: ``t2star_s``: T2* for gradient-echo / EPI readouts, the values oxford_asl's ``asl_calib
+#: --t2star`` uses at 3 T (CSF 400 ms, WM 50 ms, GM 60 ms; blood 50 ms: :data:`T2STAR_BLOOD_S`).
 REFERENCE_TISSUES: dict[str, dict[str, float]] = {
-    "csf": {"t1_s": 4.3, "t2_s": 0.750, "pc": 1.15},
-    "wm": {"t1_s": 1.0, "t2_s": 0.050, "pc": 0.82},
-    "gm": {"t1_s": 1.3, "t2_s": 0.100, "pc": 0.98},
+    "csf": {"t1_s": 4.3, "t2_s": 0.750, "t2star_s": 0.400, "pc": 1.15},
+    "wm": {"t1_s": 1.0, "t2_s": 0.050, "t2star_s": 0.050, "pc": 0.82},
+    "gm": {"t1_s": 1.3, "t2_s": 0.100, "t2star_s": 0.060, "pc": 0.98},
 }
 #: T2 of arterial blood at 3 T (s), for the echo-time correction of reference-region M0.
 T2_BLOOD_S = 0.150
+#: T2* of arterial blood at 3 T (s) (asl_calib --t2star).
+T2STAR_BLOOD_S = 0.050
+
+
+def readout_relaxation(
+    scanning_sequence: str | None, pulse_sequence_type: str | None, acquisition_type: str | None
+) -> tuple[str, str]:
+    """Which transverse relaxation weights the M0 echo: ``("T2", why)`` or ``("T2*", why)``.
+
+    Spin-echo readouts (3D GRASE, FSE/TSE stacks of spirals, spin-echo EPI) refocus static
+    dephasing, so the echo decays with T2; gradient-echo readouts (2D GRE-EPI, the usual 2D
+    ASL readout) decay with T2* (Alsop et al. 2015; asl_calib --t2star). From the BIDS fields
+    ``PulseSequenceType``, ``ScanningSequence`` (DICOM 0018,0020: SE, GR, EP, IR, RM) and,
+    failing those, ``MRAcquisitionType`` (2D: GRE-EPI, 3D: GRASE/FSE).
+    """
+    pst = (pulse_sequence_type or "").lower().replace(" ", "")
+    seq = {s.strip().upper() for s in (scanning_sequence or "").replace("/", "\\").split("\\")}
+    if any(k in pst for k in ("grase", "fse", "tse", "spinecho", "rare")):
+        return "T2", f"PulseSequenceType {pulse_sequence_type}: spin-echo readout"
+    if "SE" in seq:
+        return "T2", f"ScanningSequence {scanning_sequence}: spin echo"
+    if "GR" in seq or "EP" in seq or "epi" in pst or "gre" in pst:
+        why = (
+            f"ScanningSequence {scanning_sequence}"
+            if scanning_sequence
+            else f"PulseSequenceType {pulse_sequence_type}"
+        )
+        return "T2*", f"{why}: gradient-echo readout"
+    if (acquisition_type or "").upper() == "3D":
+        return "T2", "MRAcquisitionType 3D (3D ASL readouts are GRASE or FSE: spin echo)"
+    if (acquisition_type or "").upper() == "2D":
+        return "T2*", "MRAcquisitionType 2D (2D ASL readouts are gradient-echo EPI)"
+    return "T2", "readout unknown (no ScanningSequence/PulseSequenceType/MRAcquisitionType)"
+
+
+def smooth_m0(m0: np.ndarray, fwhm_mm: float, voxel_mm: tuple[float, ...]) -> np.ndarray:
+    """Gaussian smoothing of a voxelwise M0 (X, Y, Z), normalised inside its support.
+
+    ``smooth(M0 * R) / smooth(R)`` with R the finite, positive M0 voxels: background does not
+    leak in at the brain edge (normalised convolution). Voxels outside R keep their value.
+    ``fwhm_mm`` 0 returns the input.
+    """
+    if fwhm_mm <= 0:
+        return m0
+    from scipy.ndimage import gaussian_filter
+
+    sigma = [fwhm_mm / (2.0 * np.sqrt(2.0 * np.log(2.0))) / float(v) for v in voxel_mm[:3]]
+    region = np.isfinite(m0) & (m0 > 0)
+    num = gaussian_filter(np.where(region, m0, 0.0).astype(np.float64), sigma, mode="constant")
+    den = gaussian_filter(region.astype(np.float64), sigma, mode="constant")
+    out = np.array(m0, dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out[region] = num[region] / den[region]
+    return out.astype(m0.dtype)
 
 
 @dataclass
@@ -179,9 +236,10 @@ def reference_region_m0_blood(
     tr_s: float | None,
     te_s: float | None,
     tissues: dict[str, dict[str, float]] | None = None,
-    t2_blood_s: float = T2_BLOOD_S,
+    t2_blood_s: float | None = None,
     path: str | PathLike | None = None,
-) -> tuple[float, dict[str, float]]:
+    relaxation: str = "T2",
+) -> tuple[float, dict[str, Any]]:
     """M0 of arterial blood from a reference region (Chappell et al. 2010; Alsop et al. 2015).
 
     ``M0b = mean(M0_ref) / (1 - e^{-TR/T1_ref}) * e^{TE/T2_ref} / pc_ref * e^{-TE/T2_blood}``
@@ -195,6 +253,11 @@ def reference_region_m0_blood(
         Repetition and echo time of the M0 scan (corrections skipped when None).
     tissues : dict, optional
         Overrides :data:`REFERENCE_TISSUES`.
+    t2_blood_s : float, optional
+        Blood T2 (or T2*); default :data:`T2_BLOOD_S` / :data:`T2STAR_BLOOD_S`.
+    relaxation : {'T2', 'T2*'}
+        The echo's decay (:func:`readout_relaxation`): T2 for spin echo, T2* for
+        gradient echo / EPI.
 
     Returns
     -------
@@ -213,19 +276,26 @@ def reference_region_m0_blood(
     vals = vals[np.isfinite(vals)]
     if vals.size == 0 or not vals.mean() > 0:
         raise InputError(
-            path, "m0_ref_mask", "the reference region has no voxel with a positive finite M0"
+            path, "--m0-ref-mask", "the reference region has no voxel with a positive finite M0"
         )
+    if relaxation not in ("T2", "T2*"):
+        raise ValueError(f"relaxation must be 'T2' or 'T2*', got {relaxation!r}")
+    star = relaxation == "T2*"
+    t2_ref = props["t2star_s"] if star else props["t2_s"]
+    if t2_blood_s is None:
+        t2_blood_s = T2STAR_BLOOD_S if star else T2_BLOOD_S
     tr_corr = short_tr_factor(tr_s, props["t1_s"])
-    te_corr = 1.0 if te_s is None else float(np.exp(te_s / props["t2_s"] - te_s / t2_blood_s))
+    te_corr = 1.0 if te_s is None else float(np.exp(te_s / t2_ref - te_s / t2_blood_s))
     m0b = float(vals.mean() / tr_corr * te_corr / props["pc"])
     used = {
         "ReferenceTissue": key,
         "ReferenceMeanM0": float(vals.mean()),
         "ReferenceVoxels": int(vals.size),
         "ReferenceT1Seconds": props["t1_s"],
-        "ReferenceT2Seconds": props["t2_s"],
+        "EchoDecay": relaxation,
+        ("ReferenceT2StarSeconds" if star else "ReferenceT2Seconds"): t2_ref,
         "ReferencePartitionCoefficient": props["pc"],
-        "BloodT2Seconds": t2_blood_s,
+        ("BloodT2StarSeconds" if star else "BloodT2Seconds"): t2_blood_s,
         "ShortTRFactor": tr_corr,
         "EchoTimeFactor": te_corr,
         "M0Blood": m0b,

@@ -495,6 +495,62 @@ def asl_accuracy(
     return rows
 
 
+# -- ASL 2D slice timing -----------------------------------------------------------------------
+#: Readout delays of the slices of the 2D phantom (s): a 2D EPI readout of ~20-25 slices spans
+#: 0.7-1.0 s (bids-examples asl002: 0-0.73 s, asl004: 0-1.04 s, 2d_mb_pcasl: 0-0.53 s).
+ASL_SLICE_TIMES_S = (0.0, 0.15, 0.3, 0.45, 0.6, 0.75, 0.9)
+
+
+def asl_slice_timing_accuracy(
+    voxels_per_condition: int = 500, seed: int = 0, device: str = "auto"
+) -> list[dict[str, Any]]:
+    """CBF/ATT bias per slice of a 2D readout, slice timing honoured vs ignored (sweep ``slice``).
+
+    The phantom of :func:`asl_phantom` at its centre (CBF 60, ATT 1.2 s, SNR 20), with every
+    sample of slice k read ``SliceTiming[k]`` (:data:`ASL_SLICE_TIMES_S`) later: effective delay
+    PLD + SliceTiming[k]. Methods ``gkm_2d`` / ``consensus_2d`` pass the slice times
+    (``ASLModel.fit(time_offset_s=...)``); ``gkm_2d_ignored`` / ``consensus_2d_ignored`` fit
+    the same data at the nominal PLDs (the behaviour before issue #10, and of tools that drop
+    ``SliceTiming``). Returns rows with keys :data:`TSV_COLUMNS`.
+    """
+    from gpuperf.asl import ASLModel
+    from gpuperf.fit.models.buxton import BUXTON_PCASL, slice_timed
+
+    rng = np.random.default_rng(seed + 10)
+    n = int(voxels_per_condition)
+    k = len(ASL_PLDS_S)
+    c = ASL_CENTRE
+    peak = ASL_M0 * _buxton(c["cbf"], c["att_s"], ASL_PLDS_S).max()
+    sd = peak / c["snr"]
+    dt = np.repeat(np.asarray(ASL_SLICE_TIMES_S, dtype=np.float64), n)
+    truth_p = np.column_stack([np.full(dt.size, c["cbf"]), np.full(dt.size, c["att_s"]), dt])
+    model = slice_timed(BUXTON_PCASL)
+    data = {}
+    for name, plds in (("gkm", ASL_PLDS_S), ("consensus", [ASL_SINGLE_PLD_S] * k)):
+        x = np.stack([ASL_TAU_S + np.asarray(plds), np.full(k, ASL_TAU_S)], axis=1)
+        clean = ASL_M0 * model.evaluate(np, truth_p, x, _asl_consts())[0]
+        data[name] = clean + rng.normal(0.0, sd, clean.shape)
+    gkm = ASLModel("PCASL", ASL_PLDS_S, ASL_TAU_S, method="gkm", device=device)
+    wp = ASLModel("PCASL", [ASL_SINGLE_PLD_S] * k, ASL_TAU_S, method="whitepaper", device=device)
+    maps: dict[str, dict[str, np.ndarray]] = {}
+    for suffix, off in (("_2d", dt), ("_2d_ignored", None)):
+        f = gkm.fit(data["gkm"], ASL_M0, time_offset_s=off)
+        maps["gkm" + suffix] = {"cbf": np.asarray(f.cbf), "att": np.asarray(f.att)}
+        maps["consensus" + suffix] = {
+            "cbf": np.asarray(wp.fit(data["consensus"], ASL_M0, time_offset_s=off).cbf)
+        }
+    rows = []
+    truth = {"cbf": c["cbf"], "att": c["att_s"]}
+    for method, m in maps.items():
+        for i, v in enumerate(ASL_SLICE_TIMES_S):
+            for q, est in m.items():
+                stats = summarize(est[i * n : (i + 1) * n], truth[q], absolute=q in ABSOLUTE)
+                rows.append({"modality": "asl", "method": method, "sweep": "slice",
+                             "condition": "slice_time_s", "value": float(v), "quantity": q,
+                             "unit": ASL_UNITS[q], "truth": truth[q], **stats})  # fmt: skip
+    return rows
+
+
 # -- osipy -----------------------------------------------------------------------------------------
 OSIPY_DELAYS_S = (0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0)
 OSIPY_ATTS_S = (0.5, 1.0, 1.5, 2.0, 2.5)
@@ -739,6 +795,7 @@ def run_accuracy(
     )
     expected = ["dsc.tsv", "asl.tsv", "summary.json"]
     expected += [f"dsc_{s}.png" for s in DSC_SWEEPS] + [f"asl_{s}.png" for s in ASL_SWEEPS]
+    expected.append("asl_slice.png")
     if settings["osipy"]:
         expected.append("osipy.tsv")
     if physiology_replicates > 0:
@@ -751,6 +808,7 @@ def run_accuracy(
     say("ASL accuracy (kinetic model, consensus formula) ...", highlight=False)
     asl_rows = asl_accuracy(voxels_per_condition, seed=seed, device=device,
                             include_osipy=include_osipy)  # fmt: skip
+    asl_rows += asl_slice_timing_accuracy(voxels_per_condition, seed=seed, device=device)
     osipy_rows = osipy_checks(device) if settings["osipy"] else []
     physio_rows: list[dict[str, Any]] = []
     if physiology_replicates > 0:
@@ -769,7 +827,7 @@ def run_accuracy(
                                               for c in PHYSIO_COLUMNS})  # fmt: skip
         for s in DSC_SWEEPS:
             writer.add_file(f"dsc_{s}", lambda p, s=s: plot_sweep(dsc_rows, "dsc", s, p), ".png")
-        for s in ASL_SWEEPS:
+        for s in (*ASL_SWEEPS, "slice"):
             writer.add_file(f"asl_{s}", lambda p, s=s: plot_sweep(asl_rows, "asl", s, p), ".png")
         summary = {"Description": "gpuperf method-accuracy benchmark (see TSV columns: bias "
                    "and sd are % of the truth, or seconds for tmax)",

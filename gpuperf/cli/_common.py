@@ -7,8 +7,10 @@ and exit status 2 (no traceback, no partial output: the library writes atomicall
 
 from __future__ import annotations
 
+import errno
 import functools
 import sys
+import warnings
 from collections.abc import Callable
 from enum import Enum
 from typing import Any, TypeVar
@@ -39,25 +41,65 @@ MemoryOption = typer.Option(
 )
 
 
-def fail(message: str, code: int = 2) -> None:
-    """Print an error to stderr and exit with ``code``."""
-    from rich.console import Console
+def one_line(message: str) -> str:
+    """``message`` on one line (a path or a sidecar value may hold a line break)."""
+    lines = [ln.strip() for ln in str(message).splitlines()]
+    return " ".join(ln for ln in lines if ln) or "(no message)"
 
-    Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+
+def fail(message: str, code: int = 2) -> None:
+    """Print an error to stderr on one line and exit with ``code``.
+
+    The message is printed as text: ``[...]`` in it (``gpuperf[cuda12]``, ``scan[run1]/``) is
+    not Rich markup.
+    """
+    from rich.console import Console
+    from rich.text import Text
+
+    text = Text("error: ", style="bold red")
+    text.append(one_line(message))
+    Console(stderr=True).print(text, highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
+def os_error_message(exc: OSError) -> str:
+    """One line for an operating-system error: the file, then what went wrong."""
+    where = exc.filename if exc.filename is not None else None
+    what = exc.strerror or str(exc) or type(exc).__name__
+    if exc.errno == errno.ENOSPC:
+        what += " (the disk is full)"
+    elif exc.errno == errno.EROFS:
+        what += " (read-only file system)"
+    return f"{where}: {what}" if where else what
+
+
 def handle_errors(fn: F) -> F:
-    """Decorator: GpuperfError -> message + exit 2; KeyboardInterrupt -> exit 130."""
+    """Decorator: GpuperfError and OSError -> one line + exit 2; KeyboardInterrupt -> a line
+    saying what is on disk + exit 130. NumPy floating-point warnings are silenced while the
+    command runs (NaN inputs are flagged in the status maps instead)."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        import numpy as np
+
+        from gpuperf.io import outputs
+
         try:
-            return fn(*args, **kwargs)
+            with np.errstate(all="ignore"), warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                return fn(*args, **kwargs)
         except GpuperfError as exc:
+            outputs.abort_staged()
+            outputs.release_journals()
             fail(str(exc), exc.exit_code)
+        except OSError as exc:
+            outputs.abort_staged()
+            outputs.release_journals()
+            fail(os_error_message(exc), 2)
         except KeyboardInterrupt:
-            print("interrupted: no output was written under its final name", file=sys.stderr)
+            outputs.abort_staged()
+            print(f"interrupted: {outputs.interruption_summary()}", file=sys.stderr)
+            outputs.release_journals()
             raise typer.Exit(130) from None
 
     return wrapper  # type: ignore[return-value]

@@ -51,6 +51,9 @@ def asl_command(
     pv_wm: Path | None = typer.Option(
         None, "--pv-wm", help="WM probability map on the ASL grid (with --pv-gm)."
     ),
+    ref_mask: Path | None = typer.Option(
+        None, "--ref-mask", help="Reference region (e.g. NAWM, whole GM): also write rCBF/rATT."
+    ),
     *,
     options: ASLOptions,
 ) -> None:
@@ -74,6 +77,7 @@ def asl_command(
         options=options,
         pv_gm=pv_gm,
         pv_wm=pv_wm,
+        ref_mask=ref_mask,
     )
     if report:
         for path in publish_result(result, overwrite=overwrite, reporter=rep):

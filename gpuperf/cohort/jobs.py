@@ -49,7 +49,7 @@ from gpuperf._version import __version__
 from gpuperf.cohort.bids import Job, inherited_sidecars, merged_sidecar, strip_nifti
 from gpuperf.errors import GpuperfError, OutputExistsError
 from gpuperf.io.nifti import gunzip_bytes
-from gpuperf.io.outputs import TMP_PREFIX, atomic_write_bytes
+from gpuperf.io.outputs import TMP_PREFIX, atomic_write_bytes, discard_journals
 from gpuperf.progress import Reporter
 from gpuperf.provenance import jsonable
 
@@ -280,6 +280,25 @@ def stage_inputs(job: Job, work_dir: str | PathLike | None = None) -> Staged:
     return Staged(folder, series, renames, time.perf_counter() - t0)
 
 
+def _field_sources(job: Job, exc: BaseException, staged: Staged) -> dict[str, str]:
+    """For an error in a merged (staged) sidecar: the staged path -> the sidecar that really
+    supplied the field (BIDS inheritance: a root-level file may hold it, not the subject's)."""
+    path, field = getattr(exc, "path", None), getattr(exc, "field", None)
+    if not path or not field or path not in staged.renames:
+        return {}
+    original = Path(staged.renames[path])
+    for data in (job.series, job.companions.get("m0scan")):
+        if data is None or original.name != strip_nifti(data.name) + ".json":
+            continue
+        keys = str(field).split("/")
+        for js in reversed(inherited_sidecars(data, job.bids_root)):
+            with contextlib.suppress(OSError, ValueError):
+                obj = json.loads(js.read_text(encoding="utf-8"))
+                if isinstance(obj, dict) and any(k in obj for k in keys):
+                    return {path: str(js)}
+    return {}
+
+
 def _restore_paths(obj: Any, renames: Mapping[str, str]) -> Any:
     if isinstance(obj, dict):
         return {k: _restore_paths(v, renames) for k, v in obj.items()}
@@ -405,7 +424,7 @@ def _failed(
 ) -> JobResult:
     msg = str(exc) if isinstance(exc, GpuperfError) else f"{type(exc).__name__}: {exc}"
     if staged is not None:  # name the user's files, not the scratch copies
-        msg = _restore_paths(msg, staged.renames)
+        msg = _restore_paths(msg, {**staged.renames, **_field_sources(job, exc, staged)})
     if reporter is not None:
         reporter.log(f"FAILED: {msg}\n{traceback.format_exc()}")
     return _result(
@@ -588,9 +607,13 @@ def _publish(
     res: Any,
 ) -> list[str]:
     final_dir = out_dir / job.out_subdir
-    files = sorted(p for p in tmp_out.iterdir() if p.is_file())
+    discard_journals(tmp_out)  # the done-marker, not the pipeline's journal, guards this set
+    files = sorted(p for p in tmp_out.iterdir() if p.is_file() and not p.name.startswith("."))
     if not files:
         raise GpuperfError(f"{job.series}: the pipeline wrote no output")
+    for p in files:  # before any rename: a folder in the way would leave a mixed set
+        if (final_dir / p.name).is_dir() and not (final_dir / p.name).is_symlink():
+            raise GpuperfError(f"{final_dir / p.name}: a folder is in the way of this output")
     # the pipeline saw staged inputs and a scratch output folder: name the real ones
     renames = {**renames, str(tmp_out): str(final_dir)}
     for p in files:

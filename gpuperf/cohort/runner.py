@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -51,6 +53,7 @@ from gpuperf.cohort.jobs import (
     write_shared,
 )
 from gpuperf.errors import GpuperfError, InputError
+from gpuperf.io.outputs import check_out_dir
 from gpuperf.progress import Reporter, ensure_reporter
 
 FAILURE_COLUMNS = ("subject", "session", "modality", "series", "error_type", "error", "log")
@@ -278,9 +281,8 @@ def _process_results(
     from concurrent.futures.process import BrokenProcessPool
 
     ctx = mp.get_context("spawn")
-    init: dict[str, Any] = {}
-    if gpus:
-        init = {"initializer": _pin_gpu, "initargs": (ctx.Value("i", 0), tuple(gpus))}
+    pin = (ctx.Value("i", 0), tuple(gpus)) if gpus else None
+    init: dict[str, Any] = {"initializer": _worker_init, "initargs": (os.getpid(), pin)}
 
     def submit(pool: ProcessPoolExecutor, i: int) -> Future:
         job = jobs[i]
@@ -329,6 +331,48 @@ def _process_results(
                     break
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
+
+
+#: Seconds between two checks of the worker's parent (the watchdog thread).
+WATCHDOG_S = 0.5
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Make this process end when ``parent_pid`` (the runner) ends, however it ends.
+
+    On Linux the kernel sends SIGKILL when the parent dies (``prctl(PR_SET_PDEATHSIG)``); a
+    daemon thread checks the parent's pid as well (other systems, and a parent that died before
+    the ``prctl``). A worker killed this way releases its GPU memory with its CUDA context,
+    writes no done-marker, and its staged outputs stay in hidden temporary folders, which the
+    next run removes.
+    """
+    import signal
+    import threading
+
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+        except (OSError, AttributeError):  # pragma: no cover - a libc without prctl
+            pass
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(WATCHDOG_S)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    if os.getppid() != parent_pid:  # the parent died while this process started
+        os.kill(os.getpid(), signal.SIGKILL)
+    threading.Thread(target=watch, name="gpuperf-parent-watchdog", daemon=True).start()
+
+
+def _worker_init(parent_pid: int, pin: tuple[Any, tuple[str, ...]] | None) -> None:
+    """Worker-process initializer: die with the runner; pin a GPU (see :func:`_pin_gpu`)."""
+    die_with_parent(parent_pid)
+    if pin is not None:
+        _pin_gpu(*pin)
 
 
 def _pin_gpu(counter: Any, gpus: tuple[str, ...]) -> None:
@@ -517,14 +561,16 @@ def run_participants(
     bids_dir = Path(bids_dir)
     out_dir = Path(out_dir)
     if workers < 1:
-        raise InputError(None, "workers", f"must be >= 1, found {workers}")
+        raise InputError(None, "--workers", f"must be >= 1, found {workers}")
     if batch_voxels is not None and batch_voxels < 0:
-        raise InputError(None, "batch_voxels", f"must be >= 0, found {batch_voxels}")
+        raise InputError(None, "--batch-voxels", f"must be >= 0, found {batch_voxels}")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(out_dir, "OUT_DIR", "exists and is not a folder")
     if out_dir.resolve() == bids_dir.resolve() or bids_dir.resolve() in out_dir.resolve().parents:
         if not out_dir.resolve().is_relative_to(bids_dir.resolve() / "derivatives"):
             raise InputError(
                 out_dir,
-                "out_dir",
+                "OUT_DIR",
                 "output folder must not be inside the BIDS dataset (except under derivatives/)",
             )
     cfg = config if isinstance(config, CohortConfig) else load_config(config)
@@ -552,7 +598,7 @@ def run_participants(
         batch_voxels = 0  # worker processes and Dask compute one subject per call
     elif batch_voxels is None:
         batch_voxels = auto_batch_voxels(options, pipes)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    check_out_dir(out_dir, flag="OUT_DIR")  # creates it; refuses a read-only or virtual file system
     write_shared(out_dir / "dataset_description.json", dataset_description(bids_dir))
     effective = cfg.to_dict()
     effective.update(

@@ -7,12 +7,13 @@ and gathers/scatters through :func:`gpuperf.io.nifti.gather` / :func:`~gpuperf.i
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from gpuperf.errors import GpuperfError, InputError
 from gpuperf.io.nifti import gather, scatter
+from gpuperf.status import Status
 
 #: Automatic brain mask: mean signal above this fraction of its 98th percentile.
 BRAIN_MASK_FRACTION = 0.2
@@ -51,18 +52,29 @@ class VoxelGrid:
     order: str
     mask: np.ndarray
     idx: np.ndarray
+    #: Status of the grid's voxels outside the mask (spatial int32; None: all OUTSIDE_MASK):
+    #: the automatic mask drops voxels with a NaN/Inf frame (NONFINITE_INPUT) or a negative
+    #: mean signal (NONPOSITIVE_INPUT), and the status map says so.
+    outside: np.ndarray | None = field(default=None, repr=False)
 
     @classmethod
     def for_signal(cls, signal: np.ndarray, mask: np.ndarray | None) -> VoxelGrid:
         """The grid of a (V, T) or (X, Y, Z, T) signal; ``mask`` None: automatic for 4D input
         (:func:`auto_brain_mask` of the series mean), every voxel for 2D input."""
         spatial = signal.shape[:-1]
+        outside = None
         order = "F" if signal.flags.f_contiguous and not signal.flags.c_contiguous else "C"
         if mask is None:
             if signal.ndim == 4:
                 # the series mean: a bolus lowers a voxel's mean little (a few frames of many)
                 flat = signal.reshape(-1, signal.shape[-1], order=order)
-                mask = auto_brain_mask(flat.mean(axis=1)).reshape(spatial, order=order)
+                with np.errstate(invalid="ignore", over="ignore"):
+                    mean = flat.mean(axis=1)
+                mask = auto_brain_mask(mean).reshape(spatial, order=order)
+                outside = np.full(mean.shape, int(Status.OUTSIDE_MASK), dtype=np.int32)
+                outside[~np.isfinite(mean)] = int(Status.NONFINITE_INPUT)
+                outside[np.isfinite(mean) & (mean < 0)] = int(Status.NONPOSITIVE_INPUT)
+                outside = outside.reshape(spatial, order=order)
             else:
                 mask = np.ones(spatial, dtype=bool)
         mask = np.asarray(mask, dtype=bool)
@@ -71,7 +83,7 @@ class VoxelGrid:
         idx = np.flatnonzero(mask.reshape(-1, order=order))
         if idx.size == 0:
             raise InputError(None, "mask", "the mask is empty")
-        return cls(spatial, order, mask, idx)
+        return cls(spatial, order, mask, idx, outside)
 
     @property
     def n_grid(self) -> int:
@@ -85,6 +97,13 @@ class VoxelGrid:
     def scatter(self, values: np.ndarray, fill: float = np.nan, dtype: object = np.float32):
         """(V,) values back on the grid, ``fill`` outside the mask."""
         return scatter(values, self.mask, fill=fill, order=self.order, dtype=dtype)
+
+    def scatter_status(self, values: np.ndarray) -> np.ndarray:
+        """(V,) status flags back on the grid; outside the mask :attr:`outside` (int32)."""
+        out = self.scatter(values, fill=int(Status.OUTSIDE_MASK), dtype=np.int32)
+        if self.outside is not None:
+            out[~self.mask] = self.outside[~self.mask]
+        return out
 
     def local(self, other: np.ndarray, field: str) -> np.ndarray:
         """A second bool mask (spatial shape) restricted to the fitted voxels, (V,)."""

@@ -392,7 +392,7 @@ class DSCModel:
             if vals is not None:
                 setattr(fit, name, grid.scatter(vals))
         fit.maps = {k: grid.scatter(v) for k, v in fit.maps.items()}
-        fit.status = grid.scatter(fit.status, fill=int(Status.OUTSIDE_MASK), dtype=np.int32)
+        fit.status = grid.scatter_status(fit.status)
         if p.aif_voxels is not None:  # flat C-order indices into the input grid
             fit.aif_voxels = grid.c_indices(p.aif_voxels)
         fit.mask = grid.mask

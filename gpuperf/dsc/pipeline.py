@@ -36,8 +36,9 @@ from gpuperf.backend import get_backend
 from gpuperf.dsc.aif import read_aif_curve
 from gpuperf.dsc.model import DSCFit, DSCModel, PreparedDSC
 from gpuperf.dsc.options import DSCOptions, resolve_options
+from gpuperf.dsc.plausibility import check_dsc, publish_warnings
 from gpuperf.dsc.signal import check_te_tr
-from gpuperf.errors import GpuperfError, InputError
+from gpuperf.errors import GpuperfError, InputError, about_file
 from gpuperf.io.nifti import (
     is_nifti,
     load_image,
@@ -249,6 +250,7 @@ def prepare_dsc(
     )
     names = ["cbf", "cbv", "mtt", "tmax", "ttp", "threshold", "oi", "status"]
     names += model.leakage_correction.maps
+    names += model.deconvolution.map_names  # the method's own (parametric: cth, delay, ...)
     if ref is not None:
         names += RELATIVE_MAPS
     if aif_source == "auto":
@@ -276,10 +278,11 @@ def prepare_dsc(
         f"DSC {opts.method} on {backend.device_name}: {series_path.name} "
         f"({img.shape3d} x {n_t} frames, TE {te} s, TR {tr} s)"
     )
-    with rep.status("preparing"):
+    with rep.status("preparing"), about_file(series_path):
         data = model.prepare(
             img.data, aif=aif_arg, mask=mask, ref_mask=ref, slice_times_s=slice_times
         )
+        publish_warnings(check_dsc(data, series_path), rep, writer if qc else None)
     # the AIF is final now: draw its plot on a side thread while the deconvolution runs
     aif_png = _plot_pool().submit(_aif_png, np.arange(data.aif.size) * tr, np.array(data.aif))
     return PreparedDSCRun(

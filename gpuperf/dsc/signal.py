@@ -40,6 +40,9 @@ def check_te_tr(te_s: Any, tr_s: Any, source: str | PathLike | None = None) -> t
             "RepetitionTime",
             "TR is required (seconds): give --tr or put RepetitionTime in the JSON sidecar",
         )
+    for name, value in (("EchoTime", te_s), ("RepetitionTime", tr_s)):
+        if isinstance(value, (bool, str)):  # JSON true would read as 1 s
+            raise InputError(source, name, f"expected a number of seconds, found {value!r}")
     try:
         te, tr = float(te_s), float(tr_s)
     except (TypeError, ValueError) as exc:

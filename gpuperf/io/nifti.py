@@ -116,8 +116,20 @@ def load_image(
         raise InputError(p, "format", f"expected a NIfTI file (.nii or .nii.gz) for the {role}")
     try:
         img = _load_nifti(p)
-        data = np.asarray(img.get_fdata(dtype=np.float32))
+        stored = np.dtype(img.get_data_dtype())
     except Exception as exc:  # nibabel raises many types for corrupt files
+        raise InputError(p, "format", f"cannot read {role} as NIfTI: {exc}") from exc
+    if stored.kind == "c" or stored.fields is not None:
+        # a cast to float32 would silently drop the imaginary part (or mangle RGB triplets)
+        raise InputError(
+            p,
+            "datatype",
+            f"the {role} holds {stored.name} values; gpuperf needs real magnitude images "
+            "(take the magnitude, e.g. abs(), before fitting)",
+        )
+    try:
+        data = np.asarray(img.get_fdata(dtype=np.float32))
+    except Exception as exc:
         raise InputError(p, "format", f"cannot read {role} as NIfTI: {exc}") from exc
     while data.ndim > 3 and data.shape[-1] == 1:
         data = data[..., 0]

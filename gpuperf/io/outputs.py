@@ -1,18 +1,40 @@
-"""Atomic writing of a run's outputs.
+"""Atomic writing of a run's outputs, and the commit protocol that makes a set of them whole.
 
 A run's files are written into a hidden temporary folder inside the output folder and moved to
 their final names (``os.replace``, atomic on one file system) only when the whole run has
-succeeded. A failure or an interruption therefore leaves no partial file under a final name and
-never touches an existing output. Existing outputs are replaced only with ``overwrite=True``,
-and a run may never write over one of its own inputs.
+succeeded, so every file under a final name is whole. A set of files cannot be renamed at once,
+so the commit is journalled:
+
+1. before any rename, every final name is checked (exists without ``overwrite``, a folder in the
+   way, an input of the run) -- nothing is renamed when one check fails;
+2. the journal ``.gpuperf-journal-<hash of prefix>.json`` is written into the output folder: the
+   run's fingerprint (prefix, parameters, sources), its owner (host, pid) and every final name
+   of the set, including names declared with :meth:`OutputWriter.expect` that another step
+   writes later (the QC report);
+3. the files are renamed; the journal is deleted when the last name of the set is in place (the
+   report's :func:`atomic_write_bytes` settles it).
+
+The journal is locked (``flock``) by its owner while it is open. A journal that is not locked
+marks an interrupted set: a re-run with the same fingerprint treats the names it lists as its
+own leftovers (it replaces them without ``--overwrite`` and removes those it does not write
+again: two runs never mix); a run with another fingerprint is refused unless ``overwrite``. A
+locked journal belongs to a live run: another run on the same prefix is refused. Hidden
+temporary folders and files of killed runs (their owner process is gone) are removed by the next
+run writing into the same folder.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import functools
+import hashlib
 import json
 import os
 import shutil
+import socket
 import tempfile
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from os import PathLike
 from pathlib import Path
@@ -21,12 +43,20 @@ from typing import Any
 import numpy as np
 
 from gpuperf import maps
-from gpuperf.errors import GpuperfError, OutputExistsError
+from gpuperf.errors import GpuperfError, InputError, OutputExistsError
 from gpuperf.io.nifti import LoadedImage, sidecar_path
 from gpuperf.provenance import jsonable
 
 #: Prefix of every temporary file and folder gpuperf writes next to its outputs.
 TMP_PREFIX = ".gpuperf-tmp-"
+#: Prefix of the journal of an interrupted commit (see the module docstring).
+JOURNAL_PREFIX = ".gpuperf-journal-"
+#: File in a temporary folder naming the process that owns it.
+OWNER_FILE = ".owner.json"
+#: Tag of the temporary files of :func:`atomic_write_bytes` (``.gpuperf-tmp-gppid<pid>-*``).
+PID_TAG = "gppid"
+#: Longest file name most file systems accept (bytes, NAME_MAX).
+NAME_MAX = 255
 
 
 def _read_umask() -> int:
@@ -39,6 +69,10 @@ def _read_umask() -> int:
 _UMASK = _read_umask()
 
 
+def _pid_tag() -> str:
+    return f"{PID_TAG}{os.getpid()}"
+
+
 def atomic_write_bytes(path: str | PathLike, data: bytes, tag: str = "") -> None:
     """Write ``data`` to ``path`` through a temporary file in the same folder and a rename.
 
@@ -47,18 +81,24 @@ def atomic_write_bytes(path: str | PathLike, data: bytes, tag: str = "") -> None
     the leftover of a killed one.
     """
     path = Path(path)
+    if _OPEN:
+        _fault("report")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{tag}-" if tag else TMP_PREFIX, dir=path.parent)
+    tag = tag or _pid_tag()  # a later run removes it once this process is gone
+    fd, tmp = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{tag}-", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
         os.chmod(tmp, 0o666 & ~_UMASK)
+        if path.is_dir() and not path.is_symlink():
+            raise GpuperfError(f"{path}: a folder is in the way of this output")
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _settle(path)
 
 
 def gzip_bytes(raw: bytes) -> bytes:
@@ -78,6 +118,268 @@ def gzip_bytes(raw: bytes) -> bytes:
 
 def atomic_write_json(path: str | PathLike, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(jsonable(obj), indent=2) + "\n").encode())
+
+
+def _fault(point: str) -> None:
+    """Fault injection for tests (``tests/test_faults.py``): ``GPUPERF_TEST_FAULT=<point>:<SIG>``
+    sends signal ``SIG`` (KILL, INT, TERM) to this process when the run reaches ``point``:
+    ``staged`` (all files staged, nothing renamed), ``commit-<n>`` (after n renames),
+    ``report`` (maps published, report not yet written)."""
+    spec = os.environ.get("GPUPERF_TEST_FAULT")
+    if not spec or spec.rpartition(":")[0] != point:
+        return
+    import signal
+
+    os.kill(os.getpid(), getattr(signal, "SIG" + spec.rpartition(":")[2]))
+
+
+# -- ownership of hidden files ---------------------------------------------------------------
+def _start_time(pid: int) -> str | None:
+    """Start time of process ``pid`` (Linux ``/proc``; None elsewhere): guards against reuse."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[-1].split()[19]
+
+
+def owner_record() -> dict[str, Any]:
+    """Who owns a hidden file: host, pid and (on Linux) the process start time."""
+    return {"Host": socket.gethostname(), "Pid": os.getpid(), "Start": _start_time(os.getpid())}
+
+
+def owner_alive(owner: Mapping[str, Any]) -> bool:
+    """Whether the process of ``owner`` (see :func:`owner_record`) may still run.
+
+    A process on another host (a shared file system) is assumed alive.
+    """
+    if owner.get("Host") != socket.gethostname():
+        return True
+    try:
+        pid = int(owner["Pid"])
+        os.kill(pid, 0)
+    except (KeyError, TypeError, ValueError):
+        return False
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    start = owner.get("Start")
+    return start is None or _start_time(pid) in (None, start)
+
+
+def sweep_stale(folder: str | PathLike) -> list[Path]:
+    """Remove the hidden temporary folders and files of killed gpuperf runs in ``folder``.
+
+    Only what names a dead owner is removed: folders with an :data:`OWNER_FILE`, files
+    ``.gpuperf-tmp-gppid<pid>-*`` of :func:`atomic_write_bytes`. Returns what was removed.
+    """
+    folder = Path(folder)
+    removed: list[Path] = []
+    if not folder.is_dir():
+        return removed
+    host = socket.gethostname()
+    try:
+        entries = list(folder.glob(f"{TMP_PREFIX}*"))
+    except OSError:
+        return removed
+    for entry in entries:
+        owner: dict[str, Any] | None = None
+        with contextlib.suppress(OSError, ValueError):
+            if entry.is_dir() and not entry.is_symlink():
+                owner = json.loads((entry / OWNER_FILE).read_text(encoding="utf-8"))
+            elif entry.name.startswith(f"{TMP_PREFIX}{PID_TAG}"):
+                tag = entry.name[len(TMP_PREFIX) + len(PID_TAG) :].split("-", 1)[0]
+                owner = {"Host": host, "Pid": int(tag)}
+        if not isinstance(owner, dict) or owner_alive(owner):
+            continue
+        with contextlib.suppress(OSError):
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+            removed.append(entry)
+    return removed
+
+
+# -- the commit journal ------------------------------------------------------------------------
+try:  # POSIX advisory locks; without them (Windows) the owner's pid decides
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None  # type: ignore[assignment]
+
+#: Journals this process holds open: journal path -> (locked descriptor, journal content).
+_OPEN: dict[Path, tuple[int, dict[str, Any]]] = {}
+
+
+def journal_path(out_dir: str | PathLike, prefix: str) -> Path:
+    """The journal of ``prefix``'s set in ``out_dir`` (hashed: any prefix length fits)."""
+    digest = hashlib.sha256(prefix.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+    return Path(out_dir) / f"{JOURNAL_PREFIX}{digest}.json"
+
+
+def _locked_elsewhere(path: Path) -> bool:
+    """Whether another process holds ``path``'s lock (its run is alive)."""
+    if path in _OPEN:
+        return True
+    if fcntl is None:  # pragma: no cover
+        return False
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)  # closing drops the probe's lock
+    return False
+
+
+def read_journal(path: str | PathLike) -> dict[str, Any] | None:
+    """The journal at ``path`` (None when absent or unreadable: an empty one is being written)."""
+    try:
+        obj = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def _write_journal(fd: int, obj: Mapping[str, Any]) -> None:
+    data = (json.dumps(jsonable(dict(obj)), indent=2) + "\n").encode()
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, data, 0)
+    os.fsync(fd)
+
+
+def _close_journal(path: Path, remove: bool) -> None:
+    fd, _obj = _OPEN.pop(path, (None, None))
+    if remove:
+        path.unlink(missing_ok=True)
+    if fd is not None:
+        os.close(fd)
+
+
+def _settle(final: Path) -> None:
+    """``final`` is in place: tick it off the open journal of its folder (if it lists it)."""
+    if not _OPEN:
+        return
+    parent = final.parent.resolve()
+    for jpath, (fd, obj) in list(_OPEN.items()):
+        if jpath.parent != parent or final.name not in obj.get("Pending", []):
+            continue
+        obj["Pending"] = [n for n in obj["Pending"] if n != final.name]
+        if obj["Pending"]:
+            _write_journal(fd, obj)
+        else:
+            _close_journal(jpath, remove=True)
+
+
+def interruption_summary() -> str:
+    """What an interrupted process leaves on disk, for the interruption message of the CLI."""
+    if not _OPEN:
+        return "no output was written under its final name"
+    parts = []
+    for jpath, (_fd, obj) in _OPEN.items():
+        names = obj.get("Files", [])
+        present = sum((jpath.parent / n).exists() for n in names)
+        parts.append(
+            f"{present} of {len(names)} outputs of {obj.get('Prefix') or 'the run'} are in "
+            f"{jpath.parent}; re-run the same command to complete the set"
+        )
+    return "; ".join(parts)
+
+
+#: Writers of this process with a staged folder not yet committed (see :func:`abort_staged`).
+_STAGING: weakref.WeakSet[OutputWriter] = weakref.WeakSet()
+
+
+def abort_staged() -> None:
+    """Drop the staged folders of every uncommitted writer of this process (an interrupted
+    command cleans up after itself; final names are untouched)."""
+    for writer in list(_STAGING):
+        if not writer._committed:
+            writer.abort()
+
+
+def release_journals() -> None:
+    """Close this process's open journals, leaving them on disk (e.g. after a failed report):
+    the set is incomplete and the next run of the same command completes it."""
+    for jpath in list(_OPEN):
+        _close_journal(jpath, remove=False)
+
+
+def discard_journals(folder: str | PathLike) -> None:
+    """Remove the journals in ``folder`` that this process holds (a cohort's scratch folder,
+    whose publication has its own marker)."""
+    folder = Path(folder).resolve()
+    for jpath in list(_OPEN):
+        if jpath.parent == folder:
+            _close_journal(jpath, remove=True)
+
+
+# -- output locations --------------------------------------------------------------------------
+def check_prefix(prefix: str) -> None:
+    """A prefix is a plain file-name part: no path separator, no ``..``, no control character."""
+    bad = None
+    if "/" in prefix or "\\" in prefix or os.sep in prefix:
+        bad = "a path separator"
+    elif ".." in prefix:
+        bad = "'..'"
+    elif any(ord(c) < 32 for c in prefix):
+        bad = "a control character"
+    elif prefix.startswith("."):
+        bad = "a leading '.' (hidden files)"
+    if bad:
+        raise InputError(
+            None, "--prefix", f"must be a file-name part without {bad}, found {prefix!r}"
+        )
+
+
+def check_out_dir(
+    out_dir: str | PathLike, inputs: Iterable[str | PathLike] = (), flag: str = "--out"
+) -> None:
+    """Check that ``out_dir`` can be a run's output folder: not a file, not an input, writable.
+
+    A missing folder is created (with its parents): creating it and writing a probe file into
+    it is the only test that read-only mounts and virtual file systems (``/proc``) do not fool.
+    """
+    out = Path(out_dir)
+    resolved = out.resolve()
+    for inp in inputs:
+        if Path(inp).resolve() == resolved:
+            raise InputError(out, flag, "is an input of this run; choose an output folder")
+    if out.exists() and not out.is_dir():
+        raise InputError(out, flag, "exists and is not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(out, flag, f"cannot create the folder ({exc.strerror})") from None
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{_pid_tag()}-", dir=out)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as exc:
+        raise InputError(out, flag, f"cannot write here ({exc.strerror})") from None
+
+
+def _naming_out_dir(method: Callable[..., Any]) -> Callable[..., Any]:
+    """An OSError of a write (disk full, read-only, quota) becomes a GpuperfError naming the file
+    or, when the OS names none, the output folder."""
+
+    @functools.wraps(method)
+    def wrapper(self: OutputWriter, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except OSError as exc:
+            where = exc.filename if exc.filename is not None else self.out_dir
+            what = exc.strerror or type(exc).__name__
+            if exc.errno == errno.ENOSPC:
+                what += " (the disk is full)"
+            raise GpuperfError(f"{where}: cannot write the outputs: {what}") from exc
+
+    return wrapper
 
 
 class OutputWriter:
@@ -125,6 +427,79 @@ class OutputWriter:
         self._pending: list[tuple[Path, Path]] = []  # (temporary file, final path)
         self._sidecars: dict[Path, dict[str, Any]] = {}
         self._committed = False
+        #: QC extras staged so far (:func:`gpuperf.io.qc.stage_extra` merges into it).
+        self.qc_extra: dict[str, Any] = {}
+        self._expected: set[str] = set()  # final names declared with expect()
+        self._leftovers: set[str] | None = None  # names of this run's own interrupted set
+        self._foreign: dict[str, Any] | None = None  # journal of an interrupted other run
+        check_prefix(prefix)
+
+    # -- the output folder -------------------------------------------------------------------
+    @property
+    def journal(self) -> Path:
+        """This set's journal (see the module docstring)."""
+        return journal_path(self.out_dir.resolve(), self.prefix)
+
+    def fingerprint(self) -> str:
+        """What makes two runs "the same command": prefix, parameters and sources."""
+        key = {
+            "Prefix": self.prefix,
+            "Parameters": self.provenance.get("Parameters"),
+            "Sources": [str(Path(s).resolve()) for s in self.provenance.get("Sources", [])],
+        }
+        return hashlib.sha256(json.dumps(jsonable(key), sort_keys=True).encode()).hexdigest()
+
+    def _prepare(self) -> None:
+        """Once, before the first check: the output folder may be written, stale temporary
+        files of killed runs go, and an interrupted set of the same command is recognised."""
+        if self._leftovers is not None:
+            return
+        check_out_dir(self.out_dir, self._inputs)
+        self._leftovers = set()
+        if not self.out_dir.is_dir():
+            return
+        sweep_stale(self.out_dir)
+        jpath = self.journal
+        if jpath in _OPEN:  # an earlier run of this process left it open (no report drawn)
+            _close_journal(jpath, remove=False)
+        if not jpath.exists():
+            return
+        if _locked_elsewhere(jpath):
+            owner = (read_journal(jpath) or {}).get("Owner", {})
+            raise GpuperfError(
+                f"{self.out_dir}: another gpuperf run (pid {owner.get('Pid', '?')}) is writing "
+                f"outputs with prefix {self.prefix!r} now; wait for it or use another --out"
+            )
+        old = read_journal(jpath)
+        if old is None or old.get("Prefix") != self.prefix:
+            return
+        if old.get("Fingerprint") == self.fingerprint():
+            self._leftovers = {str(n) for n in old.get("Files", [])}
+        else:
+            self._foreign = old
+
+    def _check_target(self, final: Path) -> None:
+        self._prepare()
+        if len(final.name.encode("utf-8", "surrogateescape")) > NAME_MAX:
+            raise InputError(
+                None,
+                "--prefix",
+                f"too long: output name {final.name[:40]}... has "
+                f"{len(final.name.encode('utf-8', 'surrogateescape'))} bytes (at most {NAME_MAX})",
+            )
+        if final.resolve() in self._inputs:
+            raise GpuperfError(f"{final}: refusing to write over an input of this run")
+        if final.is_dir() and not final.is_symlink():
+            raise GpuperfError(f"{final}: a folder is in the way of this output")
+        if (final.exists() or final.is_symlink()) and not self.overwrite:
+            if final.name in (self._leftovers or ()):
+                return  # this command's own interrupted set: completed by this run
+            why = ""
+            if self._foreign is not None and final.name in self._foreign.get("Files", []):
+                why = " (left by an interrupted run with other inputs or parameters)"
+            raise OutputExistsError(
+                f"{final}: output exists{why}; pass --overwrite (overwrite=True) to replace it"
+            )
 
     # -- names -------------------------------------------------------------------------------
     def path_for(self, name: str, ext: str = ".nii.gz") -> Path:
@@ -132,19 +507,12 @@ class OutputWriter:
         base = f"{self.prefix}_{name}" if self.prefix else name
         return self.out_dir / (base if Path(name).suffix else base + ext)
 
-    def _check_target(self, final: Path) -> None:
-        if final.resolve() in self._inputs:
-            raise GpuperfError(f"{final}: refusing to write over an input of this run")
-        if final.exists() and not self.overwrite:
-            raise OutputExistsError(
-                f"{final}: output exists; pass --overwrite (overwrite=True) to replace it"
-            )
-
     def expect(self, names: Iterable[str], ext: str = ".nii.gz") -> None:
         """Check, before computing, that outputs ``names`` may be written."""
         for name in names:
             final = self.path_for(name, ext)
             self._check_target(final)
+            self._expected.add(final.name)
             if ext == ".nii.gz":
                 self._check_target(sidecar_path(final))
 
@@ -156,11 +524,14 @@ class OutputWriter:
         if self._tmp is None:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             self._tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=self.out_dir))
+            (self._tmp / OWNER_FILE).write_text(json.dumps(owner_record()), encoding="utf-8")
+            _STAGING.add(self)
         tmp = self._tmp / final.name
         self._pending = [(t, f) for t, f in self._pending if f != final]
         self._pending.append((tmp, final))
         return tmp
 
+    @_naming_out_dir
     def add_map(
         self,
         name: str,
@@ -203,6 +574,7 @@ class OutputWriter:
         self._sidecars[sidecar_path(final)] = sidecar
         return final
 
+    @_naming_out_dir
     def add_json(self, name: str, obj: Mapping[str, Any], with_provenance: bool = False) -> Path:
         final = self.path_for(name, ".json")
         tmp = self._stage(final)
@@ -210,6 +582,7 @@ class OutputWriter:
         tmp.write_text(json.dumps(jsonable(payload), indent=2) + "\n", encoding="utf-8")
         return final
 
+    @_naming_out_dir
     def add_tsv(self, name: str, columns: Mapping[str, Iterable[Any]]) -> Path:
         """Stage a TSV with one column per mapping entry (header row first)."""
         final = self.path_for(name, ".tsv")
@@ -236,6 +609,7 @@ class OutputWriter:
             "",
         )
 
+    @_naming_out_dir
     def add_file(self, name: str, write: Callable[[Path], None], ext: str) -> Path:
         """Stage a file produced by ``write(tmp_path)`` (e.g. a matplotlib ``savefig``)."""
         final = self.path_for(name, ext)
@@ -244,8 +618,11 @@ class OutputWriter:
         return final
 
     # -- publishing --------------------------------------------------------------------------
+    @_naming_out_dir
     def commit(self, elapsed_s: float | None = None) -> list[Path]:
-        """Write the sidecars and move every staged file to its final name."""
+        """Write the sidecars and move every staged file to its final name (journalled: see the
+        module docstring). Names declared with :meth:`expect` but not staged stay pending in the
+        journal until they are written with :func:`atomic_write_bytes`."""
         if self._tmp is None:
             self._committed = True
             return []
@@ -259,13 +636,63 @@ class OutputWriter:
             )
         for _tmp, final in self._pending:  # re-check: something may have appeared meanwhile
             self._check_target(final)
-        done = []
-        for tmp, final in self._pending:
-            os.replace(tmp, final)
-            done.append(final)
+        staged = {final.name for _t, final in self._pending}
+        later = sorted(self._expected - staged)
+        own_old = sorted((self._leftovers or set()) - staged - set(later))
+        files = sorted(staged | set(later) | set(own_old))
+        jpath = self.journal
+        fd = self._open_journal(jpath)
+        record = {
+            "Prefix": self.prefix,
+            "Fingerprint": self.fingerprint(),
+            "Owner": owner_record(),
+            "Files": files,
+            "Pending": files,
+        }
+        try:
+            _write_journal(fd, record)
+            _OPEN[jpath] = (fd, record)
+            for name in later:  # written later by this run: an old copy must not survive it
+                if name in (self._leftovers or ()):
+                    (self.out_dir / name).unlink(missing_ok=True)
+            _fault("staged")
+            done = []
+            for tmp, final in self._pending:
+                os.replace(tmp, final)
+                done.append(final)
+                _fault(f"commit-{len(done)}")
+            for name in own_old:  # the interrupted set had them, this one does not
+                (self.out_dir / name).unlink(missing_ok=True)
+            record["Pending"] = later
+            if later:
+                _write_journal(fd, record)
+            else:
+                _close_journal(jpath, remove=True)
+        except BaseException:
+            if jpath not in _OPEN:
+                os.close(fd)
+            # else the set is incomplete: the journal stays (open, so that the interruption
+            # message can say what is on disk; the next writer of this prefix takes it over)
+            raise
         self._cleanup()
         self._committed = True
         return done
+
+    def _open_journal(self, jpath: Path) -> int:
+        """Create (or take over) and lock the journal; refuse if a live run holds it."""
+        if jpath in _OPEN:
+            _close_journal(jpath, remove=False)
+        fd = os.open(jpath, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                raise GpuperfError(
+                    f"{self.out_dir}: another gpuperf run is writing outputs with prefix "
+                    f"{self.prefix!r} now; wait for it or use another --out"
+                ) from None
+        return fd
 
     def abort(self) -> None:
         """Drop everything staged; final names are untouched."""

@@ -10,7 +10,7 @@ chooses the voxels, the same way for every modality.
 from __future__ import annotations
 
 import io
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from os import PathLike
 from pathlib import Path
 from typing import Any
@@ -160,8 +160,28 @@ def stage_extra(writer: Any, extra: Mapping[str, Any]) -> Path:
 
     It is then published with the maps by ``writer.commit()``, and ``gpuperf report`` finds it.
     """
-    payload = extra_to_npz_bytes(extra)
+    # several stages may stage extras (plausibility warnings, then curves): merge them
+    merged = dict(getattr(writer, "qc_extra", None) or {})
+    for key, value in normalize_extra(extra).items():
+        if key in ("warnings", "notes") and key in merged:
+            merged[key] = [*merged[key], *value]
+        else:
+            merged[key] = value
+    writer.qc_extra = merged
+    payload = extra_to_npz_bytes(merged)
     return writer.add_file("qc", lambda tmp: Path(tmp).write_bytes(payload), ".npz")
+
+
+def publish_warnings(warnings: Sequence[str], reporter: Any = None, writer: Any = None) -> None:
+    """Show plausibility ``warnings`` in the log and, with a ``writer`` (a run that draws a
+    report), stage them as the extras' ``warnings`` (shown at the top of the report)."""
+    if not warnings:
+        return
+    if reporter is not None:
+        for w in warnings:
+            reporter.warn(w)
+    if writer is not None:
+        stage_extra(writer, {"warnings": list(warnings)})
 
 
 def load_extra(path: str | PathLike) -> dict[str, Any]:

@@ -5,7 +5,14 @@ from __future__ import annotations
 from gpuperf.cuda.catalog import register_instances
 from gpuperf.errors import GpuperfError
 from gpuperf.fit.models.base import Model
-from gpuperf.fit.models.buxton import BuxtonPASL, BuxtonPCASL, BuxtonPCASLArterial
+from gpuperf.fit.models.buxton import (
+    BUXTON_PASL,
+    BUXTON_PASL_SLICED,
+    BUXTON_PCASL,
+    BUXTON_PCASL_ARTERIAL,
+    BUXTON_PCASL_ARTERIAL_SLICED,
+    BUXTON_PCASL_SLICED,
+)
 from gpuperf.fit.models.dsc_gamma_residue import DSCGammaResidue
 from gpuperf.fit.models.gammavar import GammaVar
 from gpuperf.fit.models.monoexp import MonoExp
@@ -14,9 +21,12 @@ from gpuperf.fit.models.monoexp import MonoExp
 MODELS: dict[str, Model] = {
     "monoexp": MonoExp(),
     "gammavar": GammaVar(),
-    "buxton_pcasl": BuxtonPCASL(),
-    "buxton_pasl": BuxtonPASL(),
-    "buxton_pcasl_arterial": BuxtonPCASLArterial(),
+    "buxton_pcasl": BUXTON_PCASL,
+    "buxton_pasl": BUXTON_PASL,
+    "buxton_pcasl_arterial": BUXTON_PCASL_ARTERIAL,
+    "buxton_pcasl_sliced": BUXTON_PCASL_SLICED,
+    "buxton_pasl_sliced": BUXTON_PASL_SLICED,
+    "buxton_pcasl_arterial_sliced": BUXTON_PCASL_ARTERIAL_SLICED,
     "dsc_gamma_residue": DSCGammaResidue(),
 }
 

@@ -109,7 +109,12 @@ class BuxtonPCASL(_BuxtonBase):
         J : array (V, N, 2)
             Derivatives with respect to CBF and ATT.
         """
-        return _pcasl_tissue(xp, p[:, 0:1], p[:, 1:2], x[:, 0][None, :], x[:, 1][None, :], c)
+        return self.evaluate_at(xp, p, x[:, 0][None, :], x[:, 1][None, :], c)
+
+    def evaluate_at(self, xp: Any, p: Any, t: Any, tau: Any, c: Any) -> tuple[Any, Any]:
+        """:meth:`evaluate` at sample times ``t`` and durations ``tau`` broadcastable to (V, N)
+        (per-voxel times: :class:`SliceTimed`)."""
+        return _pcasl_tissue(xp, p[:, 0:1], p[:, 1:2], t, tau, c)
 
 
 def _pcasl_tissue(xp: Any, cbf: Any, att: Any, t: Any, tau: Any, c: Any):
@@ -169,9 +174,12 @@ class BuxtonPASL(_BuxtonBase):
     def evaluate(self, xp: Any, p: Any, x: Any, c: Any) -> tuple[Any, Any]:
         """Model value (V, N) and Jacobian (V, N, 2); arguments as :meth:`BuxtonPCASL.evaluate`
         with ``x = (TI, TI1)``."""
+        return self.evaluate_at(xp, p, x[:, 0][None, :], x[:, 1][None, :], c)
+
+    def evaluate_at(self, xp: Any, p: Any, t: Any, tau: Any, c: Any) -> tuple[Any, Any]:
+        """:meth:`evaluate` at ``t`` (TI) and ``tau`` (TI1) broadcastable to (V, N)."""
         t1t, t1b, lam, alpha = (float(v) for v in c[:4])
         cbf, att = p[:, 0:1], p[:, 1:2]
-        t, tau = x[:, 0][None, :], x[:, 1][None, :]
         f = cbf / _PER_MIN_100G
         s = 2.0 * alpha / lam
         k = (1.0 / t1b - 1.0 / t1t) - f / lam
@@ -225,8 +233,11 @@ class BuxtonPCASLArterial(_BuxtonBase):
 
     def evaluate(self, xp: Any, p: Any, x: Any, c: Any) -> tuple[Any, Any]:
         """Model value (V, N) and Jacobian (V, N, 4); p = (CBF, ATT, aBV %, aBAT s)."""
+        return self.evaluate_at(xp, p, x[:, 0][None, :], x[:, 1][None, :], c)
+
+    def evaluate_at(self, xp: Any, p: Any, t: Any, tau: Any, c: Any) -> tuple[Any, Any]:
+        """:meth:`evaluate` at ``t`` and ``tau`` broadcastable to (V, N)."""
         t1t, t1b, lam, alpha = (float(v) for v in c[:4])
-        t, tau = x[:, 0][None, :], x[:, 1][None, :]
         val, jac = _pcasl_tissue(xp, p[:, 0:1], p[:, 1:2], t, tau, c)
         abv = p[:, 2:3] / 100.0
         abat = p[:, 3:4]
@@ -238,6 +249,52 @@ class BuxtonPCASLArterial(_BuxtonBase):
         return val, xp.concatenate([jac, j_abv[..., None], j_abat[..., None]], axis=-1)
 
 
+class SliceTimed(Model):
+    """A Buxton model whose samples are read ``dt`` later in this voxel: ``t -> t + dt``.
+
+    2D readouts acquire slice k ``SliceTiming[k]`` after the start of the volume, so the
+    effective delay of every sample of a voxel in that slice is ``PLD + SliceTiming[k]``
+    ((p)CASL; PASL: ``TI + SliceTiming[k]``). The offset is the last parameter, ``dt`` (s),
+    held fixed by the caller (``fit_lm(..., fixed=[..., True])``) at the voxel's value given
+    in ``p0``: one launch fits every slice. Its Jacobian column is 0 (it is data, not a fitted
+    parameter), so leaving it free makes the fit FAILED rather than silently wrong.
+    C++: ``GpSliceTimed<Base>`` in ``kernels/models/buxton_sliced.cuh``.
+    """
+
+    cuda_header = "models/buxton_sliced.cuh"
+
+    def __init__(self, base: Model) -> None:
+        self.base = base
+        self.name = f"{base.name}_sliced"
+        self.cuda_struct = f"{base.cuda_struct}Sliced"
+        self.param_names = (*base.param_names, "dt")
+        self.param_units = (*base.param_units, "s")
+        self.x_names = base.x_names
+        self.const_names = base.const_names
+        self.default_lower = (*base.default_lower, -float("inf"))
+        self.default_upper = (*base.default_upper, float("inf"))
+
+    def evaluate(self, xp: Any, p: Any, x: Any, c: Any) -> tuple[Any, Any]:
+        """Value (V, N) and Jacobian (V, N, P + 1) at ``t + dt`` of each voxel (dt = p[:, -1])."""
+        t = x[:, 0][None, :] + p[:, -1:]
+        f, jac = self.base.evaluate_at(xp, p[:, :-1], t, x[:, 1][None, :], c)
+        return f, xp.concatenate([jac, xp.zeros_like(jac[..., :1])], axis=-1)
+
+    def __repr__(self) -> str:
+        return f"SliceTimed({self.base!r})"
+
+
 BUXTON_PCASL = BuxtonPCASL()
 BUXTON_PASL = BuxtonPASL()
 BUXTON_PCASL_ARTERIAL = BuxtonPCASLArterial()
+BUXTON_PCASL_SLICED = SliceTimed(BUXTON_PCASL)
+BUXTON_PASL_SLICED = SliceTimed(BUXTON_PASL)
+BUXTON_PCASL_ARTERIAL_SLICED = SliceTimed(BUXTON_PCASL_ARTERIAL)
+
+
+def slice_timed(model: Model) -> Model:
+    """The :class:`SliceTimed` variant of a registered Buxton model."""
+    for m in (BUXTON_PCASL_SLICED, BUXTON_PASL_SLICED, BUXTON_PCASL_ARTERIAL_SLICED):
+        if m.base.name == model.name:
+            return m
+    raise KeyError(f"no slice-timed variant of {model.name!r}")

@@ -1,0 +1,81 @@
+"""Plausibility checks of an ASL series: realistic mistakes that give garbage maps.
+
+- **Control and label swapped** (a wrong ``aslcontext.tsv``, a vendor that orders label first):
+  labelling lowers the tissue magnetisation, so ``dM = control - label`` is positive in perfused
+  brain (Alsop et al., MRM 2015, Eq. 1); a negative median dM over the brain means the two are
+  swapped. CBF then comes out negative (single PLD) or every kinetic fit fails (multi-PLD).
+  A warning (log and report): the user may know better.
+- **An all-zero or all-NaN series**: nothing to quantify; an error.
+- **A PASL bolus duration TI1 later than every inversion time** (``BolusCutOffDelayTime`` in ms,
+  or the wrong field): no sample sees the tagged bolus after its cut-off (Buxton et al., MRM 1998:
+  with QUIPSS II the signal is defined for TI > TI1); an error naming the sidecar field.
+"""
+
+from __future__ import annotations
+
+import warnings
+from os import PathLike
+from typing import Any
+
+import numpy as np
+
+from gpuperf.errors import InputError
+from gpuperf.io.qc import publish_warnings
+
+__all__ = ["check_asl_samples", "check_asl_signal", "publish_warnings"]
+
+
+def check_asl_signal(data: np.ndarray, path: str | PathLike | None) -> None:
+    """Refuse a series with no finite value or with only zeros (names ``path``)."""
+    finite = np.isfinite(data)
+    if not finite.any():
+        raise InputError(path, "signal", "every value of the series is NaN or infinite")
+    if not np.any(data[finite]):
+        raise InputError(path, "signal", "every value of the series is zero")
+
+
+def check_asl_samples(
+    samples: Any, is_pasl: bool, sidecar: str | PathLike | None, path: str | PathLike | None
+) -> list[str]:
+    """Warnings for the control-label samples of a series (empty when plausible).
+
+    Parameters
+    ----------
+    samples : gpuperf.asl.preprocess.DifferenceSamples
+        ``deltam`` (V, K), ``pld_s`` and ``tau_s`` (K,).
+    is_pasl : bool
+        Pulsed labelling: ``tau_s`` is TI1 and ``pld_s`` the inversion times.
+    sidecar, path : path-like
+        The series' JSON sidecar and NIfTI file, named in messages.
+
+    Raises
+    ------
+    InputError
+        PASL with TI1 at or after every inversion time (names ``BolusCutOffDelayTime``).
+    """
+    pld = np.asarray(samples.pld_s, dtype=np.float64)
+    tau = np.asarray(samples.tau_s, dtype=np.float64)
+    if is_pasl and pld.size and np.isfinite(tau).any():
+        ti1 = float(np.nanmin(tau))
+        if np.all(pld <= ti1):
+            raise InputError(
+                sidecar,
+                "BolusCutOffDelayTime",
+                f"TI1 = {ti1:g} s is not earlier than any inversion time (PostLabelingDelay, "
+                f"at most {float(pld.max()):g} s): no sample follows the bolus cut-off; "
+                "BolusCutOffDelayTime is in seconds",
+            )
+    dm = np.asarray(samples.deltam, dtype=np.float64)
+    if dm.size == 0:
+        return []
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN voxels
+        per_voxel = np.nanmean(dm, axis=1)
+    per_voxel = per_voxel[np.isfinite(per_voxel)]
+    if per_voxel.size == 0 or np.median(per_voxel) >= 0:
+        return []
+    return [
+        f"{path}: control and label look swapped: the median control - label difference in "
+        f"the brain is negative ({float(np.median(per_voxel)):.3g}); check the volume_type "
+        "column of aslcontext.tsv"
+    ]
