@@ -121,6 +121,8 @@ class Deconvolution:
     work_arrays: int = 6
     flags: tuple[Status, ...] = ()
     discretisations: tuple[str, ...] = ("rectangle",)
+    #: Extra maps the method writes (``Subject.maps`` keys, :mod:`gpuperf.maps` names).
+    map_names: tuple[str, ...] = ()
 
     def memory_per_voxel(self, n_frames: int, itemsize: int) -> int:
         """Bytes of working memory one voxel of ``n_frames`` needs."""
