@@ -266,6 +266,8 @@ def lm_problem(model: str, n_vox: int, seed: int = 0) -> dict[str, Any]:
               else _synthetic.gammavar_problem(rng, n_vox))  # fmt: skip
         return {"x": pr.x, "y": pr.y, "p0": pr.p0, "consts": np.zeros(0), "truth": pr.truth}
     m = MODELS[model]
+    if model == "dsc_gamma_residue":
+        return dsc_gamma_residue_problem(n_vox, rng)
     if model.endswith("_sliced"):  # a per-voxel slice-time offset, held fixed (2D readouts)
         pr = lm_problem(model[: -len("_sliced")], n_vox, seed)
         dt = np.random.default_rng(seed + 1).uniform(0.0, 0.8, (n_vox, 1))
@@ -298,6 +300,26 @@ def lm_problem(model: str, n_vox: int, seed: int = 0) -> dict[str, Any]:
     f, _ = m.evaluate(np, truth, x, consts)
     y = f + rng.normal(0.0, 0.02 * float(np.abs(f).max()), f.shape)
     return {"x": x, "y": y, "p0": p0, "consts": consts, "truth": truth}
+
+
+def dsc_gamma_residue_problem(n_vox: int, rng: Any) -> dict[str, Any]:
+    """Parametric DSC curves (TR 1.5 s, 60 frames): the phantom AIF as a fine table, truth
+    flow/MTT/shape/delay drawn at random, start values 20-30 % off, 2 % noise."""
+    from gpuperf.dsc.simulate import aif_curve
+    from gpuperf.fit.models import MODELS
+    from gpuperf.fit.models.dsc_gamma_residue import aif_table
+
+    t = np.arange(60) * 1.5
+    h = 1.5 / 8
+    consts = aif_table(0.0, h, aif_curve(np.arange(59 * 8 + 1) * h))
+    cols = (rng.uniform(0.003, 0.015, n_vox), rng.uniform(3.0, 10.0, n_vox),
+            rng.uniform(1.5, 8.0, n_vox), rng.uniform(-1.0, 2.5, n_vox))  # fmt: skip
+    truth = np.stack(cols, axis=1)
+    p0 = truth * np.array([1.3, 0.75, 1.0, 1.0]) + np.array([0.0, 0.0, 0.0, 0.5])
+    p0[:, 2] = 3.0
+    f, _ = MODELS["dsc_gamma_residue"].evaluate(np, truth, t[:, None], consts)
+    y = f + rng.normal(0.0, 0.02 * float(np.abs(f).max()), f.shape)
+    return {"x": t[:, None], "y": y, "p0": p0, "consts": consts, "truth": truth}
 
 
 def osvd_problem(n_vox: int, n_frames: int = 60, seed: int = 0) -> dict[str, Any]:

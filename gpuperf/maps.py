@@ -217,6 +217,34 @@ for _spec in (
         "Fit residual",
         cmap="cividis",
     ),
+    # DSC --method parametric (Mouridsen et al., JCBFM 34:1511, 2014)
+    MapSpec(
+        "cth",
+        "s",
+        "Capillary transit-time heterogeneity: SD of the gamma transit-time distribution, "
+        "MTT / sqrt(shape) (Jespersen & Ostergaard, JCBFM 32:264, 2012)",
+        "CTH",
+        0.0,
+        8.0,
+        "viridis",
+    ),
+    MapSpec("mtt_stderr", "s", "Standard error of MTT", "MTT standard error", 0.0, 2.0, "cividis"),
+    MapSpec(
+        "delay_stderr",
+        "s",
+        "Standard error of the bolus delay",
+        "Delay standard error",
+        0.0,
+        1.0,
+        "cividis",
+    ),
+    MapSpec(
+        "chi2",
+        "(1/s)^2",
+        "Sum of squared residuals of the model fit (dR2* units squared)",
+        "Fit chi2",
+        cmap="cividis",
+    ),
     MapSpec("s0", "a.u.", "Pre-bolus baseline signal S0", "S0 (baseline signal)", cmap="gray"),
     MapSpec("m0", "a.u.", "Equilibrium magnetisation M0 used for calibration", "M0", cmap="gray"),
     # every modality

@@ -123,7 +123,7 @@ def test_cli_choices_are_the_registries():
     text = _help()
     assert "<" + "|".join(methods.names()) + ">" in text
     assert "<" + "|".join(leak_mod.names()) + ">" in text
-    assert set(methods.names()) == {"osvd", "csvd", "ssvd", "tikhonov"}
+    assert set(methods.names()) == {"osvd", "csvd", "ssvd", "tikhonov", "parametric"}
     assert set(leak_mod.names()) == {"none", "bsw", "bidirectional"}
     # every option is on the command line, existing flags under their names
     for spec in specs(DSCOptions).values():

@@ -265,6 +265,146 @@ def dsc_accuracy(
     return rows
 
 
+# -- DSC on realistic physiology (residue shapes, recirculation, delays) ----------------------
+#: Methods of the physiology grid: the model-based fit beside the SVD family.
+PHYSIO_METHODS = ("parametric", "osvd", "csvd", "ssvd")
+PHYSIO_SHAPES = ("exponential", "gamma", "box", "lognormal")
+PHYSIO_CBF = (20.0, 40.0, 60.0)
+PHYSIO_MTT_S = (4.0, 6.0, 8.0, 10.0, 12.0)
+PHYSIO_DELAYS_S = (-2.0, -1.0, 0.0, 1.0, 2.0, 3.0)
+#: AIF of the grid (and of its tissue curves): second pass 25 % of the first, plateau 5 %.
+PHYSIO_AIF = {"recirculation": 0.25, "steady_state": 0.05}
+#: Noise levels (None: noise-free) and noisy replicates per (shape, CBF, MTT, delay).
+PHYSIO_SNRS = (None, 100.0)
+PHYSIO_REPLICATES = 10
+#: Accuracy targets of issue #11 (|median CBF error| per CBF x MTT cell, over all delays).
+PHYSIO_TARGETS = {
+    None: {"exponential": 10.0, "gamma": 10.0, "box": 10.0, "lognormal": 15.0},
+    100.0: {"exponential": 25.0, "gamma": 25.0, "box": 25.0, "lognormal": 25.0},
+}
+PHYSIO_COLUMNS = (
+    "method", "residue", "snr", "cbf", "mtt_s", "n", "n_valid", "cbf_median_bias",
+    "cbf_q25", "cbf_q75", "cbv_median_bias", "mtt_median_bias",
+)  # fmt: skip
+
+
+def dsc_physiology_phantom(
+    snr: float | None, replicates: int = 1, seed: int = 0, shapes: Sequence[str] = PHYSIO_SHAPES
+) -> tuple[np.ndarray, np.ndarray, list[tuple[str, float, float, float]]]:
+    """Signals of the physiology grid: every residue shape x CBF x MTT x delay.
+
+    Tissue curves: :func:`gpuperf.dsc.simulate.tissue_curve` with the residue shape and the
+    recirculating AIF :data:`PHYSIO_AIF`; signal ``S0 exp(-TE dR2*)`` (TE of
+    :func:`dsc_te_s`) plus Gaussian noise of SD ``S0 / snr`` (magnitude), ``replicates``
+    rows per condition (1 when noise-free).
+
+    Returns
+    -------
+    signal (C * replicates, T), the measured AIF dR2* (T,), conditions (shape, cbf, mtt, delay).
+    """
+    from gpuperf.dsc.simulate import aif_curve, tissue_curve
+
+    t = np.arange(DSC_FRAMES) * DSC_TR_S
+    reps = 1 if snr is None else int(replicates)
+    conds = [(sh, f, m, d) for sh in shapes for f in PHYSIO_CBF for m in PHYSIO_MTT_S
+             for d in PHYSIO_DELAYS_S]  # fmt: skip
+    te = dsc_te_s()
+    rng = np.random.default_rng(seed)
+    signal = np.empty((len(conds) * reps, DSC_FRAMES))
+    for i, (sh, f, m, d) in enumerate(conds):  # a loop over conditions, not voxels
+        clean = DSC_S0 * np.exp(-te * tissue_curve(t, f, m, d, residue=sh, **PHYSIO_AIF))
+        rows = np.repeat(clean[None, :], reps, axis=0)
+        if snr is not None:
+            rows = np.abs(rows + rng.normal(0.0, DSC_S0 / snr, rows.shape))
+        signal[i * reps : (i + 1) * reps] = rows
+    return signal, aif_curve(t, **PHYSIO_AIF), conds
+
+
+def dsc_physiology_accuracy(
+    methods: Iterable[str] = PHYSIO_METHODS,
+    snrs: Sequence[float | None] = PHYSIO_SNRS,
+    replicates: int = PHYSIO_REPLICATES,
+    seed: int = 0,
+    device: str = "auto",
+    shapes: Sequence[str] = PHYSIO_SHAPES,
+) -> list[dict[str, Any]]:
+    """Median CBF/CBV/MTT error per (method, residue shape, SNR, CBF, MTT) cell, over delays.
+
+    The grid of issue #11: residue shapes exponential, gamma (shape 3), box and lognormal,
+    CBF 20-60 ml/100g/min, MTT 4-12 s, bolus delays -2 to +3 s, TR 1.5 s, a recirculating
+    AIF, noise-free and SNR 100 (``replicates`` noisy rows per condition). Each method fits the
+    signals through ``DSCModel.fit`` with the measured (noise-free) AIF. Errors in %.
+
+    Returns
+    -------
+    list of dict, keys :data:`PHYSIO_COLUMNS` (``snr`` None when noise-free).
+    """
+    from gpuperf.dsc import DSCModel
+
+    rows: list[dict[str, Any]] = []
+    for snr in snrs:
+        signal, aif, conds = dsc_physiology_phantom(snr, replicates, seed, shapes)
+        reps = signal.shape[0] // len(conds)
+        for method in methods:
+            model = DSCModel(te_s=dsc_te_s(), tr_s=DSC_TR_S, method=method,
+                             baseline=DSC_BASELINE, device=device)  # fmt: skip
+            fit = model.fit(signal.astype(np.float32), aif=aif)
+            est = {q: np.asarray(getattr(fit, q), np.float64).reshape(len(conds), reps)
+                   for q in ("cbf", "cbv", "mtt")}  # fmt: skip
+            for sh in shapes:
+                for f in PHYSIO_CBF:
+                    for m in PHYSIO_MTT_S:
+                        sel = [i for i, c in enumerate(conds) if c[:3] == (sh, f, m)]
+                        truth = {"cbf": f, "cbv": f * m / 60.0, "mtt": m}
+                        err = {q: 100.0 * (est[q][sel].reshape(-1) / truth[q] - 1.0)
+                               for q in truth}  # fmt: skip
+                        ok = np.isfinite(err["cbf"])
+                        q25, q50, q75 = (np.percentile(err["cbf"][ok], [25, 50, 75])
+                                         if ok.any() else (np.nan,) * 3)  # fmt: skip
+                        rows.append({
+                            "method": method, "residue": sh, "snr": snr, "cbf": f, "mtt_s": m,
+                            "n": int(ok.size), "n_valid": int(ok.sum()),
+                            "cbf_median_bias": float(q50), "cbf_q25": float(q25),
+                            "cbf_q75": float(q75),
+                            "cbv_median_bias": float(np.nanmedian(err["cbv"])),
+                            "mtt_median_bias": float(np.nanmedian(err["mtt"])),
+                        })  # fmt: skip
+    return rows
+
+
+def physiology_summary(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Worst |median CBF error| over the CBF x MTT cells per (method, residue, SNR), against
+    the targets :data:`PHYSIO_TARGETS`."""
+    out = []
+    keys = dict.fromkeys((r["method"], r["residue"], r["snr"]) for r in rows)
+    for method, sh, snr in keys:
+        cells = [r for r in rows if (r["method"], r["residue"], r["snr"]) == (method, sh, snr)]
+        worst = max(cells, key=lambda r: abs(r["cbf_median_bias"]))
+        target = PHYSIO_TARGETS.get(snr, {}).get(sh)
+        out.append({"method": method, "residue": sh, "snr": snr,
+                    "worst_cbf_median_bias": worst["cbf_median_bias"],
+                    "worst_cell": {"cbf": worst["cbf"], "mtt_s": worst["mtt_s"]},
+                    "median_cbf_bias": float(np.median([r["cbf_median_bias"] for r in cells])),
+                    "target_pct": target,
+                    "meets_target": None if target is None
+                    else bool(abs(worst["cbf_median_bias"]) <= target)})  # fmt: skip
+    return out
+
+
+def physiology_table(items: Sequence[Mapping[str, Any]]) -> str:
+    """Markdown table of :func:`physiology_summary` (for docs/dsc.md)."""
+    lines = ["| method | residue | SNR | worst cell median CBF error | median over cells | "
+             "target | met |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for h in items:
+        snr = "noise-free" if h["snr"] is None else f"{h['snr']:g}"
+        tgt = "" if h["target_pct"] is None else f"±{h['target_pct']:g} %"
+        met = {None: "", True: "yes", False: "**no**"}[h["meets_target"]]
+        lines.append(f"| {h['method']} | {h['residue']} | {snr} | "
+                     f"{h['worst_cbf_median_bias']:+.1f} % | {h['median_cbf_bias']:+.1f} % | "
+                     f"{tgt} | {met} |")  # fmt: skip
+    return "\n".join(lines)
+
+
 # -- ASL ----------------------------------------------------------------------------------------
 def _asl_consts() -> np.ndarray:
     from gpuperf.asl import constants as K
@@ -593,6 +733,7 @@ def run_accuracy(
     include_osipy: bool = True,
     overwrite: bool = False,
     console: Any = None,
+    physiology_replicates: int | None = None,
 ) -> dict[str, Any]:
     """Run the DSC and ASL accuracy benchmarks and write TSV + PNG + JSON summary.
 
@@ -612,6 +753,11 @@ def run_accuracy(
     overwrite : bool
     console : rich Console, optional
         Prints progress and a headline table.
+    physiology_replicates : int, optional
+        Noisy rows per condition of the DSC physiology grid (``accuracy_dsc_physiology.tsv``,
+        :func:`dsc_physiology_accuracy`); 0 leaves the grid out. Default:
+        :data:`PHYSIO_REPLICATES` when ``voxels_per_condition >= 100`` (a full run), else 0
+        (smoke runs with a handful of voxels).
 
     Returns
     -------
@@ -624,6 +770,8 @@ def run_accuracy(
     from gpuperf.provenance import provenance
 
     t0 = time.perf_counter()
+    if physiology_replicates is None:
+        physiology_replicates = PHYSIO_REPLICATES if voxels_per_condition >= 100 else 0
     backend = get_backend(device)
     say = console.print if console is not None else (lambda *a, **k: None)
     settings = {
@@ -650,6 +798,8 @@ def run_accuracy(
     expected.append("asl_slice.png")
     if settings["osipy"]:
         expected.append("osipy.tsv")
+    if physiology_replicates > 0:
+        expected.append("dsc_physiology.tsv")
     writer.expect(expected, ext="")
     say("DSC accuracy (sSVD, cSVD, oSVD, Tikhonov" + (", osipy" if settings["osipy"] else "")
         + f"; {voxels_per_condition} voxels per condition) ...", highlight=False)  # fmt: skip
@@ -660,11 +810,21 @@ def run_accuracy(
                             include_osipy=include_osipy)  # fmt: skip
     asl_rows += asl_slice_timing_accuracy(voxels_per_condition, seed=seed, device=device)
     osipy_rows = osipy_checks(device) if settings["osipy"] else []
+    physio_rows: list[dict[str, Any]] = []
+    if physiology_replicates > 0:
+        say("DSC on realistic physiology (parametric and SVD; residue shapes, recirculation, "
+            "delays) ...", highlight=False)  # fmt: skip
+        physio_rows = dsc_physiology_accuracy(replicates=physiology_replicates, seed=seed,
+                                              device=device)  # fmt: skip
     with writer:
         for name, rows in (("dsc", dsc_rows), ("asl", asl_rows)):
             writer.add_tsv(name, {c: [r[c] for r in rows] for c in TSV_COLUMNS})
         if osipy_rows:
             writer.add_tsv("osipy", {c: [r[c] for r in osipy_rows] for c in osipy_rows[0]})
+        if physio_rows:
+            writer.add_tsv("dsc_physiology", {c: ["" if r[c] is None else r[c]
+                                                  for r in physio_rows]
+                                              for c in PHYSIO_COLUMNS})  # fmt: skip
         for s in DSC_SWEEPS:
             writer.add_file(f"dsc_{s}", lambda p, s=s: plot_sweep(dsc_rows, "dsc", s, p), ".png")
         for s in (*ASL_SWEEPS, "slice"):
@@ -672,6 +832,8 @@ def run_accuracy(
         summary = {"Description": "gpuperf method-accuracy benchmark (see TSV columns: bias "
                    "and sd are % of the truth, or seconds for tmax)",
                    "Headline": headline(dsc_rows + asl_rows)}  # fmt: skip
+        if physio_rows:
+            summary["DSCPhysiology"] = physiology_summary(physio_rows)
         if osipy_rows:
             summary["OsipyVersion"] = settings["osipy"]
             summary["OsipyFindings"] = osipy_findings(osipy_rows)

@@ -87,6 +87,8 @@ class Subject:
     residue: Any = None
     plan: Any = None
     chunks: list = field(default_factory=list)
+    #: Extra per-voxel maps of the method (name -> host (V,) array; ``gpuperf.maps`` names).
+    maps: dict = field(default_factory=dict)
     leakage_maps: dict = field(default_factory=dict)
     time_offsets: np.ndarray | None = None
 
@@ -119,6 +121,8 @@ class Deconvolution:
     work_arrays: int = 6
     flags: tuple[Status, ...] = ()
     discretisations: tuple[str, ...] = ("rectangle",)
+    #: Extra maps the method writes (``Subject.maps`` keys, :mod:`gpuperf.maps` names).
+    map_names: tuple[str, ...] = ()
 
     def memory_per_voxel(self, n_frames: int, itemsize: int) -> int:
         """Bytes of working memory one voxel of ``n_frames`` needs."""
@@ -357,3 +361,8 @@ def get(name: str) -> Deconvolution:
 
 for _method in (OSVD(), CSVD(), SSVD(), Tikhonov()):
     register(_method)
+
+# after the base classes: gpuperf.dsc.parametric subclasses them
+from gpuperf.dsc.parametric import Parametric  # noqa: E402
+
+register(Parametric())

@@ -107,6 +107,8 @@ class DSCFit:
     residue: np.ndarray | None = None
     mask: np.ndarray | None = None
     info: dict = field(default_factory=dict)
+    #: Extra maps of the method (e.g. parametric: cth, delay, stderr, chi2), as the maps above.
+    maps: dict = field(default_factory=dict)
 
 
 class DSCModel:
@@ -389,6 +391,7 @@ class DSCModel:
             vals = getattr(fit, name)
             if vals is not None:
                 setattr(fit, name, grid.scatter(vals))
+        fit.maps = {k: grid.scatter(v) for k, v in fit.maps.items()}
         fit.status = grid.scatter_status(fit.status)
         if p.aif_voxels is not None:  # flat C-order indices into the input grid
             fit.aif_voxels = grid.c_indices(p.aif_voxels)
@@ -524,6 +527,7 @@ class DSCModel:
             aif_voxels=sub.aif_voxels,
             residue=None if sub.residue is None else h(sub.residue),
             info={"osvd_sets": None if plan_sets is None else plan_sets.tolist()},
+            maps={k: out(v) for k, v in sub.maps.items()},
         )
 
 

@@ -250,6 +250,7 @@ def prepare_dsc(
     )
     names = ["cbf", "cbv", "mtt", "tmax", "ttp", "threshold", "oi", "status"]
     names += model.leakage_correction.maps
+    names += model.deconvolution.map_names  # the method's own (parametric: cth, delay, ...)
     if ref is not None:
         names += RELATIVE_MAPS
     if aif_source == "auto":
@@ -410,6 +411,9 @@ def write_dsc(prep: PreparedDSCRun) -> DSCRunResult:
             data = getattr(fit, name)
             if data is None:
                 continue
+            spec = maps.get(name)
+            writer.add_map(name, data, spec.units, spec.description)
+        for name, data in fit.maps.items():  # the method's own maps (e.g. parametric: cth)
             spec = maps.get(name)
             writer.add_map(name, data, spec.units, spec.description)
         spec = maps.get("status")

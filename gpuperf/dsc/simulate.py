@@ -6,6 +6,13 @@ a gamma-variate. The brain is an ellipsoid split into four perfusion regions (x)
 delays 0, 1, 2, 3 s (y); two blocks leak contrast (BSW model, one K2 > 0, one K2 < 0); a column
 of voxels is pure artery (for the automatic AIF). The signal is
 ``S = S0 exp(-TE dR2*) + noise``.
+
+For accuracy studies (:mod:`gpuperf.benchmarks.accuracy`) :func:`tissue_curve` also offers the
+residue shapes of realistic transit-time distributions (:data:`RESIDUE_SHAPES`: exponential,
+gamma of shape 3, box = plug flow, lognormal), an AIF with recirculation (a dispersed second
+pass and a slow steady-state term, :func:`aif_curve`) and bolus dispersion between the
+measured artery and the tissue (an exponential vascular transport function, Calamante et al.,
+MRM 44:466, 2000).
 """
 
 from __future__ import annotations
@@ -32,10 +39,100 @@ S0_BRAIN = 1000.0
 S0_BACKGROUND = 20.0
 
 
-def aif_curve(t_s: np.ndarray, delay_s: float = 0.0) -> np.ndarray:
-    """The phantom's AIF dR2* (1/s) at times ``t_s`` shifted by ``delay_s``."""
+#: Residue shapes of :func:`residue_function` (the transit-time distribution they come from).
+RESIDUE_SHAPES = ("exponential", "gamma", "box", "lognormal")
+#: Shape of the "gamma" residue's transit-time distribution (CTH = MTT / sqrt(3)).
+GAMMA_RESIDUE_SHAPE = 3.0
+#: Log-SD of the "lognormal" transit-time distribution: the coefficient of variation of the
+#: "gamma" one (1/sqrt(3)), sqrt(ln(1 + CV^2)) = 0.536; only the shape differs (a later,
+#: steeper fall and a heavier tail).
+LOGNORMAL_SIGMA = float(np.sqrt(np.log(1.0 + 1.0 / GAMMA_RESIDUE_SHAPE)))
+#: Recirculation: second pass delay (s) after the first, its dispersion (s), and the time
+#: constant (s) of the steady-state term (fractions are arguments of :func:`aif_curve`).
+RECIRCULATION_DELAY_S = 9.0
+RECIRCULATION_DISPERSION_S = 3.0
+STEADY_STATE_TIME_S = 12.0
+
+
+def _first_pass(t_s: np.ndarray, delay_s: float) -> np.ndarray:
     amp, t0, a, b = AIF_PARAMS
     return gamma_variate(t_s, amp, t0 + delay_s, a, b)
+
+
+def _disperse(curve: np.ndarray, dt_s: float, beta_s: float) -> np.ndarray:
+    """``curve conv (1/beta) e^{-t/beta}`` on a uniform grid (trapezoid weights)."""
+    if beta_s <= 0:
+        return curve
+    k = np.exp(-np.arange(curve.size) * dt_s / beta_s) / beta_s
+    out = np.convolve(curve, k)[: curve.size] * dt_s
+    return out - 0.5 * dt_s * k[0] * curve
+
+
+def aif_curve(
+    t_s: np.ndarray,
+    delay_s: float = 0.0,
+    recirculation: float = 0.0,
+    steady_state: float = 0.0,
+    dispersion_s: float = 0.0,
+) -> np.ndarray:
+    """The phantom's AIF dR2* (1/s) at times ``t_s`` (uniform) shifted by ``delay_s``.
+
+    Parameters
+    ----------
+    recirculation : float
+        Area of the second pass as a fraction of the first pass's: the first pass dispersed by
+        an exponential of :data:`RECIRCULATION_DISPERSION_S` and delayed by
+        :data:`RECIRCULATION_DELAY_S`.
+    steady_state : float
+        Plateau (fraction of the first-pass peak) reached with time constant
+        :data:`STEADY_STATE_TIME_S` after the first pass's arrival (contrast in the blood pool).
+    dispersion_s : float
+        Exponential dispersion (time constant, s) of the whole curve (bolus dispersion on the
+        way from the measured artery to the tissue).
+    """
+    t = np.asarray(t_s, dtype=np.float64)
+    first = _first_pass(t, delay_s)
+    if recirculation == 0 and steady_state == 0 and dispersion_s == 0:
+        return first
+    dt = float(t[1] - t[0])
+    out = first.copy()
+    if recirculation:
+        second = _disperse(
+            _first_pass(t, delay_s + RECIRCULATION_DELAY_S), dt, RECIRCULATION_DISPERSION_S
+        )
+        out += recirculation * second
+    if steady_state:
+        t0 = AIF_PARAMS[1] + delay_s
+        ramp = np.clip(1.0 - np.exp(-(t - t0) / STEADY_STATE_TIME_S), 0.0, None)
+        out += steady_state * first.max() * ramp
+    return _disperse(out, dt, dispersion_s)
+
+
+def residue_function(t_s: np.ndarray, mtt_s: float, shape: str = "exponential") -> np.ndarray:
+    """Residue ``R(t) = 1 - CDF(t)`` of a transit-time distribution with mean ``mtt_s``.
+
+    ``exponential``: ``e^{-t/MTT}`` (one well-mixed compartment); ``gamma``: gamma
+    distribution of shape :data:`GAMMA_RESIDUE_SHAPE` (Mouridsen et al., JCBFM 34:1511, 2014);
+    ``box``: every transit time equal (plug flow), ``R = 1`` for t < MTT; ``lognormal``:
+    log-SD :data:`LOGNORMAL_SIGMA`, mean MTT (a heavy tail).
+    """
+    from scipy.special import erfc, gammaincc
+
+    t = np.asarray(t_s, dtype=np.float64)
+    if shape == "exponential":
+        return np.exp(-t / mtt_s)
+    if shape == "gamma":
+        a = GAMMA_RESIDUE_SHAPE
+        return gammaincc(a, np.maximum(t, 0.0) * a / mtt_s)
+    if shape == "box":
+        return (t < mtt_s).astype(np.float64)
+    if shape == "lognormal":
+        sig = LOGNORMAL_SIGMA
+        mu = np.log(mtt_s) - 0.5 * sig * sig
+        with np.errstate(divide="ignore"):
+            z = (np.log(np.maximum(t, 1e-300)) - mu) / (sig * np.sqrt(2.0))
+        return np.where(t > 0, 0.5 * erfc(z), 1.0)
+    raise ValueError(f"unknown residue shape {shape!r}; known: {', '.join(RESIDUE_SHAPES)}")
 
 
 def tissue_curve(
@@ -46,17 +143,26 @@ def tissue_curve(
     kh: float = KH_DEFAULT,
     rho: float = RHO_DEFAULT,
     oversample: int = 20,
+    residue: str = "exponential",
+    recirculation: float = 0.0,
+    steady_state: float = 0.0,
+    dispersion_s: float = 0.0,
 ) -> np.ndarray:
-    """Tissue dR2* (1/s) for an exponential residue, by fine-grid convolution.
+    """Tissue dR2* (1/s) by fine-grid convolution of the AIF with a residue.
 
-    ``(rho/kH) * (CBF/6000) * int C_a(tau - delay) exp(-(t - tau)/MTT) dtau``.
+    ``(rho/kH) * (CBF/6000) * int C_a(tau - delay) R(t - tau) dtau`` with ``R`` from
+    :func:`residue_function` (exponential by default) and the AIF of :func:`aif_curve` (with
+    its recirculation and dispersion arguments). The integral uses trapezoid weights on a grid
+    ``oversample`` times finer than the frames.
     """
     dt = float(t_s[1] - t_s[0])
     fine_dt = dt / oversample
     tf = np.arange(t_s.size * oversample) * fine_dt
-    ca = aif_curve(tf, delay_s)
-    res = np.exp(-tf / mtt_s)
+    ca = aif_curve(tf, delay_s, recirculation, steady_state, dispersion_s)
+    res = residue_function(tf, mtt_s, residue)
     conv = np.convolve(ca, res)[: tf.size] * fine_dt
+    if residue != "exponential" or recirculation or steady_state or dispersion_s:
+        conv -= 0.5 * fine_dt * res[0] * ca  # trapezoid: the k = 0 term at half weight
     return (rho / kh) * (cbf / 6000.0) * conv[::oversample]
 
 

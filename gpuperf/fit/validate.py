@@ -143,12 +143,14 @@ def validate_inputs(
         raise InputError(None, "y", f"expected shape (V, {xa.shape[0]}); got {ya.shape}")
     n_vox, n_samples = ya.shape
     ca = np.asarray(consts, dtype=dt).reshape(-1)
-    if ca.size != len(mdl.const_names):
+    n_named = len(mdl.const_names)
+    if ca.size < n_named if mdl.const_table else ca.size != n_named:
+        more = " and a table" if mdl.const_table else ""
         raise InputError(
             None,
             "consts",
-            f"model {mdl.name!r} takes {len(mdl.const_names)} "
-            f"constants ({', '.join(mdl.const_names)}); got {ca.size}",
+            f"model {mdl.name!r} takes {n_named} "
+            f"constants ({', '.join(mdl.const_names)}){more}; got {ca.size}",
         )
     if not np.isfinite(ca).all():
         raise InputError(None, "consts", f"model constants must be finite; got {ca.tolist()}")

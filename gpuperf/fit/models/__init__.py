@@ -13,6 +13,7 @@ from gpuperf.fit.models.buxton import (
     BUXTON_PCASL_ARTERIAL_SLICED,
     BUXTON_PCASL_SLICED,
 )
+from gpuperf.fit.models.dsc_gamma_residue import DSCGammaResidue
 from gpuperf.fit.models.gammavar import GammaVar
 from gpuperf.fit.models.monoexp import MonoExp
 
@@ -26,6 +27,7 @@ MODELS: dict[str, Model] = {
     "buxton_pcasl_sliced": BUXTON_PCASL_SLICED,
     "buxton_pasl_sliced": BUXTON_PASL_SLICED,
     "buxton_pcasl_arterial_sliced": BUXTON_PCASL_ARTERIAL_SLICED,
+    "dsc_gamma_residue": DSCGammaResidue(),
 }
 
 

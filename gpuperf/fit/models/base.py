@@ -32,6 +32,9 @@ class Model:
         Columns of the independent variable ``x`` (N, NX) shared by all voxels.
     const_names : tuple of str
         Model constants ``consts`` (NC,) shared by all voxels.
+    const_table : bool
+        True when a table of any length follows the named constants (e.g. a sampled input
+        function that the model interpolates); ``consts`` then has at least NC values.
     cuda_header, cuda_struct : str
         Header (relative to the kernel folder) and the C++ struct implementing the model.
     default_lower, default_upper : tuple of float or None
@@ -43,6 +46,7 @@ class Model:
     param_units: tuple[str, ...] = ()
     x_names: tuple[str, ...] = ("t",)
     const_names: tuple[str, ...] = ()
+    const_table: bool = False
     cuda_header: str = ""
     cuda_struct: str = ""
     default_lower: tuple[float, ...] | None = None
