@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Regenerate ``gpuperf/cuda/_signatures.py``: the compiled signature of every catalogued kernel.
+"""Regenerate ``gpuperf/cuda/signatures.json``: the compiled signature of every catalogued kernel.
 
 Run from the repository root after changing a kernel's parameters or adding a model::
 
@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-TABLE = REPO / "gpuperf" / "cuda" / "_signatures.py"
+TABLE = REPO / "gpuperf" / "cuda" / "signatures.json"
 
 
 def render() -> str:

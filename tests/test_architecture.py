@@ -21,6 +21,7 @@ PACKAGE = Path(gpuperf.__file__).parent
 #: First component below ``gpuperf`` -> layer rank (lower ranks are lower layers).
 LAYERS = {
     "_version": 0,
+    "_lazy": 0,
     "errors": 0,
     "options": 0,
     "status": 0,

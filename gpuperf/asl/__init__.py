@@ -10,7 +10,7 @@ The names are imported on first use (PEP 562), so ``import gpuperf.asl.options``
 command line needs for its flags) does not load the reader, the pipeline or nibabel.
 """
 
-from importlib import import_module
+from gpuperf._lazy import lazy_attributes
 
 #: Public name -> the module that defines it.
 _LAZY = {
@@ -26,14 +26,4 @@ _LAZY = {
 
 __all__ = sorted(_LAZY)
 
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        value = getattr(import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'gpuperf.asl' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY, globals())

@@ -547,6 +547,17 @@ def finish_job(oj: OpenJob, res: Any) -> JobResult:
         return fail_job(oj, exc)
 
 
+def compute_job(oj: OpenJob) -> Any:
+    """Step 4: call the pipeline on the staged inputs into the scratch folder (timed, logged);
+    returns what the pipeline returns."""
+    args, kwargs = oj.call_args()
+    t0 = time.perf_counter()
+    res = oj.fn(*args, **kwargs)
+    oj.compute_s = time.perf_counter() - t0
+    oj.reporter.log(f"pipeline finished in {oj.compute_s:.3f} s")
+    return res
+
+
 def fail_job(oj: OpenJob, exc: BaseException) -> JobResult:
     """The ``failed`` result of an open job (logged with its traceback)."""
     return _failed(oj.job, exc, oj.log_path, oj.reporter, oj.staged, oj.stage_s, oj.compute_s)
@@ -592,12 +603,7 @@ def run_job(
     if isinstance(oj, JobResult):
         return oj
     try:
-        args, kwargs = oj.call_args()
-        t0 = time.perf_counter()
-        res = oj.fn(*args, **kwargs)
-        oj.compute_s = time.perf_counter() - t0
-        oj.reporter.log(f"pipeline finished in {oj.compute_s:.3f} s")
-        return finish_job(oj, res)
+        return finish_job(oj, compute_job(oj))
     except Exception as exc:
         return fail_job(oj, exc)
     finally:

@@ -14,7 +14,6 @@ killed while a report is drawn leaves that subject incomplete, and the next run 
 
 from __future__ import annotations
 
-import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -27,6 +26,7 @@ from gpuperf.cohort.jobs import (
     OpenJob,
     Pipeline,
     Staged,
+    compute_job,
     fail_job,
     finish_job,
     open_job,
@@ -91,11 +91,7 @@ def run_overlapped(
                 yield oj
                 continue
             try:
-                args, kwargs = oj.call_args()
-                t0 = time.perf_counter()
-                res = oj.fn(*args, **kwargs)
-                oj.compute_s = time.perf_counter() - t0
-                oj.reporter.log(f"pipeline finished in {oj.compute_s:.3f} s")
+                res = compute_job(oj)
             except Exception as exc:
                 result = fail_job(oj, exc)
                 oj.close()
