@@ -424,6 +424,7 @@ def test_asl_report_sections(asl_run):
     assert refs.n_img == 5 + 2 + 1
     assert "ΔM against PLD" in text and "Histograms" in text
     assert "Fit status" in text and "gpuperf.status" in text
+    assert re.search(r">modality<[^\n]*>ASL<", text) and "ctx." not in text  # plain labels
 
 
 def test_report_overwrite_policy(asl_run):

@@ -126,7 +126,7 @@ def run_section(ctx: ReportContext) -> list[str]:
     rows = [
         ("output folder", str(run.out_dir)),
         ("prefix", run.prefix),
-        ("ctx.modality", ctx.modality.upper()),
+        ("modality", ctx.modality.upper()),
     ]
     rows += [(k, ctx.prov[k]) for k in _PROVENANCE_KEYS if k in ctx.prov]
     if run.mask is not None:
