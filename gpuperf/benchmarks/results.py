@@ -200,6 +200,18 @@ def render_accuracy_md(summary: Mapping[str, Any], results_dir_name: str = "resu
                 out.append(f"- {label}: " + "; ".join(parts))
             else:
                 out.append(f"- {label}: {value}")
+    physiology = summary.get("DSCPhysiology")
+    if physiology:
+        from gpuperf.benchmarks.accuracy import physiology_table
+
+        out += ["", "### DSC on realistic physiology (residue shapes the methods do not assume)",
+                "", "Worst median CBF error over the CBF x MTT cells, bolus delays -2 to +3 s, "
+                f"TR 1.5 s ([{folder}/accuracy_dsc_physiology.tsv]"
+                f"({folder}/accuracy_dsc_physiology.tsv)):", "",
+                physiology_table(physiology)]  # fmt: skip
+    out += ["", f"ASL 2D slice timing honoured vs ignored: sweep `slice` in "
+            f"[{folder}/accuracy_asl.tsv]({folder}/accuracy_asl.tsv), "
+            f"[{folder}/accuracy_asl_slice.png]({folder}/accuracy_asl_slice.png)."]  # fmt: skip
     return "\n".join(out) + "\n"
 
 
