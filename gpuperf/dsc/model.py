@@ -387,7 +387,7 @@ class DSCModel:
         if p.ref is not None:
             for name in ("cbf", "cbv", "mtt"):
                 setattr(fit, "r" + name, _relative(getattr(fit, name), p.ref, p.usable, name))
-        for name in _SCATTERED:
+        for name in MAP_NAMES:
             vals = getattr(fit, name)
             if vals is not None:
                 setattr(fit, name, grid.scatter(vals))
@@ -531,8 +531,9 @@ class DSCModel:
         )
 
 
-#: Maps scattered back onto the input grid (when computed).
-_SCATTERED = (
+#: Float maps of a fit, scattered back onto the input grid and written in this order (leakage
+#: and relative maps only when computed).
+MAP_NAMES = (
     "cbf",
     "cbv",
     "mtt",

@@ -34,7 +34,7 @@ import numpy as np
 from gpuperf import maps
 from gpuperf.backend import get_backend
 from gpuperf.dsc.aif import read_aif_curve
-from gpuperf.dsc.model import DSCFit, DSCModel, PreparedDSC
+from gpuperf.dsc.model import MAP_NAMES, DSCFit, DSCModel, PreparedDSC
 from gpuperf.dsc.options import DSCOptions, resolve_options
 from gpuperf.dsc.plausibility import check_dsc, publish_warnings
 from gpuperf.dsc.signal import check_te_tr
@@ -53,22 +53,6 @@ from gpuperf.progress import Reporter, ensure_reporter
 from gpuperf.provenance import provenance
 from gpuperf.status import INPUT_FLAGS, Status, sidecar_entry
 
-#: Float maps of a fit, in the order they are written (leakage and relative maps only when
-#: computed).
-MAP_NAMES = (
-    "cbf",
-    "cbv",
-    "mtt",
-    "tmax",
-    "ttp",
-    "threshold",
-    "oi",
-    "k2",
-    "kep",
-    "rcbf",
-    "rcbv",
-    "rmtt",
-)
 #: Maps a reference mask adds.
 RELATIVE_MAPS = ("rcbf", "rcbv", "rmtt")
 #: BIDS SliceEncodingDirection -> spatial axis.
