@@ -14,7 +14,6 @@ the machine's load when the row ran: rows taken while other work runs are noisy.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
@@ -23,10 +22,15 @@ import pytest
 
 from gpuperf.benchmarks.baselines import osipy_version
 from gpuperf.benchmarks.conventions import record
-from gpuperf.benchmarks.wholeprocess import gpuperf_command, run_process
-
-DSC_GRID, DSC_FRAMES, TR_S, TE_S = (68, 68, 48), 80, 1.5, 0.03
-ASL_SIDE, ASL_VOXELS, ASL_REPEATS = 66, 200_000, 6
+from gpuperf.benchmarks.wholeprocess import (
+    ASL_REPEATS,
+    DSC_FRAMES,
+    TE_S,
+    gpuperf_command,
+    run_process,
+    write_asl_inputs,
+    write_dsc_inputs,
+)
 
 
 def _load() -> float:
@@ -41,38 +45,16 @@ def _timed(benchmark, args, rounds):
 
 @pytest.fixture(scope="module")
 def dsc_files(tmp_path_factory):
-    import nibabel as nib
-
-    from gpuperf.dsc.simulate import phantom_arrays
-
     d = tmp_path_factory.mktemp("cli_dsc")
-    ph = phantom_arrays(
-        shape=DSC_GRID, n_frames=DSC_FRAMES, tr_s=TR_S, te_s=TE_S, noise_sd=0.005, seed=5
-    )
-    aff = np.diag([2.0, 2.0, 2.0, 1.0])
-    series = d / "sub-01_dsc.nii.gz"
-    nib.save(nib.Nifti1Image(ph["signal"], aff), series)
-    (d / "sub-01_dsc.json").write_text(json.dumps({"EchoTime": TE_S, "RepetitionTime": TR_S}))
-    mask = d / "brainmask.nii.gz"
-    nib.save(nib.Nifti1Image(ph["brain"].astype(np.uint8), aff), mask)
-    return series, mask, int(ph["brain"].sum()), d
+    series, mask, n = write_dsc_inputs(d)
+    return series, mask, n, d
 
 
 @pytest.fixture(scope="module")
 def asl_files(tmp_path_factory):
     import nibabel as nib
 
-    from gpuperf.asl.simulate import write_phantom
-
-    nz = -(-ASL_VOXELS // ((ASL_SIDE - 2) ** 2))
-    ph = write_phantom(
-        tmp_path_factory.mktemp("cli_asl") / "in",
-        "pcasl",
-        shape=(ASL_SIDE, ASL_SIDE, nz),
-        repeats=ASL_REPEATS,
-        noise_sd=1.0,
-        seed=3,
-    )
+    ph = write_asl_inputs(tmp_path_factory.mktemp("cli_asl") / "in")
     n = int((np.asarray(nib.load(ph["mask"]).dataobj) > 0).sum())
     return ph["asl"], ph["mask"], n, len(ph["plds_s"])
 

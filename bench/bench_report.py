@@ -11,7 +11,6 @@ to other load than the wall clock. ``voxels`` are the run's voxels.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 
@@ -19,9 +18,7 @@ import numpy as np
 import pytest
 
 from gpuperf.benchmarks.conventions import record
-
-DSC_GRID, DSC_FRAMES, TR_S, TE_S = (68, 68, 48), 80, 1.5, 0.03
-ASL_SIDE, ASL_VOXELS, ASL_REPEATS = 66, 200_000, 6
+from gpuperf.benchmarks.wholeprocess import write_asl_inputs, write_dsc_inputs
 
 
 def _run_once(fn):
@@ -32,21 +29,10 @@ def _run_once(fn):
 
 @pytest.fixture(scope="module")
 def dsc_run(tmp_path_factory):
-    import nibabel as nib
-
     from gpuperf.dsc.pipeline import run_dsc
-    from gpuperf.dsc.simulate import phantom_arrays
 
     d = tmp_path_factory.mktemp("report_dsc")
-    ph = phantom_arrays(
-        shape=DSC_GRID, n_frames=DSC_FRAMES, tr_s=TR_S, te_s=TE_S, noise_sd=0.005, seed=5
-    )
-    aff = np.diag([2.0, 2.0, 2.0, 1.0])
-    series = d / "sub-01_dsc.nii.gz"
-    nib.save(nib.Nifti1Image(ph["signal"], aff), series)
-    (d / "sub-01_dsc.json").write_text(json.dumps({"EchoTime": TE_S, "RepetitionTime": TR_S}))
-    mask = d / "brainmask.nii.gz"
-    nib.save(nib.Nifti1Image(ph["brain"].astype(np.uint8), aff), mask)
+    series, mask, _ = write_dsc_inputs(d)
     return _run_once(
         lambda: run_dsc(
             series, d / "out", mask_path=mask, device="cpu", extra_outputs=("report.html",)
@@ -57,13 +43,9 @@ def dsc_run(tmp_path_factory):
 @pytest.fixture(scope="module")
 def asl_run(tmp_path_factory):
     from gpuperf.asl.pipeline import run_asl
-    from gpuperf.asl.simulate import write_phantom
 
-    nz = -(-ASL_VOXELS // ((ASL_SIDE - 2) ** 2))
     d = tmp_path_factory.mktemp("report_asl")
-    ph = write_phantom(
-        d / "in", "pcasl", shape=(ASL_SIDE, ASL_SIDE, nz), repeats=ASL_REPEATS, noise_sd=1.0
-    )
+    ph = write_asl_inputs(d / "in")
     return _run_once(
         lambda: run_asl(
             ph["asl"], d / "out", mask_path=ph["mask"], device="cpu", extra_outputs=("report.html",)

@@ -119,3 +119,42 @@ def main(argv: list[str]) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main(sys.argv[1:]))
+
+
+# -- the whole-brain-sized inputs of bench/bench_cli.py and bench/bench_report.py ------------------
+DSC_GRID, DSC_FRAMES, TR_S, TE_S = (68, 68, 48), 80, 1.5, 0.03
+ASL_SIDE, ASL_VOXELS, ASL_REPEATS = 66, 200_000, 6
+
+
+def write_dsc_inputs(folder: Path) -> tuple[Path, Path, int]:
+    """A DSC phantom series (``sub-01_dsc.nii.gz`` + sidecar) and its brain mask in ``folder``;
+    returns (series, mask, brain voxels)."""
+    import json
+
+    import nibabel as nib
+
+    from gpuperf.dsc.simulate import phantom_arrays
+
+    folder = Path(folder)
+    ph = phantom_arrays(
+        shape=DSC_GRID, n_frames=DSC_FRAMES, tr_s=TR_S, te_s=TE_S, noise_sd=0.005, seed=5
+    )
+    aff = np.diag([2.0, 2.0, 2.0, 1.0])
+    series = folder / "sub-01_dsc.nii.gz"
+    nib.save(nib.Nifti1Image(ph["signal"], aff), series)
+    (folder / "sub-01_dsc.json").write_text(json.dumps({"EchoTime": TE_S, "RepetitionTime": TR_S}))
+    mask = folder / "brainmask.nii.gz"
+    nib.save(nib.Nifti1Image(ph["brain"].astype(np.uint8), aff), mask)
+    return series, mask, int(ph["brain"].sum())
+
+
+def write_asl_inputs(folder: Path) -> dict:
+    """A multi-PLD pCASL phantom of about ``ASL_VOXELS`` brain voxels with ``ASL_REPEATS``
+    repeats (:func:`gpuperf.asl.simulate.write_phantom`'s paths)."""
+    from gpuperf.asl.simulate import write_phantom
+
+    nz = -(-ASL_VOXELS // ((ASL_SIDE - 2) ** 2))
+    return write_phantom(
+        Path(folder), "pcasl", shape=(ASL_SIDE, ASL_SIDE, nz), repeats=ASL_REPEATS,
+        noise_sd=1.0, seed=3,
+    )  # fmt: skip
