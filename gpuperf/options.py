@@ -346,6 +346,35 @@ class Options:
             values[key] = check_value(known[key], value, where, label)
         return cls(**values)
 
+    @classmethod
+    def resolve(
+        cls,
+        options: Options | None,
+        values: Mapping[str, Any],
+        caller: str | None = None,
+        none_is_default: bool = False,
+    ):
+        """``options`` (default ``cls()``) with keyword ``values`` applied: how the public
+        functions accept both today's keyword arguments and ``options=``.
+
+        A keyword that is not an option is a TypeError, as for any Python function; with
+        ``none_is_default``, keywords given as None keep the option's value.
+        """
+        who = caller or cls.__name__
+        known = specs(cls)
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise TypeError(
+                f"{who}: unexpected keyword argument(s) {', '.join(unknown)}; "
+                f"options are: {', '.join(known)}"
+            )
+        base = cls() if options is None else options
+        if not isinstance(base, cls):
+            raise TypeError(f"{who}: options must be a {cls.__name__}, got {type(base).__name__}")
+        if none_is_default:
+            values = {k: v for k, v in values.items() if v is not None}
+        return base.replace(**values) if values else base
+
     def replace(self, **changes: Any):
         """A copy with some options changed (validated again)."""
         return dataclasses.replace(self, **changes)

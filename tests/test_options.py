@@ -144,3 +144,20 @@ def test_cohort_config_is_checked_against_the_options_class():
         check_pipeline_options({"method": "nonsense"}, _pipeline_with_options, "c.toml", "dsc")
     with pytest.raises(InputError, match="dsc.report"):
         check_pipeline_options({"report": "yes"}, _pipeline_with_options, "c.toml", "dsc")
+
+
+def test_resolve_applies_keywords_over_an_options_object():
+    base = Demo(kh=1.0)
+    assert Demo.resolve(base, {"baseline": 3}).to_parameters() == {
+        **base.to_parameters(),
+        "baseline": 3,
+    }
+    assert Demo.resolve(None, {}) == Demo()
+    # None as "the default" (keyword APIs whose defaults were None) vs None as a value
+    assert Demo.resolve(base, {"kh": None}, none_is_default=True).kh == 1.0
+    with pytest.raises(InputError):
+        Demo.resolve(base, {"kh": None})  # kh is not nullable
+    with pytest.raises(TypeError, match="run_demo: unexpected keyword argument"):
+        Demo.resolve(None, {"nope": 1}, "run_demo")
+    with pytest.raises(TypeError, match="must be a Demo"):
+        Demo.resolve(object(), {})

@@ -138,11 +138,7 @@ class ASLModel:
         **kwargs: Any,
     ) -> None:
         changes = {_ALIASES.get(k, k): v for k, v in kwargs.items()}
-        unknown = set(changes) - set(ASLOptions.option_specs())
-        if unknown:
-            raise TypeError(f"ASLModel: unexpected keyword arguments {sorted(unknown)}")
-        opts = options if options is not None else ASLOptions()
-        opts = opts.replace(**changes) if changes else opts
+        opts = ASLOptions.resolve(options, changes, "ASLModel")
         lt = str(labeling_type).upper()
         if kinetic_model_for(lt) is None:
             raise InputError(

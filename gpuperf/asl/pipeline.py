@@ -166,17 +166,6 @@ class PreparedASL:
         return None if self.model is None else self.model.fit_key()
 
 
-def _options(options: ASLOptions | None, kwargs: dict[str, Any]) -> ASLOptions:
-    """``options`` with the keyword arguments (option fields) applied; validated."""
-    unknown = set(kwargs) - set(ASLOptions.option_specs())
-    if unknown:
-        raise TypeError(f"unexpected keyword arguments {sorted(unknown)}")
-    # None means "the default" for the keyword API (as before the options object)
-    kwargs = {k: v for k, v in kwargs.items() if v is not None}
-    base = ASLOptions() if options is None else options
-    return base.replace(**kwargs) if kwargs else base
-
-
 def prepare_asl(
     asl_path: str | PathLike,
     out_dir: str | PathLike,
@@ -208,7 +197,8 @@ def prepare_asl(
     t_start = time.perf_counter()
     rep = ensure_reporter(reporter)
     asl_path = Path(asl_path)
-    opts = _options(options, option_kwargs)
+    # None means "the default" for the keyword API (as before the options object)
+    opts = ASLOptions.resolve(options, option_kwargs, "prepare_asl", none_is_default=True)
     m0_ref_tissue = opts.m0_ref_tissue
     if (m0_ref_mask is None) != (m0_ref_tissue is None):
         raise InputError(

@@ -28,7 +28,7 @@ from gpuperf.dsc import deconvolution as _dec
 from gpuperf.dsc import leakage as _leakage
 from gpuperf.dsc import osvd as _osvd
 from gpuperf.errors import InputError
-from gpuperf.options import Options, option, specs
+from gpuperf.options import Options, option
 
 #: Haematocrit factor kH = (1 - 0.45) / (1 - 0.25) (Rempp 1994).
 KH_DEFAULT = 0.733
@@ -313,19 +313,6 @@ class DSCOptions(Options):
 def resolve_options(
     options: DSCOptions | None, values: Mapping[str, Any], caller: str = "DSC"
 ) -> DSCOptions:
-    """``options`` (default :class:`DSCOptions()`) with the keyword ``values`` applied.
-
-    The public functions accept today's keyword arguments and ``options=`` both; a keyword that
-    is not an option is a TypeError (as for any Python function).
-    """
-    known = specs(DSCOptions)
-    unknown = sorted(set(values) - set(known))
-    if unknown:
-        raise TypeError(
-            f"{caller}: unexpected keyword argument(s) {', '.join(unknown)}; "
-            f"DSC options are: {', '.join(known)}"
-        )
-    base = DSCOptions() if options is None else options
-    if not isinstance(base, DSCOptions):
-        raise TypeError(f"{caller}: options must be a DSCOptions, got {type(base).__name__}")
-    return base.replace(**values) if values else base
+    """``options`` (default :class:`DSCOptions()`) with the keyword ``values`` applied
+    (:meth:`gpuperf.options.Options.resolve`)."""
+    return DSCOptions.resolve(options, values, caller)
