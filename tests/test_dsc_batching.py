@@ -11,8 +11,8 @@ import pytest
 from test_cohort_support import make_real_bids, published_files
 
 from gpuperf.cohort import run_participants
-from gpuperf.dsc import model as dsc_model
 from gpuperf.dsc import osvd
+from gpuperf.dsc.methods import OSVDQueue
 from gpuperf.dsc.model import DSCFit, DSCModel
 from gpuperf.dsc.pipeline import compute_dsc_batch, prepare_dsc, run_dsc, write_dsc
 
@@ -64,7 +64,7 @@ def host_kernel(monkeypatch):
         launches.append((coef.shape[0], 1 if isinstance(plan, osvd.OSVDPlan) else len(plan)))
         return real(coef, plan, *a, plan_index=plan_index, **kw)
 
-    monkeypatch.setattr(dsc_model._OSVDQueue, "host_kernel", True)
+    monkeypatch.setattr(OSVDQueue, "host_kernel", True)
     monkeypatch.setattr(osvd, "select_host", counted)
     return launches
 

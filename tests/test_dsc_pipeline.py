@@ -210,13 +210,17 @@ def test_without_matplotlib_the_plot_is_skipped(phantom, tmp_path, monkeypatch):
 
 
 def test_cli_threshold_parsing():
-    from gpuperf.cli.dsc import parse_thresholds
+    """--osvd-thresholds text as the CLI converts it (gpuperf.cli._options)."""
+    from gpuperf.cli._options import _convert
+    from gpuperf.dsc.options import DSCOptions
     from gpuperf.dsc.osvd import DEFAULT_THRESHOLDS
 
-    assert parse_thresholds("0.05:0.95:0.05") == DEFAULT_THRESHOLDS
-    assert parse_thresholds("0.1, 0.2,0.4") == (0.1, 0.2, 0.4)
-    with pytest.raises(InputError):
-        parse_thresholds("a:b")
+    spec = DSCOptions.option_specs()["osvd_thresholds"]
+    assert _convert(spec, "0.05:0.95:0.05") == DEFAULT_THRESHOLDS
+    assert _convert(spec, "0.1, 0.2,0.4") == (0.1, 0.2, 0.4)
+    with pytest.raises(InputError) as exc:
+        _convert(spec, "a:b")
+    assert exc.value.field == "--osvd-thresholds"
 
 
 def test_pipeline_leaves_the_report_to_its_caller(phantom, tmp_path, monkeypatch):

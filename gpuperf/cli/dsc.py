@@ -24,7 +24,7 @@ from gpuperf.cli._common import (
     handle_errors,
     reporter_for,
 )
-from gpuperf.cli._options import options_command, parse_floats
+from gpuperf.cli._options import options_command
 from gpuperf.dsc.options import DSCOptions
 
 #: Files ``gpuperf dsc`` adds next to the maps when it writes the report.
@@ -89,19 +89,6 @@ def dsc_command(
             f"{s['median_cbf']:.1f} ml/100g/min; {len(outputs)} files in {out} "
             f"({s['elapsed_s']:.2f} s)"
         )
-
-
-def parse_thresholds(text: str) -> tuple[float, ...]:
-    """``'0.05:0.95:0.05'`` (inclusive range) or ``'0.1,0.2,0.3'`` -> tuple of floats
-    (:func:`gpuperf.cli._options.parse_floats`; InputError naming ``--osvd-thresholds``)."""
-    from gpuperf.errors import InputError
-
-    try:
-        return parse_floats(text)
-    except ValueError as exc:
-        raise InputError(
-            None, "--osvd-thresholds", f"expected start:stop:step or a, b, c; got {text!r} ({exc})"
-        ) from exc
 
 
 @handle_errors

@@ -33,7 +33,7 @@ import numpy as np
 from gpuperf.backend import Backend, chunk_slices, get_backend
 from gpuperf.dsc.aif import auto_aif
 from gpuperf.dsc.masking import BRAIN_MASK_FRACTION, VoxelGrid, auto_brain_mask
-from gpuperf.dsc.methods import MIN_CHUNK_VOXELS, OSVDQueue, Subject
+from gpuperf.dsc.methods import MIN_CHUNK_VOXELS, Subject
 from gpuperf.dsc.options import KH_DEFAULT, RHO_DEFAULT, DSCOptions, resolve_options
 from gpuperf.dsc.signal import baseline_frames, check_te_tr, signal_to_dr2s
 from gpuperf.errors import GpuperfError, InputError
@@ -51,7 +51,6 @@ __all__ = [
 ]
 
 #: Compatibility names: the registry (:mod:`gpuperf.dsc.methods`) is the source.
-_OSVDQueue = OSVDQueue
 _Subject = Subject
 
 

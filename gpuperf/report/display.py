@@ -15,10 +15,6 @@ import numpy as np
 from gpuperf import maps
 from gpuperf.maps import MapSpec
 
-#: How a map is shown is part of its entry in the one map table (label, range, colour map).
-DisplaySpec = MapSpec
-
-
 _UNIT_ALIASES = {
     "ml/100 g/min": "ml/100g/min",
     "ml/100g/min": "ml/100g/min",
@@ -48,9 +44,7 @@ def spec_for(name: str) -> MapSpec:
     return MapSpec(name, "", "", label, cmap=cmap)
 
 
-def display_range(
-    name: str, units: str, values: np.ndarray
-) -> tuple[float, float, bool, DisplaySpec]:
+def display_range(name: str, units: str, values: np.ndarray) -> tuple[float, float, bool, MapSpec]:
     """Range to show map ``name`` with.
 
     Parameters
