@@ -25,6 +25,10 @@ DEVICES = ("auto", "cpu", "gpu")
 DEFAULT_CPU_BUDGET_BYTES = 512 * 2**20
 #: Fraction of the free device memory a chunk may use on the CuPy backend.
 GPU_BUDGET_FRACTION = 0.5
+#: Host <-> device copies of at least this many bytes go through page-locked (pinned) host
+#: memory on the CuPy backend (:meth:`Backend.asarray`, :meth:`Backend.to_host`); smaller ones
+#: are latency-bound and take CuPy's plain path.
+PINNED_MIN_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -48,15 +52,52 @@ class Backend:
     def is_gpu(self) -> bool:
         return self.name == "cupy"
 
+    def is_device_array(self, a: Any) -> bool:
+        """Whether ``a`` is an array in this backend's device memory (always False on NumPy)."""
+        return self.is_gpu and isinstance(a, self.xp.ndarray)
+
     def asarray(self, a: Any, dtype: Any = None) -> Any:
-        """Move ``a`` to this backend (no copy when it is already there with that dtype)."""
-        return self.xp.asarray(a, dtype=dtype)
+        """Move ``a`` to this backend (no copy when it is already there with that dtype).
+
+        On CuPy a host array of at least :data:`PINNED_MIN_BYTES` is converted straight into a
+        pinned buffer and copied from there (one host pass; the DMA reads page-locked memory).
+        """
+        if not self.is_gpu or self.is_device_array(a):
+            return self.xp.asarray(a, dtype=dtype)
+        host = np.asarray(a, dtype=dtype)
+        if host.nbytes < PINNED_MIN_BYTES:
+            return self.xp.asarray(host)
+        staged = self.pinned_empty(host.shape, host.dtype)
+        staged[...] = host
+        out = self.xp.empty(host.shape, dtype=host.dtype)
+        out.set(staged)
+        # the copy is asynchronous from pinned memory: finish it before the buffer is reused
+        self.synchronize()
+        return out
 
     def to_host(self, a: Any) -> np.ndarray:
-        """Return ``a`` as a NumPy array on the host."""
+        """Return ``a`` as a NumPy array on the host (C order for copies into pinned memory).
+
+        On CuPy an array of at least :data:`PINNED_MIN_BYTES` comes down into a fresh pinned
+        buffer (CuPy's pinned-memory pool; it returns there when the array is freed).
+        """
         if self.is_gpu and not isinstance(a, np.ndarray):
-            return a.get()
+            if a.nbytes < PINNED_MIN_BYTES:
+                return a.get()
+            out = self.pinned_empty(a.shape, a.dtype)
+            a.get(out=out)
+            return out
         return np.asarray(a)
+
+    def pinned_empty(self, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+        """An uninitialised C-order host array in page-locked memory on CuPy (from its pinned
+        pool), a plain NumPy array on the NumPy backend."""
+        dt = np.dtype(dtype)
+        if not self.is_gpu:
+            return np.empty(shape, dtype=dt)
+        count = int(np.prod(shape, dtype=np.int64))
+        mem = self.xp.cuda.alloc_pinned_memory(max(count * dt.itemsize, 1))
+        return np.frombuffer(mem, dt, count).reshape(shape)
 
     def free_memory_bytes(self) -> int:
         """Free memory a chunk may draw on: device memory for CuPy, a fixed budget for NumPy."""

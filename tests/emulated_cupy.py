@@ -10,6 +10,10 @@ CI run every CuPy code path without a GPU:
   indexing give 0-d arrays, not host scalars.
 - ``cupy.<func>`` refuses NumPy arrays except in the upload functions (``asarray``, ``array``),
   which copy (device memory is never the caller's host buffer).
+- Pinned host memory: ``cupy.cuda.alloc_pinned_memory(nbytes)`` gives a buffer for
+  ``numpy.frombuffer``; ``ndarray.set(host)`` and ``ndarray.get(out=host)`` check what CuPy
+  checks (a NumPy array of the same dtype and shape; a contiguous ``out``) and record whether
+  the host side lies in pinned memory (``STATE.pinned_transfers``).
 - :class:`RawModule`/:class:`RawKernel` build the CUDA source with g++ (gpuperf.cuda.host; FMA
   contraction on unless ``--fmad=false``, as NVRTC) and, on each launch, check the grid and block
   tuples (1-3 positive ints, at most 1024 threads a block) and every argument's count, dtype,
@@ -38,6 +42,9 @@ STATE = SimpleNamespace(
     launches=[],  # (expression, grid, block) of every kernel launch
     uploads=[],  # (shape, nbytes) of every host -> device copy (cupy.asarray/array of NumPy)
     downloads=[],  # (shape, nbytes) of every device -> host copy (.get(), cupy.asnumpy)
+    pinned_allocs=[],  # nbytes of every cupy.cuda.alloc_pinned_memory
+    # ("up" | "down", shape, nbytes) of every copy whose host side is pinned memory
+    pinned_transfers=[],
 )
 
 _HOST_MSG = (
@@ -111,15 +118,43 @@ class ndarray:  # noqa: N801  (CuPy's name)
         raise TypeError(_HOST_MSG + f" (numpy.{func.__name__} got a device array)")
 
     # explicit transfers
-    def get(self, stream: Any = None, order: str = "C", out: Any = None) -> np.ndarray:
+    def get(
+        self, stream: Any = None, order: str = "C", out: Any = None, blocking: bool = True
+    ) -> np.ndarray:
         a = self._a
+        if out is not None:  # CuPy's checks of ``out``
+            if not isinstance(out, np.ndarray):
+                raise TypeError("Only numpy.ndarray can be obtained from cupy.ndarray")
+            if out.dtype != a.dtype:
+                raise TypeError(f"{out.dtype} array cannot be obtained from {a.dtype} array")
+            if out.shape != a.shape:
+                raise ValueError(f"Shape mismatch. Expected shape: {a.shape}, actual: {out.shape}")
+            if not (out.flags.c_contiguous or out.flags.f_contiguous):
+                raise RuntimeError("`out` cannot be a non-contiguous ndarray")
+            STATE.downloads.append((a.shape, a.nbytes))
+            if _is_pinned(out):
+                STATE.pinned_transfers.append(("down", a.shape, a.nbytes))
+            out[...] = a
+            return out
         STATE.downloads.append((a.shape, a.nbytes))
         if a.flags.f_contiguous and not a.flags.c_contiguous:
             return np.array(a, order="F", copy=True)
         return np.array(a, order="C", copy=True)
 
-    def set(self, arr: np.ndarray) -> None:
-        self._a[...] = arr
+    def set(self, arr: np.ndarray, stream: Any = None) -> None:
+        a = self._a
+        if not isinstance(arr, np.ndarray):
+            raise TypeError("Only numpy.ndarray can be set to cupy.ndarray")
+        if arr.dtype != a.dtype:
+            raise TypeError(f"{arr.dtype} array cannot be set to {a.dtype} array")
+        if arr.shape != a.shape:
+            raise ValueError(f"Shape mismatch. Old shape: {a.shape}, new shape: {arr.shape}")
+        if not (a.flags.c_contiguous or a.flags.f_contiguous):
+            raise RuntimeError("Cannot set to non-contiguous array")
+        STATE.uploads.append((arr.shape, arr.nbytes))
+        if _is_pinned(arr):
+            STATE.pinned_transfers.append(("up", arr.shape, arr.nbytes))
+        a[...] = arr
 
     # attributes
     shape = property(lambda self: self._a.shape)
@@ -262,6 +297,31 @@ class CUDADriverError(RuntimeError):
     pass
 
 
+class _PinnedMemory(bytearray):
+    """What ``cupy.cuda.alloc_pinned_memory`` returns: a host buffer (``numpy.frombuffer``)."""
+
+
+def _alloc_pinned_memory(size: int) -> _PinnedMemory:
+    if not isinstance(size, (int, np.integer)) or isinstance(size, bool) or size < 0:
+        raise TypeError(f"alloc_pinned_memory takes a byte count, got {size!r}")
+    STATE.pinned_allocs.append(int(size))
+    return _PinnedMemory(int(size))
+
+
+def _is_pinned(arr: np.ndarray) -> bool:
+    """Whether a NumPy array's memory comes from :func:`_alloc_pinned_memory`."""
+    base: Any = arr
+    while base is not None:
+        if isinstance(base, _PinnedMemory):
+            return True
+        base = (
+            getattr(base, "base", None)
+            if isinstance(base, np.ndarray)
+            else getattr(base, "obj", None)
+        )
+    return False
+
+
 def _props(device: int = 0) -> dict[str, Any]:
     return {
         "name": b"Emulated GPU (gpuperf CuPy test double)",
@@ -332,6 +392,7 @@ cuda = SimpleNamespace(
     nvrtc=SimpleNamespace(getVersion=_nvrtc_version),
     Device=_Device,
     Stream=_Stream,
+    alloc_pinned_memory=_alloc_pinned_memory,
     Event=_Event,
     get_current_stream=lambda: _Stream(),
     get_elapsed_time=lambda a, b: 1e3 * (b.t - a.t),

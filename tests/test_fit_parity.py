@@ -184,6 +184,7 @@ def test_max_iter_status_in_both():
 def test_host_launch_refuses_python_scalars():
     """The host path keeps scalar dtypes (no ``.item()``): a Python int where the kernel takes
     ``int`` is refused, as the CuPy launch would misread it."""
+    from gpuperf.backend import NUMPY_BACKEND
     from gpuperf.cuda.host import HostBuildError
     from gpuperf.fit import _kernel_lm as K
     from gpuperf.fit._numpy_lm import LMSettings
@@ -196,7 +197,7 @@ def test_host_launch_refuses_python_scalars():
     lo = np.full(pr.p0.shape, -np.inf)
     hi = np.full(pr.p0.shape, np.inf)
     args, _ = K._kernel_args(
-        np, m, pr.x, pr.y, None, False, np.zeros(0), pr.p0, lo, hi, np.zeros(2, bool), s
+        NUMPY_BACKEND, m, pr.x, pr.y, None, False, np.zeros(0), pr.p0, lo, hi, np.zeros(2, bool), s
     )
     sig = K.kernel_signature(m, np.float64)
     i = sig.names.index("n_samples")

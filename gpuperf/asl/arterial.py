@@ -71,13 +71,18 @@ def fit_arterial(model: Any, data: Any, params, stderr, chi2, status, n_iter):
     att_t = np.where(np.isfinite(params[:, 1]), params[:, 1], model.att_start_s)
     cbf_t = np.where(np.isfinite(params[:, 0]), params[:, 0], 50.0)
     fixed = np.array([False, False, False, True])
-    shift = np.zeros(n_vox) if data.offset is None else data.offset
+    # the starts are built where the fit runs: on CuPy the curves (data.resident), the
+    # tissue-fit starts and the offsets go up once, not once per start
+    backend = data.backend
+    xp, put = backend.xp, backend.asarray
+    cbf_d, att_d, lo_d, hi_d = (put(a) for a in (cbf_t, att_t, lower, upper))
+    shift = xp.zeros(n_vox) if data.offset is None else data.resident("offset")
     # ATT starts: the tissue-only fit (biased by arterial signal), the default, and later
     # (ATT kinks make the arterial chi2 multimodal)
     att_starts = (
-        att_t,
-        np.full(n_vox, model.att_start_s),
-        np.full(n_vox, model.att_start_s + 0.7),
+        att_d,
+        xp.full(n_vox, model.att_start_s),
+        xp.full(n_vox, model.att_start_s + 0.7),
     )
     starts = [
         (abat, half, a0)
@@ -85,8 +90,8 @@ def fit_arterial(model: Any, data: Any, params, stderr, chi2, status, n_iter):
         for a0 in att_starts
     ]
     for abat, half, a0 in starts:
-        p0 = np.stack([cbf_t, a0, np.full(n_vox, 1.0), abat + shift], axis=1)
-        p0 = np.clip(p0, lower, upper)
+        p0 = xp.stack([cbf_d, a0, xp.full(n_vox, 1.0), shift + float(abat)], axis=1)
+        p0 = xp.clip(p0, lo_d, hi_d)
         rp, c2, st, it, se = data.fit(model.kinetics.signal, p0, lower, upper, fixed=fixed)
         # an arterial solution must beat the current one by more than rounding (0.1 % of
         # chi2) with a non-negligible aBV (> 0.001 %), else the simpler fit stands

@@ -25,6 +25,7 @@ import numpy as np
 
 from gpuperf.asl.arterial import fit_arterial
 from gpuperf.asl.kinks import snap_kinks
+from gpuperf.backend import NUMPY_BACKEND, Backend, get_backend
 from gpuperf.fit import fit_lm
 from gpuperf.fit.models import Model
 from gpuperf.fit.models.buxton import slice_timed
@@ -113,10 +114,31 @@ class GroupedFit:
         self.n_samples = y.shape[1]
         self.offset = offset
         self.common = common
+        device = common.get("device", "auto")
+        #: Where the fits run: on CuPy the group means (and offsets) stay on the device for
+        #: every fit of this data (tissue fit, kinks, each start of the arterial multi-start).
+        self.backend: Backend = NUMPY_BACKEND if device in ("cpu", "host") else get_backend(device)
+        self._resident: dict[str, Any] = {}
+
+    def resident(self, name: str) -> Any:
+        """``ybar`` or ``offset`` on the fit's backend, uploaded on first use (host arrays on
+        NumPy)."""
+        if name not in self._resident:
+            self._resident[name] = self.backend.asarray(getattr(self, name))
+        return self._resident[name]
+
+    def _rows(self, name: str, rows: Any) -> Any:
+        """Rows ``rows`` (None: all) of the resident ``name``."""
+        a = self.resident(name)
+        if rows is None:
+            return a
+        return a[self.backend.asarray(rows) if self.backend.is_gpu else rows]
 
     def fit(self, mdl: Model, p0, lower, upper, fixed=None, rows=None, **kw) -> tuple:
         """``fit_lm`` of ``mdl`` on the group means (the voxels ``rows``, default all), with
-        the slice-time offset appended (fixed) when there is one.
+        the slice-time offset appended (fixed) when there is one. ``p0`` (V, P) is a host
+        array or, on the CuPy backend, a device array (see :func:`fit_arterial`); the group
+        means are the resident copy (:meth:`resident`): they go up once for all fits.
 
         Returns params (V, P) float64 (offset column removed), chi2 (V,) of the repeats
         (``SSW`` added), status, n_iter and stderr (V, P): the fitter's standard errors of the
@@ -124,19 +146,25 @@ class GroupedFit:
         repeats), or :meth:`stderr` where the means leave no degrees of freedom.
         """
         sel = slice(None) if rows is None else rows
-        p0 = np.asarray(p0, dtype=np.float64)
+        on_device = self.backend.is_device_array(p0)
+        if not on_device:
+            p0 = np.asarray(p0, dtype=np.float64)
         n_par = p0.shape[1]
         fixed = np.zeros(n_par, dtype=bool) if fixed is None else np.asarray(fixed, bool)
         lower, upper = np.asarray(lower, np.float64), np.asarray(upper, np.float64)
         if self.offset is not None:
             mdl = slice_timed(mdl)
-            p0 = np.concatenate([p0, self.offset[sel, None]], axis=1)
+            if on_device:
+                off = self._rows("offset", rows)
+                p0 = self.backend.xp.concatenate([p0, off[:, None]], axis=1)
+            else:
+                p0 = np.concatenate([p0, self.offset[sel, None]], axis=1)
             lower, upper = np.append(lower, -np.inf), np.append(upper, np.inf)
             fixed = np.append(fixed, True)
         r = fit_lm(
             mdl,
             self.x,
-            self.ybar[sel],
+            self._rows("ybar", rows),
             p0,
             lower=lower,
             upper=upper,

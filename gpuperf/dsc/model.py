@@ -338,7 +338,12 @@ class DSCModel:
             if aif != "auto":
                 raise InputError(None, "aif", f"expected 'auto', a curve or a mask; got {aif!r}")
             sel = auto_aif(
-                backend.to_host(dr2s), self.options.tr_s, usable, **self.options.aif_options
+                dr2s,
+                self.options.tr_s,
+                usable,
+                **self.options.aif_options,
+                xp=backend.xp,
+                to_host=backend.to_host,
             )
             return sel.curve, sel.voxels
         a = np.asarray(aif)
@@ -373,7 +378,10 @@ class DSCModel:
             raise GpuperfError("fit_batch: subjects with different frame counts")
         fits = self._fit_dr2s_many(
             prepared[0].backend,
-            [(p.dr2s, p.flags, p.aif, p.aif_voxels, p.aif_area, p.time_offsets) for p in prepared],
+            [
+                (p.dr2s, p.flags, p.aif, p.aif_voxels, p.aif_area, p.time_offsets, p.usable)
+                for p in prepared
+            ],
             return_residue,
         )
         return [self._finish(p, f) for p, f in zip(prepared, fits, strict=True)]
@@ -424,15 +432,16 @@ class DSCModel:
         flags[bad] = int(Status.NONFINITE_INPUT)
         c[bad] = 0
         aif = np.asarray(aif, np.float64).reshape(-1)
-        return self._fit_dr2s_many(backend, [(c, flags, aif, None, None, None)], return_residue)[0]
+        items = [(c, flags, aif, None, None, None, None)]
+        return self._fit_dr2s_many(backend, items, return_residue)[0]
 
     # ------------------------------------------------------------------------------------------
     def _fit_dr2s_many(
         self, backend: Backend, items: Sequence[tuple], return_residue: bool
     ) -> list[DSCFit]:
         """Deconvolve subjects ``(dr2s (V, N), flags (V,), aif (N,), aif_voxels, aif_area,
-        time_offsets)``: each is prepared and finished alone; the method runs all of them (oSVD:
-        one selection queue)."""
+        time_offsets, usable)``: each is prepared and finished alone; the method runs all of
+        them (oSVD: one selection queue)."""
         subjects = [self._start(backend, *it, return_residue) for it in items]
         self.deconvolution.run(backend, subjects, self.options, self.memory_budget)
         return [self._end(backend, sub) for sub in subjects]
@@ -446,18 +455,21 @@ class DSCModel:
         aif_voxels: np.ndarray | None,
         aif_area: float | None,
         time_offsets: np.ndarray | None,
+        usable: np.ndarray | None,
         return_residue: bool,
     ) -> Subject:
         """Per subject, before the deconvolution: leakage, CBV, TTP, the AIF's plan.
 
         ``aif_area``: the area CBV divides by (default the AIF's own); ``time_offsets`` (V,) s:
-        slice time of each voxel minus the AIF's, added to Tmax and TTP."""
+        slice time of each voxel minus the AIF's, added to Tmax and TTP; ``usable`` (V,) host
+        ``flags == 0`` when already known (else downloaded)."""
         xp = backend.xp
         opts = self.options
         dt = opts.tr_s
         v, n = dr2s.shape
         _check_aif(aif, n, dt)
-        candidates = backend.to_host(flags) == 0  # leakage reference: usable, not the AIF
+        # leakage reference: usable, not the AIF
+        candidates = backend.to_host(flags) == 0 if usable is None else usable.copy()
         if aif_voxels is not None:
             candidates[aif_voxels] = False
         dr2s, leak_maps = self.leakage_correction.correct(

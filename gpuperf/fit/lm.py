@@ -23,6 +23,7 @@ from gpuperf.fit.validate import (  # noqa: F401 - re-exported (public names of 
     DEFAULT_TOLERANCES,
     FIT_DEVICES,
     MAX_PARAMS,
+    check_settings,
     validate_inputs,
 )
 from gpuperf.progress import Reporter, ensure_reporter
@@ -125,12 +126,15 @@ def fit_lm(
     x : array (N,) or (N, NX)
         Independent variable(s) shared by all voxels (e.g. time in s; ASL: columns t, tau).
     y : array (V, N)
-        Data, one row per voxel.
+        Data, one row per voxel: a host array, or on the CuPy backend a device array, which
+        stays there (a caller fitting the same curves from several starts uploads them once).
     p0 : array (P,) or (V, P), optional
-        Start. Default: ``model.initial_guess(x, y)``.
+        Start (a device array like ``y``, or a host array). Default:
+        ``model.initial_guess(x, y)`` (host ``y`` only).
     lower, upper : array (P,) or (V, P), optional
         Box bounds (inclusive; +-inf for none). Default: the model's ``default_lower`` /
-        ``default_upper``, else unbounded. Steps are projected onto the box.
+        ``default_upper``, else unbounded. Steps are projected onto the box. Values shared
+        by every voxel ((P,)) reach the kernel as P numbers, never as a (V, P) copy.
     fixed : array (P,) of bool, optional
         Parameters held at ``p0`` (excluded from J^T W J; stderr 0).
     weights : array (N,) or (V, N), optional
@@ -160,6 +164,12 @@ def fit_lm(
     """
     t_start = time.perf_counter()
     mdl = get_model(model)
+    check_settings(mdl, dtype, device)
+    if device == "host":
+        backend, backend_name, device_name = NUMPY_BACKEND, "host-cpp", "CPU (g++ build of kernel)"
+    else:
+        backend = get_backend(device)
+        backend_name, device_name = backend.name, backend.device_name
     inp = validate_inputs(
         mdl,
         x,
@@ -173,6 +183,7 @@ def fit_lm(
         max_iter=max_iter,
         dtype=dtype,
         device=device,
+        backend=backend,
     )
     dt, xa, ya, ca = inp.dtype, inp.x, inp.y, inp.consts
     p0a, lo, hi, fixed_a = inp.p0, inp.lower, inp.upper, inp.fixed
@@ -189,12 +200,6 @@ def fit_lm(
         accept_tol=ACCEPT_TOL_EPS * float(np.finfo(dt).eps),
     )
 
-    if device == "host":
-        backend, backend_name, device_name = NUMPY_BACKEND, "host-cpp", "CPU (g++ build of kernel)"
-    else:
-        backend = get_backend(device)
-        backend_name, device_name = backend.name, backend.device_name
-
     params = np.empty((n_vox, n_par), dtype=dt)
     stderr = np.empty((n_vox, n_par), dtype=dt)
     chi2 = np.empty(n_vox, dtype=dt)
@@ -203,17 +208,22 @@ def fit_lm(
     slices = chunk_slices(
         n_vox, _bytes_per_voxel(n_samples, n_par, dt.itemsize), memory_budget, backend
     )
+    if backend.is_gpu and slices:
+        from gpuperf.fit._kernel_lm import lm_cupy, shared_inputs
+
+        # what every chunk shares goes up once; shared start values and bounds as (P,)
+        xa, ca, wa, p0a, lo, hi = shared_inputs(backend, xa, ca, wa, w_per_voxel, p0a, lo, hi, dt)
     rep = ensure_reporter(reporter)
     for sl in rep.track(slices, total=len(slices), description=f"fitting {mdl.name}"):
-        yc, p0c, loc, hic = ya[sl], p0a[sl], lo[sl], hi[sl]
+        yc = ya[sl]
+        p0c = p0a[sl] if inp.p0_per_voxel else p0a
+        loc, hic = (lo[sl], hi[sl]) if inp.bounds_per_voxel else (lo, hi)
         wc = None if wa is None else (wa[sl] if w_per_voxel else wa)
         if device == "host":
             from gpuperf.fit._kernel_lm import lm_host
 
             out = lm_host(mdl, xa, yc, wc, w_per_voxel, ca, p0c, loc, hic, fixed_a, settings)
         elif backend.is_gpu:
-            from gpuperf.fit._kernel_lm import lm_cupy
-
             out = lm_cupy(
                 backend, mdl, xa, yc, wc, w_per_voxel, ca, p0c, loc, hic, fixed_a, settings
             )
@@ -224,6 +234,8 @@ def fit_lm(
                 wfull = wc
             else:
                 wfull = np.broadcast_to(wc, yc.shape)
+            shape = (yc.shape[0], n_par)  # shared values as broadcast views: no copies
+            p0c, loc, hic = (np.broadcast_to(a, shape) for a in (p0c, loc, hic))
             out = lm_numpy(mdl, xa, yc, wfull, ca, p0c, loc, hic, fixed_a, settings)
         params[sl], stderr[sl], chi2[sl], n_iter[sl], codes[sl] = out
     return FitResult(

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from gpuperf.backend import NUMPY_BACKEND, Backend
 from gpuperf.errors import GpuperfError, InputError
 from gpuperf.fit.models import Model
 
@@ -38,8 +39,9 @@ class FitInputs:
     Attributes
     ----------
     dtype : numpy.dtype
-    x : (N, NX) ; y : (V, N) ; consts : (NC,)
-    p0, lower, upper : (V, P) (broadcast views where given per parameter)
+    x : (N, NX) ; y : (V, N), host or (CuPy backend) device array ; consts : (NC,)
+    p0 : (P,) shared by all voxels or (V, P); host or (CuPy backend) device array
+    lower, upper : both (P,) shared by all voxels, or both (V, P); host arrays
     fixed : (P,) bool
     weights : (N,) or (V, N) or None ; weights_per_voxel : bool
     max_iter : int
@@ -58,6 +60,14 @@ class FitInputs:
     max_iter: int
 
     @property
+    def p0_per_voxel(self) -> bool:
+        return self.p0.ndim == 2
+
+    @property
+    def bounds_per_voxel(self) -> bool:
+        return self.lower.ndim == 2
+
+    @property
     def n_voxels(self) -> int:
         return int(self.y.shape[0])
 
@@ -66,12 +76,16 @@ class FitInputs:
         return int(self.y.shape[1])
 
 
-def per_voxel(name: str, a: Any, n_vox: int, n_par: int, dtype: np.dtype) -> np.ndarray:
-    """``a`` given per parameter (P,) or per voxel (V, P), as (V, P)."""
-    arr = np.asarray(a, dtype=dtype)
-    if arr.shape == (n_par,):
-        return np.broadcast_to(arr, (n_vox, n_par))
-    if arr.shape == (n_vox, n_par):
+def per_parameter(
+    name: str, a: Any, n_vox: int, n_par: int, dtype: np.dtype, backend: Backend = NUMPY_BACKEND
+) -> Any:
+    """``a`` as given, (P,) shared by all voxels or (V, P), in ``dtype``: no (V, P) copy of a
+    shared value. A device array of ``backend`` stays there (converted on the device)."""
+    if backend.is_device_array(a):
+        arr = a.astype(dtype, copy=False)
+    else:
+        arr = np.asarray(a, dtype=dtype)
+    if arr.shape in ((n_par,), (n_vox, n_par)):
         return arr
     raise InputError(
         None, name, f"expected shape ({n_par},) or ({n_vox}, {n_par}); got {arr.shape}"
@@ -120,11 +134,14 @@ def validate_inputs(
     max_iter: int,
     dtype: Any,
     device: str,
+    backend: Backend = NUMPY_BACKEND,
 ) -> FitInputs:
     """Check and convert the arguments of :func:`gpuperf.fit.fit_lm` (same meanings).
 
     ``p0=None`` asks the model for its ``initial_guess``. Raises InputError naming the
     argument (``x``, ``y``, ``consts``, ``p0``, ``lower/upper``, ``fixed``, ``weights``).
+    ``y`` and ``p0`` may be device arrays of ``backend`` (the fit's CuPy backend): they are
+    checked by shape and converted on the device, never copied to the host.
     """
     dt = check_settings(mdl, dtype, device)
     n_par = mdl.n_params
@@ -138,7 +155,10 @@ def validate_inputs(
         )
     if not np.isfinite(xa).all():
         raise InputError(None, "x", "the independent variable must be finite everywhere")
-    ya = np.asarray(y, dtype=dt)
+    if backend.is_device_array(y):
+        ya = y.astype(dt, copy=False)
+    else:
+        ya = np.asarray(y, dtype=dt)
     if ya.ndim != 2 or ya.shape[1] != xa.shape[0]:
         raise InputError(None, "y", f"expected shape (V, {xa.shape[0]}); got {ya.shape}")
     n_vox, n_samples = ya.shape
@@ -157,12 +177,16 @@ def validate_inputs(
     if p0 is None and n_vox == 0:
         p0 = np.zeros(n_par)
     if p0 is None:
+        if backend.is_device_array(ya):
+            raise GpuperfError("fit_lm: p0 is required when y is a device array")
         p0 = mdl.initial_guess(xa.astype(np.float64), ya.astype(np.float64))
-    p0a = per_voxel("p0", p0, n_vox, n_par, dt)
+    p0a = per_parameter("p0", p0, n_vox, n_par, dt, backend)
     lo_default = mdl.default_lower if mdl.default_lower is not None else (-np.inf,) * n_par
     hi_default = mdl.default_upper if mdl.default_upper is not None else (np.inf,) * n_par
-    lo = per_voxel("lower", lo_default if lower is None else lower, n_vox, n_par, dt)
-    hi = per_voxel("upper", hi_default if upper is None else upper, n_vox, n_par, dt)
+    lo = per_parameter("lower", lo_default if lower is None else lower, n_vox, n_par, dt)
+    hi = per_parameter("upper", hi_default if upper is None else upper, n_vox, n_par, dt)
+    if lo.ndim != hi.ndim:  # one per voxel: both (the kernel reads them alike)
+        lo, hi = (np.broadcast_to(a, (n_vox, n_par)) for a in (lo, hi))
     if np.isnan(lo).any() or np.isnan(hi).any() or (lo > hi).any():
         raise InputError(None, "lower/upper", "bounds must be non-NaN with lower <= upper")
     fixed_a = np.zeros(n_par, dtype=bool) if fixed is None else np.asarray(fixed, dtype=bool)

@@ -26,6 +26,8 @@
 //
 // Layout (docs/ARCHITECTURE.md): y and per-voxel weights (N, V) time-major, y[n*V + v];
 // p0, lower, upper, params, stderr (P, V), params[k*V + v]; x (N, NX) shared; c (NC) shared.
+// p0 (p0_per_voxel = 0) and lower/upper (bounds_per_voxel = 0) may instead be shared by all
+// voxels, (P,): p0[k]. Shared values then go up as P numbers, not a (P, V) copy.
 #include "common.cuh"
 
 namespace gp_lm {
@@ -126,7 +128,8 @@ template <typename T, class Model>
 GP_HD void fit_voxel(long long v, const T* __restrict__ y, const T* __restrict__ w,
                      int w_per_voxel, const T* __restrict__ x, const T* __restrict__ c,
                      const T* __restrict__ p0, const T* __restrict__ lower,
-                     const T* __restrict__ upper, unsigned int fixed_mask, int n_samples,
+                     const T* __restrict__ upper, int p0_per_voxel, int bounds_per_voxel,
+                     unsigned int fixed_mask, int n_samples,
                      long long n_vox, int max_iter, T xtol, T ftol, T lambda0, T lambda_min,
                      T lambda_max, T accept_tol, T* __restrict__ params, T* __restrict__ stderr_out,
                      T* __restrict__ chi2_out, int* __restrict__ n_iter_out,
@@ -139,9 +142,10 @@ GP_HD void fit_voxel(long long v, const T* __restrict__ y, const T* __restrict__
     int n_free = 0;
     for (int k = 0; k < P; ++k) {
         fixed[k] = ((fixed_mask >> k) & 1u) != 0u;
-        lo[k] = lower[(long long)k * n_vox + v];
-        hi[k] = upper[(long long)k * n_vox + v];
-        p[k] = p0[(long long)k * n_vox + v];
+        const long long kv = (long long)k * n_vox + v;
+        lo[k] = bounds_per_voxel ? lower[kv] : lower[k];
+        hi[k] = bounds_per_voxel ? upper[kv] : upper[k];
+        p[k] = p0_per_voxel ? p0[kv] : p0[k];
         ok = ok && gp_isfinite(p[k]);
         if (!fixed[k]) {
             p[k] = clamp(p[k], lo[k], hi[k]);
@@ -259,14 +263,16 @@ template <typename T, class Model>
 __global__ void lm_fit(const T* __restrict__ y, const T* __restrict__ w, int w_per_voxel,
                        const T* __restrict__ x, const T* __restrict__ c,
                        const T* __restrict__ p0, const T* __restrict__ lower,
-                       const T* __restrict__ upper, unsigned int fixed_mask, int n_samples,
+                       const T* __restrict__ upper, int p0_per_voxel, int bounds_per_voxel,
+                       unsigned int fixed_mask, int n_samples,
                        long long n_vox, int max_iter, T xtol, T ftol, T lambda0, T lambda_min,
                        T lambda_max, T accept_tol, T* __restrict__ params, T* __restrict__ stderr_out,
                        T* __restrict__ chi2_out, int* __restrict__ n_iter_out,
                        signed char* __restrict__ status_out) {
     const long long v = GP_GLOBAL_INDEX;
     if (v >= n_vox) return;
-    gp_lm::fit_voxel<T, Model>(v, y, w, w_per_voxel, x, c, p0, lower, upper, fixed_mask,
+    gp_lm::fit_voxel<T, Model>(v, y, w, w_per_voxel, x, c, p0, lower, upper, p0_per_voxel,
+                               bounds_per_voxel, fixed_mask,
                                n_samples, n_vox, max_iter, xtol, ftol, lambda0, lambda_min,
                                lambda_max, accept_tol, params, stderr_out, chi2_out, n_iter_out, status_out);
 }
