@@ -64,12 +64,13 @@ class Backend:
         """
         if not self.is_gpu or self.is_device_array(a):
             return self.xp.asarray(a, dtype=dtype)
-        host = np.asarray(a, dtype=dtype)
-        if host.nbytes < PINNED_MIN_BYTES:
-            return self.xp.asarray(host)
-        staged = self.pinned_empty(host.shape, host.dtype)
-        staged[...] = host
-        out = self.xp.empty(host.shape, dtype=host.dtype)
+        host = np.asarray(a)
+        dt = host.dtype if dtype is None else np.dtype(dtype)
+        if host.size * dt.itemsize < PINNED_MIN_BYTES:
+            return self.xp.asarray(host, dtype=dt)
+        staged = self.pinned_empty(host.shape, dt)
+        staged[...] = host  # the dtype conversion, if any, happens in this one pass
+        out = self.xp.empty(host.shape, dtype=dt)
         out.set(staged)
         # the copy is asynchronous from pinned memory: finish it before the buffer is reused
         self.synchronize()

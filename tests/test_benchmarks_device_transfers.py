@@ -208,8 +208,10 @@ def test_lm_shared_bounds_upload_p_values(emulated_gpu):
     assert sum(b for _, b in per_voxel_up) - sum(b for _, b in shared_up) == 3 * (
         v * n_par * item - n_par * item
     )
+    mixed = fit_lm("monoexp", t, y, p0, lower=tile(lo), upper=hi, device="gpu")
     for k in ("params", "stderr", "chi2", "n_iter", "status"):
         np.testing.assert_array_equal(getattr(shared, k), getattr(per_voxel, k))
+        np.testing.assert_array_equal(getattr(shared, k), getattr(mixed, k))
     cpu = fit_lm("monoexp", t, y, p0, lower=lo, upper=hi, device="cpu")
     cpu_v = fit_lm("monoexp", t, y, tile(p0), lower=tile(lo), upper=tile(hi), device="cpu")
     for k in ("params", "stderr", "chi2", "n_iter", "status"):
@@ -249,6 +251,25 @@ def test_pinned_transfers_above_the_threshold(emulated_gpu, monkeypatch):
     assert len(state.pinned_allocs) == len(state.pinned_transfers)
     for name in ("cbf", "cbv", "mtt", "tmax", "ttp", "status", "aif", "residue"):
         np.testing.assert_array_equal(getattr(pinned, name), getattr(plain, name))
+
+
+def test_backend_pinned_round_trip(emulated_gpu, monkeypatch):
+    """Backend.asarray converts into the pinned buffer (values as ``np.asarray(a, dtype)``) and
+    to_host returns a pinned C-order copy (also of a transposed device array)."""
+    from gpuperf import backend as B
+
+    be = B.get_backend("gpu")
+    monkeypatch.setattr(B, "PINNED_MIN_BYTES", 64)
+    a = np.random.default_rng(0).normal(size=(40, 7))
+    d = be.asarray(a, dtype=np.float32)
+    state = emulated_gpu.STATE
+    assert state.pinned_transfers[-1] == ("up", (40, 7), 40 * 7 * 4)
+    back = be.to_host(d.T)
+    assert state.pinned_transfers[-1] == ("down", (7, 40), 40 * 7 * 4)
+    assert back.flags.c_contiguous and back.dtype == np.float32
+    np.testing.assert_array_equal(back, np.asarray(a, dtype=np.float32).T)
+    small = be.to_host(d[:2, :2])  # 16 bytes: the plain path
+    assert state.pinned_transfers[-1][1] == (7, 40) and small.shape == (2, 2)
 
 
 def test_emulated_pinned_copies_check_what_cupy_checks(emulated_gpu):
