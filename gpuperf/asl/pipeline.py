@@ -38,6 +38,7 @@ from gpuperf.errors import GpuperfError, InputError
 from gpuperf.io.nifti import gather, load_mask, nifti_stem, scatter, sidecar_path
 from gpuperf.io.outputs import OutputWriter
 from gpuperf.io.qc import pick_voxels, stage_extra
+from gpuperf.io.stages import PreparedRun, batch_groups, batch_note, staged_pipeline
 from gpuperf.progress import ensure_reporter
 from gpuperf.provenance import provenance
 
@@ -102,11 +103,12 @@ def _voxel_m0(series: ASLSeries, t1_tissue_s: float) -> tuple[np.ndarray | None,
 
 
 @dataclass
-class PreparedASL:
+class PreparedASL(PreparedRun):
     """One ASL series loaded, validated and reduced to the voxel block to fit.
 
     The first stage of :func:`run_asl` (:func:`prepare_asl`); :func:`compute_asl_batch` fills
     :attr:`fit` (for one or several subjects at once) and :func:`write_asl` writes the maps.
+    The attributes shared by every pipeline are those of :class:`~gpuperf.io.stages.PreparedRun`.
 
     Attributes
     ----------
@@ -120,35 +122,22 @@ class PreparedASL:
     data : ndarray (V, N)
         The series' voxels in the mask (used for precomputed ``cbf`` volumes).
     mask : ndarray of bool (X, Y, Z)
-    writer : OutputWriter
-        Checked (overwrite policy) before anything is computed; nothing is staged yet.
     fit : ASLFit or None
         Set by :func:`compute_asl_batch`.
-    fit_s : float
-        Seconds of the fit (of the whole batch when fitted with other subjects).
     """
 
     asl_path: Path
-    out_dir: Path
     prefix: str
     series: ASLSeries
-    backend: Any
     mask: np.ndarray
     data: np.ndarray
-    writer: OutputWriter
     names: list[str]
     sources: list[Path]
     model: ASLModel | None = None
     deltam: np.ndarray | None = None
     m0: Any = None
     constants: dict[str, Any] = field(default_factory=dict)
-    mask_path: str | PathLike | None = None
-    overwrite: bool = False
-    reporter: Any = None
-    t_start: float = 0.0
     fit: ASLFit | None = None
-    fit_s: float = 0.0
-    batch_size: int = 1
     pv: tuple[np.ndarray, np.ndarray] | None = None  # GM, WM fractions (partial-volume corr.)
     time_offset: np.ndarray | None = None  # (V,) slice-time offset of each voxel (2D), s
     ref: np.ndarray | None = None  # (V,) bool: reference region for rCBF/rATT
@@ -494,23 +483,14 @@ def compute_asl_batch(prepared: Sequence[PreparedASL], reporter: Any = None) -> 
     GpuperfError
         On a failure of the fit (then no subject of the call has a result).
     """
-    groups: dict[tuple, list[PreparedASL]] = {}
-    for p in prepared:
-        if p.batch_key is not None:
-            groups.setdefault(p.batch_key, []).append(p)
-    for group in groups.values():
+    for group in batch_groups(prepared):  # precomputed CBF (no model) has no key
         model = group[0].model
         progress = group[0].reporter if reporter is None and len(group) == 1 else reporter
         for p in group:
             ensure_reporter(p.reporter).log(
                 f"ASL: {p.series.labeling_type}, {model.method}, {p.n_voxels} voxels, "
                 f"{p.deltam.shape[1]} samples, backend {p.backend.name}"
-                + (
-                    f"; fitted with {len(group) - 1} other series "
-                    f"({sum(q.n_voxels for q in group)} voxels in one call)"
-                    if len(group) > 1
-                    else ""
-                )
+                + batch_note(group, "fitted")
             )
         t_fit = time.perf_counter()
         if len(group) == 1:
@@ -645,26 +625,12 @@ def _result(prep: PreparedASL, outputs, summary, fit=None, constants=None) -> AS
     )
 
 
-def run_asl(
-    asl_path: str | PathLike,
-    out_dir: str | PathLike,
-    *,
-    m0_path: str | PathLike | None = None,
-    m0_ref_mask: str | PathLike | None = None,
-    mask_path: str | PathLike | None = None,
-    prefix: str | None = None,
-    device: str = "auto",
-    overwrite: bool = False,
-    memory_budget: int | None = None,
-    reporter: Any = None,
-    extra_outputs: Sequence[str] = (),
-    options: ASLOptions | None = None,
-    pv_gm: str | PathLike | None = None,
-    pv_wm: str | PathLike | None = None,
-    ref_mask: str | PathLike | None = None,
-    **option_kwargs: Any,
-) -> ASLRunResult:
-    """Quantify CBF (and ATT) from a BIDS ASL series and write the maps.
+run_asl = staged_pipeline(
+    prepare_asl,
+    compute_asl_batch,
+    write_asl,
+    name="run_asl",
+    doc="""Quantify CBF (and ATT) from a BIDS ASL series and write the maps.
 
     Parameters
     ----------
@@ -710,34 +676,8 @@ def run_asl(
     Returns
     -------
     ASLRunResult
-    """
-    prep = prepare_asl(
-        asl_path,
-        out_dir,
-        m0_path=m0_path,
-        m0_ref_mask=m0_ref_mask,
-        mask_path=mask_path,
-        prefix=prefix,
-        device=device,
-        overwrite=overwrite,
-        memory_budget=memory_budget,
-        reporter=reporter,
-        extra_outputs=extra_outputs,
-        options=options,
-        **option_kwargs,
-        pv_gm=pv_gm,
-        pv_wm=pv_wm,
-        ref_mask=ref_mask,
-    )
-    compute_asl_batch([prep])
-    return write_asl(prep)
-
-
-# The three stages, for callers that fit several subjects in one call (the cohort runner):
-# ``run_asl.prepare(...)`` has run_asl's signature; see gpuperf.cohort.jobs (batching).
-run_asl.prepare = prepare_asl  # type: ignore[attr-defined]
-run_asl.compute = compute_asl_batch  # type: ignore[attr-defined]
-run_asl.write = write_asl  # type: ignore[attr-defined]
+    """,
+)
 
 
 def relative_maps(fit: ASLFit, ref: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, Any]]:

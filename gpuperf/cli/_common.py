@@ -13,6 +13,7 @@ import sys
 import warnings
 from collections.abc import Callable
 from enum import Enum
+from pathlib import Path
 from typing import Any, TypeVar
 
 import typer
@@ -113,3 +114,38 @@ def reporter_for(quiet: bool):
 
 def budget_bytes(memory_budget_mb: float | None) -> int | None:
     return None if memory_budget_mb is None else int(memory_budget_mb * 2**20)
+
+
+def run_pipeline(
+    run: Callable[..., Any],
+    *args: Any,
+    device: Device,
+    memory_budget_mb: float | None,
+    quiet: bool,
+    overwrite: bool,
+    report: bool,
+    **kwargs: Any,
+) -> tuple[Any, list[Path]]:
+    """Run a file pipeline (``run_dsc``, ``run_asl``) with the run-level options every pipeline
+    command takes, and publish its QC page with ``--report``: (result, the page's paths)."""
+    from gpuperf.io.stages import run_and_publish
+
+    rep = reporter_for(quiet)
+    pages: list[Path] = []
+
+    def publish(result: Any) -> None:
+        from gpuperf.report import publish_result
+
+        pages.extend(publish_result(result, overwrite=overwrite, reporter=rep))
+
+    result = run_and_publish(
+        run,
+        *args,
+        publish=publish if report else None,
+        device=device.value,
+        memory_budget=budget_bytes(memory_budget_mb),
+        overwrite=overwrite,
+        reporter=rep,
+        **kwargs,
+    )
+    return result, pages

@@ -16,9 +16,8 @@ from gpuperf.cli._common import (
     OverwriteOption,
     QuietOption,
     ReportOption,
-    budget_bytes,
     handle_errors,
-    reporter_for,
+    run_pipeline,
 )
 from gpuperf.cli._options import options_command
 
@@ -59,29 +58,27 @@ def asl_command(
 ) -> None:
     """Quantify CBF (and ATT) from a BIDS ASL series."""
     from gpuperf.asl.pipeline import run_asl
-    from gpuperf.report import publish_result
 
-    rep = reporter_for(quiet)
-    result = run_asl(
+    result, pages = run_pipeline(
+        run_asl,
         asl,
         out,
+        device=device,
+        memory_budget_mb=memory_budget_mb,
+        quiet=quiet,
+        overwrite=overwrite,
+        report=report,
         m0_path=m0,
         m0_ref_mask=m0_ref_mask,
         mask_path=mask,
         prefix=prefix,
-        device=device.value,
-        overwrite=overwrite,
-        memory_budget=budget_bytes(memory_budget_mb),
-        reporter=rep,
-        extra_outputs=("report.html",) if report else (),
         options=options,
         pv_gm=pv_gm,
         pv_wm=pv_wm,
         ref_mask=ref_mask,
     )
-    if report:
-        for path in publish_result(result, overwrite=overwrite, reporter=rep):
-            result.outputs["report"] = path
+    for path in pages:
+        result.outputs["report"] = path
     if not quiet:
         s = result.summary
         typer.echo(

@@ -19,16 +19,12 @@ from gpuperf.cli._common import (
     OverwriteOption,
     QuietOption,
     ReportOption,
-    budget_bytes,
     fail,
     handle_errors,
-    reporter_for,
+    run_pipeline,
 )
 from gpuperf.cli._options import options_command
 from gpuperf.dsc.options import DSCOptions
-
-#: Files ``gpuperf dsc`` adds next to the maps when it writes the report.
-REPORT_OUTPUTS = ("report.html",)
 
 
 @handle_errors
@@ -62,26 +58,22 @@ def dsc_command(
         fail("give only one of --aif auto, --aif-mask and --aif-curve")
     if aif != "auto":
         fail(f"--aif takes 'auto' (use --aif-mask or --aif-curve for files); got {aif!r}")
-    rep = reporter_for(quiet)
-    result = run_dsc(
+    result, pages = run_pipeline(
+        run_dsc,
         series,
         out,
+        device=device,
+        memory_budget_mb=memory_budget_mb,
+        quiet=quiet,
+        overwrite=overwrite,
+        report=report,
         options=options,
         mask_path=mask,
         aif=given[0] if given else "auto",
         ref_mask_path=ref_mask,
         prefix=prefix,
-        device=device.value,
-        memory_budget=budget_bytes(memory_budget_mb),
-        overwrite=overwrite,
-        reporter=rep,
-        extra_outputs=REPORT_OUTPUTS if report else (),
     )
-    outputs = list(result.outputs)
-    if report:
-        from gpuperf.report import publish_result
-
-        outputs += publish_result(result, overwrite=overwrite, reporter=rep)
+    outputs = list(result.outputs) + pages
     if not quiet:
         s = result.summary
         typer.echo(

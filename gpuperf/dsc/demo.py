@@ -35,13 +35,15 @@ def run_demo(
     from gpuperf.backend import get_backend
     from gpuperf.dsc.pipeline import run_dsc
     from gpuperf.dsc.simulate import K2_VALUES, write_phantom
+    from gpuperf.io.stages import run_and_publish
 
     get_backend(device)  # fail before writing anything when the device is unusable
     rep = ensure_reporter(reporter)
     out = Path(out_dir)
     paths = write_phantom(out / "phantom", overwrite=True)
     rep.log(f"DSC phantom written to {out / 'phantom'}")
-    res = run_dsc(
+    res = run_and_publish(
+        run_dsc,
         paths["series"],
         out / "maps",
         method="osvd",
@@ -49,10 +51,8 @@ def run_demo(
         device=device,
         overwrite=True,
         reporter=reporter,
-        extra_outputs=("report.html",) if publish is not None else (),
+        publish=publish,
     )
-    if publish is not None:
-        publish(res)
 
     def load(p: Path) -> np.ndarray:
         return np.asarray(nib.load(str(p)).dataobj, dtype=np.float64)

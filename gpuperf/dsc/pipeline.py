@@ -49,6 +49,7 @@ from gpuperf.io.nifti import (
 )
 from gpuperf.io.outputs import OutputWriter
 from gpuperf.io.qc import pick_voxels, stage_extra
+from gpuperf.io.stages import PreparedRun, batch_groups, batch_note, staged_pipeline
 from gpuperf.progress import Reporter, ensure_reporter
 from gpuperf.provenance import provenance
 from gpuperf.status import INPUT_FLAGS, Status, sidecar_entry
@@ -71,40 +72,29 @@ maps.register(
 
 
 @dataclass
-class PreparedDSCRun:
+class PreparedDSCRun(PreparedRun):
     """A DSC series loaded and validated by :func:`prepare_dsc`, ready to compute.
+
+    The attributes shared by every pipeline are those of :class:`~gpuperf.io.stages.PreparedRun`.
 
     Attributes
     ----------
     model : DSCModel
     data : gpuperf.dsc.model.PreparedDSC or None
         dR2*, masks and AIF (dropped once computed).
-    writer : OutputWriter
-        Checked (overwrite policy) before anything is computed; nothing is staged yet.
     fit : DSCFit or None
         Set by :func:`compute_dsc_batch`.
-    fit_s : float
-        Seconds of the fit (of the whole batch when computed with other subjects).
     qc : bool
         Stage the QC extras (``<prefix>_qc.npz``) for a report the caller writes.
     """
 
     series_path: Path
-    out_dir: Path
     shape3d: tuple
-    backend: Any
     model: DSCModel
     data: PreparedDSC | None
-    writer: OutputWriter
     aif_source: str
-    mask_path: str | PathLike | None = None
-    overwrite: bool = False
     qc: bool = False
-    reporter: Any = None
-    t_start: float = 0.0
     fit: DSCFit | None = None
-    fit_s: float = 0.0
-    batch_size: int = 1
     aif_png: Any = None  # Future of the AIF plot's PNG bytes, drawn while the fit runs
     curves: dict | None = None  # a few voxels' curves for the QC report (``<prefix>_qc.npz``)
     _n_voxels: int = field(init=False, repr=False)
@@ -353,22 +343,11 @@ def compute_dsc_batch(prepared: Sequence[PreparedDSCRun], reporter: Any = None) 
     GpuperfError
         On a failure of the fit (then no subject of the call has a result).
     """
-    groups: dict[tuple, list[PreparedDSCRun]] = {}
-    for p in prepared:
-        if p.data is None:  # computed already (its inputs were released then)
-            continue
-        groups.setdefault(p.batch_key, []).append(p)
-    for group in groups.values():
-        total = sum(p.n_voxels for p in group)
+    for group in batch_groups(p for p in prepared if p.data is not None):  # None: computed
         for p in group:
             ensure_reporter(p.reporter).log(
                 f"DSC: {p.model.method}, {p.n_voxels} voxels, {p.data.n_frames} frames, "
-                f"backend {p.backend.name}"
-                + (
-                    f"; computed with {len(group) - 1} other series ({total} voxels in one call)"
-                    if len(group) > 1
-                    else ""
-                )
+                f"backend {p.backend.name}" + batch_note(group, "computed")
             )
         t_fit = time.perf_counter()
         progress = ensure_reporter(group[0].reporter if len(group) == 1 else reporter)
@@ -474,23 +453,12 @@ def write_dsc(prep: PreparedDSCRun) -> DSCRunResult:
     )
 
 
-def run_dsc(
-    series_path: str | PathLike,
-    out_dir: str | PathLike,
-    *,
-    options: DSCOptions | None = None,
-    mask_path: str | PathLike | None = None,
-    aif: str | PathLike = "auto",
-    ref_mask_path: str | PathLike | None = None,
-    prefix: str | None = None,
-    device: str = "auto",
-    memory_budget: int | None = None,
-    overwrite: bool = False,
-    reporter: Reporter | None = None,
-    extra_outputs: Sequence[str] = (),
-    **option_values: Any,
-) -> DSCRunResult:
-    """Run the DSC pipeline on a 4D NIfTI series and write the maps.
+run_dsc = staged_pipeline(
+    prepare_dsc,
+    compute_dsc_batch,
+    write_dsc,
+    name="run_dsc",
+    doc="""Run the DSC pipeline on a 4D NIfTI series and write the maps.
 
     Parameters
     ----------
@@ -535,31 +503,8 @@ def run_dsc(
     Returns
     -------
     DSCRunResult
-    """
-    prep = prepare_dsc(
-        series_path,
-        out_dir,
-        options=options,
-        mask_path=mask_path,
-        aif=aif,
-        ref_mask_path=ref_mask_path,
-        prefix=prefix,
-        device=device,
-        memory_budget=memory_budget,
-        overwrite=overwrite,
-        reporter=reporter,
-        extra_outputs=extra_outputs,
-        **option_values,
-    )
-    compute_dsc_batch([prep])
-    return write_dsc(prep)
-
-
-# The three stages, for callers that compute several subjects in one call (the cohort runner):
-# ``run_dsc.prepare(...)`` has run_dsc's signature; see gpuperf.cohort.batching.
-run_dsc.prepare = prepare_dsc  # type: ignore[attr-defined]
-run_dsc.compute = compute_dsc_batch  # type: ignore[attr-defined]
-run_dsc.write = write_dsc  # type: ignore[attr-defined]
+    """,
+)
 
 
 def _report_curves(p: PreparedDSCRun) -> dict | None:

@@ -1,0 +1,145 @@
+"""The three stages of a file pipeline and the one-subject run over them.
+
+A file pipeline (``run_dsc``, ``run_asl``) is ``prepare`` (load and check everything, before any
+voxel is computed), ``compute`` (the per-voxel work of one or several prepared subjects in one
+call) and ``write`` (the maps of one computed subject). :func:`staged_pipeline` builds the
+one-subject run from the three: it takes ``prepare``'s signature and exposes the stages as
+``run.prepare``, ``run.compute`` and ``run.write`` for the cohort runner, which computes several
+subjects in one call (:mod:`gpuperf.cohort.batching`).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Hashable, Iterable, Sequence
+from dataclasses import dataclass
+from os import PathLike
+from pathlib import Path
+from typing import Any, ParamSpec, Protocol, TypeVar
+
+from gpuperf.io.outputs import OutputWriter
+
+P = ParamSpec("P")
+Prep = TypeVar("Prep")
+R = TypeVar("R")
+
+
+class Batchable(Protocol):
+    """A prepared subject: subjects with equal keys are computed in one call; None: nothing to
+    compute."""
+
+    @property
+    def batch_key(self) -> Hashable | None: ...
+
+
+B = TypeVar("B", bound=Batchable)
+
+#: Files publishing a run's QC page adds next to its maps (``<prefix>_report.html``).
+REPORT_OUTPUTS = ("report.html",)
+
+
+@dataclass(kw_only=True)
+class PreparedRun:
+    """What a pipeline's ``prepare`` stage returns, as far as the stages share it.
+
+    A modality's prepared series (``PreparedDSCRun``, ``PreparedASL``) adds its inputs, its
+    model and its ``fit``, and defines ``n_voxels`` and ``batch_key``.
+
+    Attributes
+    ----------
+    out_dir : Path
+    backend : gpuperf.backend.Backend
+    writer : OutputWriter
+        Checked (overwrite policy) before anything is computed; nothing is staged yet.
+    mask_path : path-like or None
+        The brain mask given (None: automatic).
+    overwrite : bool
+    reporter : gpuperf.progress.Reporter or None
+    t_start : float
+        ``time.perf_counter()`` when the run started.
+    fit_s : float
+        Seconds of the fit (of the whole batch when computed with other subjects).
+    batch_size : int
+        Subjects computed in that one call.
+    """
+
+    out_dir: Path
+    backend: Any
+    writer: OutputWriter
+    mask_path: str | PathLike | None = None
+    overwrite: bool = False
+    reporter: Any = None
+    t_start: float = 0.0
+    fit_s: float = 0.0
+    batch_size: int = 1
+
+
+def staged_pipeline(
+    prepare: Callable[P, Prep],
+    compute: Callable[[Sequence[Prep]], None],
+    write: Callable[[Prep], R],
+    *,
+    name: str,
+    doc: str,
+) -> Callable[P, R]:
+    """``run(*args, **kwargs)`` = ``write(p)`` after ``compute([p])``, ``p = prepare(...)``.
+
+    Parameters
+    ----------
+    prepare, compute, write : callable
+        The stages; ``run`` has ``prepare``'s signature (with ``write``'s return annotation).
+    name, doc : str
+        ``run``'s name (in ``prepare``'s module) and docstring.
+
+    Returns
+    -------
+    callable
+        ``run``, with the attributes ``prepare``, ``compute`` and ``write``.
+    """
+
+    def run(*args: P.args, **kwargs: P.kwargs) -> R:
+        prepared = prepare(*args, **kwargs)
+        compute([prepared])
+        return write(prepared)
+
+    run.__name__ = run.__qualname__ = name
+    run.__module__ = prepare.__module__
+    run.__doc__ = doc
+    run.__signature__ = inspect.signature(prepare).replace(  # type: ignore[attr-defined]
+        return_annotation=inspect.signature(write).return_annotation
+    )
+    run.prepare = prepare  # type: ignore[attr-defined]
+    run.compute = compute  # type: ignore[attr-defined]
+    run.write = write  # type: ignore[attr-defined]
+    return run
+
+
+def run_and_publish(
+    run: Callable[..., R], *args: Any, publish: Callable[[R], Any] | None = None, **kwargs: Any
+) -> R:
+    """``run(*args, **kwargs)``, then ``publish(result)`` when given (the caller's QC page: the
+    report layer sits above the pipelines). With ``publish`` the page's file is checked against
+    the overwrite policy with the maps, before any work (``extra_outputs``)."""
+    result = run(*args, extra_outputs=REPORT_OUTPUTS if publish is not None else (), **kwargs)
+    if publish is not None:
+        publish(result)
+    return result
+
+
+def batch_groups(prepared: Iterable[B]) -> list[list[B]]:
+    """The subjects that can be computed in one call, grouped by ``batch_key`` in first-seen
+    order (subjects whose key is None are left out)."""
+    groups: dict[Hashable, list[B]] = {}
+    for p in prepared:
+        if p.batch_key is not None:
+            groups.setdefault(p.batch_key, []).append(p)
+    return list(groups.values())
+
+
+def batch_note(group: Sequence[Any], verb: str) -> str:
+    """The log line's tail for a subject computed with others (empty for a lone subject):
+    ``"; fitted with 2 other series (3000 voxels in one call)"``."""
+    if len(group) == 1:
+        return ""
+    total = sum(p.n_voxels for p in group)
+    return f"; {verb} with {len(group) - 1} other series ({total} voxels in one call)"
