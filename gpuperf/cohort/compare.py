@@ -25,6 +25,9 @@ import numpy as np
 from gpuperf.cohort import stats
 from gpuperf.errors import InputError
 
+# the statistics table's columns are defined with the group page that shows them
+from gpuperf.report.cohort import STATS_COLUMNS as STATS_COLUMNS
+
 #: Columns of the group table used as per-subject values.
 MEASURES = ("mean", "rel_mean")
 #: Missing-value spellings in participants.tsv.
@@ -32,30 +35,6 @@ NA = {"", "n/a", "na", "nan"}
 #: Participant columns never treated as variables.
 ID_COLUMNS = ("participant_id", "session_id")
 
-STATS_COLUMNS = (
-    "modality",
-    "session",
-    "map",
-    "region",
-    "measure",
-    "group",
-    "reference_group",
-    "n",
-    "n_reference",
-    "mean",
-    "mean_reference",
-    "difference",
-    "relative_difference",
-    "ci_low",
-    "ci_high",
-    "effect_size",
-    "p_value",
-    "covariates",
-    "adjusted_difference",
-    "adjusted_ci_low",
-    "adjusted_ci_high",
-    "adjusted_p_value",
-)
 STATS_DESCRIPTIONS = {
     "modality": "Acquisition: 'dsc' or 'asl'.",
     "session": "Session compared ('ses-<label>'); n/a without sessions.",

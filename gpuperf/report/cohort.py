@@ -293,26 +293,41 @@ def _entry(page_dir: Path, row: Mapping[str, Any]) -> dict[str, Any]:
 
 
 # -- the group page (written by the group stage) ------------------------------------------------
-#: Statistics-table columns shown on the group page (the TSV has them all).
-GROUP_PAGE_STATS = (
+#: Columns of the group statistics table (``gpuperf.cohort.compare`` writes it).
+STATS_COLUMNS = (
     "modality",
     "session",
     "map",
     "region",
     "measure",
     "group",
+    "reference_group",
     "n",
     "n_reference",
     "mean",
     "mean_reference",
+    "difference",
     "relative_difference",
     "ci_low",
     "ci_high",
     "effect_size",
     "p_value",
+    "covariates",
     "adjusted_difference",
+    "adjusted_ci_low",
+    "adjusted_ci_high",
     "adjusted_p_value",
 )
+#: Statistics-table columns the group page leaves out (the TSV has them all).
+_NOT_ON_PAGE = (
+    "reference_group",
+    "difference",
+    "covariates",
+    "adjusted_ci_low",
+    "adjusted_ci_high",
+)
+#: Statistics-table columns shown on the group page.
+GROUP_PAGE_STATS = tuple(c for c in STATS_COLUMNS if c not in _NOT_ON_PAGE)
 
 
 def group_outliers(values: Mapping[str, float], groups: Mapping[str, str]) -> dict[str, float]:
