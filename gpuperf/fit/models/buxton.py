@@ -62,6 +62,16 @@ def _phi(xp: Any, z: Any) -> tuple[Any, Any]:
     return xp.where(small, phi_series, phi_direct), xp.where(small, dphi_series, dphi_direct)
 
 
+def _by_phase(xp: Any, during: Any, after: Any, first: tuple, second: tuple) -> tuple[Any, Any]:
+    """Model value and Jacobian (CBF, ATT) from their expressions while the bolus arrives
+    (``first``) and after it has passed (``second``), each ``(value, d/df, d/dATT)``; 0 before
+    ATT. d/df becomes d/dCBF (CBF in ml/100 g/min)."""
+    val, j_f, j_att = (
+        xp.where(during, a, xp.where(after, b, 0.0)) for a, b in zip(first, second, strict=True)
+    )
+    return val, xp.stack([j_f / _PER_MIN_100G, j_att], axis=-1)
+
+
 class _BuxtonBase(Model):
     """Shared metadata. ``consts`` = (t1_tissue_s, t1_blood_s, lambda_ml_g, alpha_eff)."""
 
@@ -147,11 +157,7 @@ def _pcasl_tissue(xp: Any, cbf: Any, att: Any, t: Any, tau: Any, c: Any):
     g2_att = g2 * (1.0 / tapp - 1.0 / t1b)
     dh_dtapp = e * (1.0 - w) * (1.0 + z / tapp) - e * w * tau / tapp
     g2_f = s * e_att * (h + f * dtapp_df * dh_dtapp)
-    zero = 0.0
-    val = xp.where(during, g1, xp.where(after, g2, zero))
-    j_cbf = xp.where(during, g1_f, xp.where(after, g2_f, zero)) / _PER_MIN_100G
-    j_att = xp.where(during, g1_att, xp.where(after, g2_att, zero))
-    return val, xp.stack([j_cbf, j_att], axis=-1)
+    return _by_phase(xp, during, after, (g1, g1_f, g1_att), (g2, g2_f, g2_att))
 
 
 class BuxtonPASL(_BuxtonBase):
@@ -203,11 +209,7 @@ class BuxtonPASL(_BuxtonBase):
         g2 = s * f * b * ek * f_tau
         g2_att = -k * g2
         g2_f = s * b * (ek * f_tau - (f / lam) * (da * ek * f_tau + ek * tau * tau * dphi))
-        zero = 0.0
-        val = xp.where(during, g1, xp.where(after, g2, zero))
-        j_cbf = xp.where(during, g1_f, xp.where(after, g2_f, zero)) / _PER_MIN_100G
-        j_att = xp.where(during, g1_att, xp.where(after, g2_att, zero))
-        return val, xp.stack([j_cbf, j_att], axis=-1)
+        return _by_phase(xp, during, after, (g1, g1_f, g1_att), (g2, g2_f, g2_att))
 
 
 class BuxtonPCASLArterial(_BuxtonBase):
