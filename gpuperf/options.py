@@ -34,7 +34,7 @@ import numbers
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from os import PathLike
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from gpuperf.errors import InputError
 
@@ -294,6 +294,30 @@ def check_value(
     if allowed is not None and value not in allowed:
         _fail(spec, where, label, f"expected one of {', '.join(allowed)}; found {value!r}")
     return value
+
+
+T = TypeVar("T")
+
+
+def registry_get(registry: Mapping[str, T], name: str, flag: str) -> T:
+    """``registry[name]``; otherwise an InputError naming ``flag`` (the option whose choices the
+    registry gives) and listing the choices."""
+    try:
+        return registry[name]
+    except KeyError:
+        raise InputError(
+            None, flag, f"expected one of {', '.join(registry)}; found {name!r}"
+        ) from None
+
+
+def registry_add(registry: dict[str, T], name: str, item: T, what: str) -> T:
+    """Register ``item`` as ``name`` (a new choice of the option); ``ValueError`` when another
+    item has the name already (``what`` says which kind, e.g. "leakage correction")."""
+    old = registry.get(name)
+    if old is not None and old is not item:
+        raise ValueError(f"{what} {name!r} is registered already")
+    registry[name] = item
+    return item
 
 
 class Options:

@@ -35,7 +35,8 @@ from typing import Any
 
 import numpy as np
 
-from gpuperf.errors import GpuperfError, InputError
+from gpuperf.errors import GpuperfError
+from gpuperf.options import registry_add, registry_get
 
 #: Robust z-score beyond which a voxel counts as enhancing (leaky) when choosing Rbar.
 ENHANCING_Z = 3.0
@@ -293,18 +294,9 @@ def names() -> tuple[str, ...]:
 
 def get(name: str) -> LeakageCorrection:
     """The correction called ``name``; InputError naming ``--leakage`` otherwise."""
-    try:
-        return CORRECTIONS[name]
-    except KeyError:
-        raise InputError(
-            None, "--leakage", f"expected one of {', '.join(CORRECTIONS)}; found {name!r}"
-        ) from None
+    return registry_get(CORRECTIONS, name, "--leakage")
 
 
 def register(correction: LeakageCorrection) -> LeakageCorrection:
     """Add a leakage correction (its name becomes a ``--leakage`` choice)."""
-    old = CORRECTIONS.get(correction.name)
-    if old is not None and old is not correction:
-        raise ValueError(f"leakage correction {correction.name!r} is registered already")
-    CORRECTIONS[correction.name] = correction
-    return correction
+    return registry_add(CORRECTIONS, correction.name, correction, "leakage correction")

@@ -35,7 +35,7 @@ import numpy as np
 from gpuperf.backend import Backend, chunk_slices
 from gpuperf.dsc import deconvolution as dec
 from gpuperf.dsc import osvd as osvd_mod
-from gpuperf.errors import InputError
+from gpuperf.options import registry_add, registry_get
 from gpuperf.status import Status
 
 if TYPE_CHECKING:
@@ -157,13 +157,7 @@ class OperatorMethod(Deconvolution):
         option's threshold)."""
         return conc @ plan, None
 
-    def run(
-        self,
-        backend: Backend,
-        subjects: Sequence[Subject],
-        options: DSCOptions,
-        memory_budget: int | None,
-    ) -> None:
+    def run(self, backend, subjects, options, memory_budget):
         xp = backend.xp
         for sub in subjects:
             for sl in sub.chunks:
@@ -332,11 +326,7 @@ def register(method: Deconvolution) -> Deconvolution:
     """Add a method to the registry (its name becomes a ``--method`` choice)."""
     if not method.name:
         raise ValueError("a deconvolution method needs a name")
-    old = METHODS.get(method.name)
-    if old is not None and old is not method:
-        raise ValueError(f"deconvolution method {method.name!r} is registered already")
-    METHODS[method.name] = method
-    return method
+    return registry_add(METHODS, method.name, method, "deconvolution method")
 
 
 def unregister(name: str) -> None:
@@ -351,12 +341,7 @@ def names() -> tuple[str, ...]:
 
 def get(name: str) -> Deconvolution:
     """The method called ``name``; InputError naming ``--method`` otherwise."""
-    try:
-        return METHODS[name]
-    except KeyError:
-        raise InputError(
-            None, "--method", f"expected one of {', '.join(METHODS)}; found {name!r}"
-        ) from None
+    return registry_get(METHODS, name, "--method")
 
 
 for _method in (OSVD(), CSVD(), SSVD(), Tikhonov()):
