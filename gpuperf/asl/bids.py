@@ -514,15 +514,20 @@ def _echo_time(meta: dict, path: Path) -> float | None:
     return float(te)
 
 
+def _load_m0_image(series: ASLSeries, path: str | PathLike, role: str) -> None:
+    """Attach a separate M0 image (on the series' grid) with its sidecar's TR and TE."""
+    img = load_image(path, ndim=(3, 4), role=role)
+    check_same_grid(series.image, img)
+    series.m0_image = img
+    series.m0_sidecar = read_sidecar(path)
+    series.m0_tr_s = _tr_of(series.m0_sidecar, sidecar_path(path))
+    series.m0_te_s = _echo_time(series.m0_sidecar, sidecar_path(path))
+
+
 def _attach_m0(series: ASLSeries, js: Path, m0_path, asl_path: Path) -> None:
     meta = series.sidecar
     if m0_path is not None:
-        img = load_image(m0_path, ndim=(3, 4), role="M0 image")
-        check_same_grid(series.image, img)
-        series.m0_image = img
-        series.m0_sidecar = read_sidecar(m0_path)
-        series.m0_tr_s = _tr_of(series.m0_sidecar, sidecar_path(m0_path))
-        series.m0_te_s = _echo_time(series.m0_sidecar, sidecar_path(m0_path))
+        _load_m0_image(series, m0_path, role="M0 image")
         series.m0_type = "Separate"
         return
     if series.m0_type == "Separate":
@@ -533,12 +538,7 @@ def _attach_m0(series: ASLSeries, js: Path, m0_path, asl_path: Path) -> None:
                 "M0Type",
                 f"is Separate but {p.name} does not exist beside the series (or pass --m0)",
             )
-        img = load_image(p, ndim=(3, 4), role="M0 scan")
-        check_same_grid(series.image, img)
-        series.m0_image = img
-        series.m0_sidecar = read_sidecar(p)
-        series.m0_tr_s = _tr_of(series.m0_sidecar, sidecar_path(p))
-        series.m0_te_s = _echo_time(series.m0_sidecar, sidecar_path(p))
+        _load_m0_image(series, p, role="M0 scan")
     elif series.m0_type == "Included":
         series.m0_tr_s = _tr_of(meta, js, series.indices("m0scan"))
         series.m0_te_s = _echo_time(meta, js)
