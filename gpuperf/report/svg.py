@@ -120,26 +120,24 @@ def _panel(p: Panel, x0: float, y0: float, w: float, h: float) -> list[str]:
             f'<rect x="{xa:.1f}" y="{ay:.1f}" width="{max(xb - xa, 0):.1f}" height="{ah:.1f}" '
             f'fill="{colour}"/>'
         )
+
+    def grid_line(x1, y1, x2, y2, t, tx, ty, anchor):
+        """A grid line across the axes at tick ``t``, and its label at (tx, ty)."""
+        out.append(
+            f'<line x1="{x1:.1f}" y1="{y1:.1f}" x2="{x2:.1f}" y2="{y2:.1f}" '
+            'stroke="#000" stroke-opacity="0.12"/>'
+        )
+        out.append(
+            f'<text x="{tx:.1f}" y="{ty:.1f}" text-anchor="{anchor}" '
+            f'font-size="9">{_tick_text(t)}</text>'
+        )
+
     for t in nice_ticks(xlo, xhi):
         x = float(px(t))
-        out.append(
-            f'<line x1="{x:.1f}" y1="{ay:.1f}" x2="{x:.1f}" y2="{ay + ah:.1f}" '
-            'stroke="#000" stroke-opacity="0.12"/>'
-        )
-        out.append(
-            f'<text x="{x:.1f}" y="{ay + ah + 12:.1f}" text-anchor="middle" '
-            f'font-size="9">{_tick_text(t)}</text>'
-        )
+        grid_line(x, ay, x, ay + ah, t, x, ay + ah + 12, "middle")
     for t in nice_ticks(ylo, yhi):
         y = float(py(t))
-        out.append(
-            f'<line x1="{ax:.1f}" y1="{y:.1f}" x2="{ax + aw:.1f}" y2="{y:.1f}" '
-            'stroke="#000" stroke-opacity="0.12"/>'
-        )
-        out.append(
-            f'<text x="{ax - 3:.1f}" y="{y + 3:.1f}" text-anchor="end" '
-            f'font-size="9">{_tick_text(t)}</text>'
-        )
+        grid_line(ax, y, ax + aw, y, t, ax - 3, y + 3, "end")
     if p.bars is not None:
         edges, counts = (np.asarray(v, float) for v in p.bars)
         xl, xr, yt = px(edges[:-1]), px(edges[1:]), py(counts)
