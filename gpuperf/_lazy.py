@@ -10,10 +10,10 @@ from typing import Any
 
 def lazy_attributes(
     package: str, table: Mapping[str, str], namespace: dict[str, Any]
-) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
-    """``(__getattr__, __dir__)`` for ``package`` whose public names live in the modules of
-    ``table`` (name -> module); a resolved name is cached in ``namespace`` (the package's
-    globals)."""
+) -> tuple[Callable[[str], Any], Callable[[], list[str]], list[str]]:
+    """``(__getattr__, __dir__, __all__)`` for ``package`` whose public names live in the
+    modules of ``table`` (name -> module); a resolved name is cached in ``namespace`` (the
+    package's globals)."""
 
     def __getattr__(name: str) -> Any:
         if name in table:
@@ -25,4 +25,4 @@ def lazy_attributes(
     def __dir__() -> list[str]:
         return sorted(set(namespace) | set(table))
 
-    return __getattr__, __dir__
+    return __getattr__, __dir__, sorted(table)

@@ -24,6 +24,4 @@ _LAZY = {
     "write_phantom": "gpuperf.asl.simulate",
 }
 
-__all__ = sorted(_LAZY)
-
-__getattr__, __dir__ = lazy_attributes(__name__, _LAZY, globals())
+__getattr__, __dir__, __all__ = lazy_attributes(__name__, _LAZY, globals())

@@ -22,6 +22,4 @@ _LAZY = {
     "run_dsc": "gpuperf.dsc.pipeline",
 }
 
-__all__ = sorted(_LAZY)
-
-__getattr__, __dir__ = lazy_attributes(__name__, _LAZY, globals())
+__getattr__, __dir__, __all__ = lazy_attributes(__name__, _LAZY, globals())
