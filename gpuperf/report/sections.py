@@ -419,26 +419,28 @@ def files_section(ctx: ReportContext) -> list[str]:
 
 Section = tuple[str, str, Callable[[ReportContext], list[str]]]
 
+
+def _page(*middle: Section) -> list[Section]:
+    """A modality's sections, in page order: the common ones around its own (``middle``)."""
+    return [
+        ("warnings", "Warnings", warnings_section),
+        ("run", "Run, parameters and timings", run_section),
+        ("stats", "Map statistics in the mask", stats_section),
+        *middle,
+        ("status", "Fit status", status_section),
+        ("maps", "Maps", montage_section),
+        ("files", "Files read", files_section),
+    ]
+
+
 #: Sections of each modality's report, in page order: (anchor, title, function).
 SECTIONS: dict[str, list[Section]] = {
-    "dsc": [
-        ("warnings", "Warnings", warnings_section),
-        ("run", "Run, parameters and timings", run_section),
-        ("stats", "Map statistics in the mask", stats_section),
+    "dsc": _page(
         ("aif", "Arterial input function", aif_section),
         ("curves", "Voxel curves and residue functions", curves_section),
-        ("status", "Fit status", status_section),
-        ("maps", "Maps", montage_section),
-        ("files", "Files read", files_section),
-    ],
-    "asl": [
-        ("warnings", "Warnings", warnings_section),
-        ("run", "Run, parameters and timings", run_section),
-        ("stats", "Map statistics in the mask", stats_section),
+    ),
+    "asl": _page(
         ("histograms", "Histograms", histogram_section),
         ("curves", "ΔM against PLD", curves_section),
-        ("status", "Fit status", status_section),
-        ("maps", "Maps", montage_section),
-        ("files", "Files read", files_section),
-    ],
+    ),
 }
