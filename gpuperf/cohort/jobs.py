@@ -50,6 +50,7 @@ from gpuperf.cohort.bids import Job, inherited_sidecars, merged_sidecar, strip_n
 from gpuperf.errors import GpuperfError, OutputExistsError
 from gpuperf.io.nifti import gunzip_bytes
 from gpuperf.io.outputs import TMP_PREFIX, atomic_write_bytes, discard_journals
+from gpuperf.io.stages import REPORT_OUTPUTS
 from gpuperf.progress import Reporter
 from gpuperf.provenance import jsonable
 
@@ -404,7 +405,7 @@ class OpenJob:
         """Positional and keyword arguments of the pipeline (or of its ``prepare`` stage)."""
         kwargs = _pipeline_kwargs(self.job, self.options)
         if wants_report(self.options) and _accepts(self.fn, "extra_outputs"):
-            kwargs["extra_outputs"] = ("report.html",)  # the pipeline then saves its QC curves
+            kwargs["extra_outputs"] = REPORT_OUTPUTS  # the pipeline then saves its QC curves
         return (self.staged.series, self.tmp_out), {
             "prefix": self.job.prefix,
             "overwrite": True,
