@@ -10,6 +10,7 @@ subjects in one call (:mod:`gpuperf.cohort.batching`).
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
@@ -87,7 +88,9 @@ def staged_pipeline(
     Parameters
     ----------
     prepare, compute, write : callable
-        The stages; ``run`` has ``prepare``'s signature (with ``write``'s return annotation).
+        The stages; ``run`` has ``prepare``'s signature and annotations (with ``write``'s
+        return annotation), so that callers reading them (``inspect.signature``,
+        ``typing.get_type_hints``: the cohort configuration's checks) see ``prepare``'s.
     name, doc : str
         ``run``'s name (in ``prepare``'s module) and docstring.
 
@@ -102,11 +105,13 @@ def staged_pipeline(
         compute([prepared])
         return write(prepared)
 
+    functools.update_wrapper(run, prepare)  # module, annotations; __wrapped__ for their globals
     run.__name__ = run.__qualname__ = name
-    run.__module__ = prepare.__module__
     run.__doc__ = doc
+    returns = inspect.signature(write).return_annotation
+    run.__annotations__ = {**prepare.__annotations__, "return": returns}
     run.__signature__ = inspect.signature(prepare).replace(  # type: ignore[attr-defined]
-        return_annotation=inspect.signature(write).return_annotation
+        return_annotation=returns
     )
     run.prepare = prepare  # type: ignore[attr-defined]
     run.compute = compute  # type: ignore[attr-defined]
