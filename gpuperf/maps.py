@@ -66,6 +66,43 @@ def register(spec: MapSpec) -> MapSpec:
     return spec
 
 
+def _relative(of: str, vmax: float, cmap: str) -> MapSpec:
+    """``r<of>``: map ``<of>`` divided by its mean over the reference mask (dimensionless)."""
+    quantity = of.upper()
+    return MapSpec(
+        f"r{of}",
+        "1",
+        f"{quantity} relative to the mean {quantity} of the reference mask",
+        f"r{quantity}",
+        0.0,
+        vmax,
+        cmap,
+    )
+
+
+def _diagnostic(
+    name: str, units: str, description: str, label: str, vmax: float | None = None
+) -> MapSpec:
+    """A map that describes the computation rather than the tissue (standard errors,
+    residuals, the threshold used): the cividis colour map, shown from 0 to ``vmax`` when
+    given, else with a range from the data."""
+    return MapSpec(name, units, description, label, None if vmax is None else 0.0, vmax, "cividis")
+
+
+def _stderr(
+    param: str, units: str, label: str, vmax: float | None = None, of: str | None = None
+) -> MapSpec:
+    """``<param>_stderr``: the standard error of a fitted map (``of`` names the quantity in
+    the description; default its ``label``)."""
+    return _diagnostic(
+        f"{param}_stderr",
+        units,
+        f"Standard error of {of or label}",
+        f"{label} standard error",
+        vmax,
+    )
+
+
 for _spec in (
     # DSC (Ostergaard 1996; Wu 2003; Boxerman 2006)
     MapSpec("cbf", _CBF, "Cerebral blood flow", "CBF", 0.0, 100.0, "inferno"),
@@ -78,42 +115,10 @@ for _spec in (
         8.0,
         "inferno",
     ),
-    MapSpec(
-        "rcbv",
-        "1",
-        "CBV relative to the mean CBV of the reference mask",
-        "rCBV",
-        0.0,
-        6.0,
-        "inferno",
-    ),
-    MapSpec(
-        "rcbf",
-        "1",
-        "CBF relative to the mean CBF of the reference mask",
-        "rCBF",
-        0.0,
-        6.0,
-        "inferno",
-    ),
-    MapSpec(
-        "rmtt",
-        "1",
-        "MTT relative to the mean MTT of the reference mask",
-        "rMTT",
-        0.0,
-        3.0,
-        "viridis",
-    ),
-    MapSpec(
-        "ratt",
-        "1",
-        "ATT relative to the mean ATT of the reference mask",
-        "rATT",
-        0.0,
-        3.0,
-        "viridis",
-    ),
+    _relative("cbv", 6.0, "inferno"),
+    _relative("cbf", 6.0, "inferno"),
+    _relative("mtt", 3.0, "viridis"),
+    _relative("att", 3.0, "viridis"),
     MapSpec(
         "mtt",
         "s",
@@ -160,19 +165,14 @@ for _spec in (
         0.05,
         "viridis",
     ),
-    MapSpec(
+    _diagnostic(
         "threshold",
         "1",
         "Relative SVD threshold used (fraction of s_max; mu/s_max for Tikhonov)",
         "SVD threshold",
-        cmap="cividis",
     ),
-    MapSpec(
-        "oi",
-        "1",
-        "Oscillation index (Wu 2003) of the chosen oSVD residue",
-        "Oscillation index",
-        cmap="cividis",
+    _diagnostic(
+        "oi", "1", "Oscillation index (Wu 2003) of the chosen oSVD residue", "Oscillation index"
     ),
     # ASL (Alsop 2015; Buxton 1998)
     MapSpec("att", "s", "Arterial transit time", "ATT", 0.0, 3.0, "viridis"),
@@ -204,18 +204,12 @@ for _spec in (
         3.0,
         "viridis",
     ),
-    MapSpec(
-        "cbf_stderr", _CBF, "Standard error of CBF", "CBF standard error", 0.0, 25.0, "cividis"
-    ),
-    MapSpec("att_stderr", "s", "Standard error of ATT", "ATT standard error", 0.0, 0.5, "cividis"),
-    MapSpec("abv_stderr", "%", "Standard error of aBV", "aBV standard error", cmap="cividis"),
-    MapSpec("abat_stderr", "s", "Standard error of aBAT", "aBAT standard error", cmap="cividis"),
-    MapSpec(
-        "residual",
-        "a.u.",
-        "RMS fit residual in signal units of the series",
-        "Fit residual",
-        cmap="cividis",
+    _stderr("cbf", _CBF, "CBF", 25.0),
+    _stderr("att", "s", "ATT", 0.5),
+    _stderr("abv", "%", "aBV"),
+    _stderr("abat", "s", "aBAT"),
+    _diagnostic(
+        "residual", "a.u.", "RMS fit residual in signal units of the series", "Fit residual"
     ),
     # DSC --method parametric (Mouridsen et al., JCBFM 34:1511, 2014)
     MapSpec(
@@ -228,22 +222,13 @@ for _spec in (
         8.0,
         "viridis",
     ),
-    MapSpec("mtt_stderr", "s", "Standard error of MTT", "MTT standard error", 0.0, 2.0, "cividis"),
-    MapSpec(
-        "delay_stderr",
-        "s",
-        "Standard error of the bolus delay",
-        "Delay standard error",
-        0.0,
-        1.0,
-        "cividis",
-    ),
-    MapSpec(
+    _stderr("mtt", "s", "MTT", 2.0),
+    _stderr("delay", "s", "Delay", 1.0, of="the bolus delay"),
+    _diagnostic(
         "chi2",
         "(1/s)^2",
         "Sum of squared residuals of the model fit (dR2* units squared)",
         "Fit chi2",
-        cmap="cividis",
     ),
     MapSpec("s0", "a.u.", "Pre-bolus baseline signal S0", "S0 (baseline signal)", cmap="gray"),
     MapSpec("m0", "a.u.", "Equilibrium magnetisation M0 used for calibration", "M0", cmap="gray"),
