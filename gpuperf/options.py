@@ -320,6 +320,23 @@ def registry_add(registry: dict[str, T], name: str, item: T, what: str) -> T:
     return item
 
 
+class Choice:
+    """Base of a registry entry that is one choice of an option (a DSC deconvolution method for
+    ``--method``, a leakage correction for ``--leakage``); :func:`registry_add` files it under
+    its name.
+
+    Attributes
+    ----------
+    name : str
+        The registry key: the option's value.
+    description : str
+        One line, with its reference.
+    """
+
+    name: str = ""
+    description: str = ""
+
+
 class Options:
     """Base of the frozen per-modality options dataclasses.
 

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from gpuperf.errors import GpuperfError
-from gpuperf.options import registry_add, registry_get
+from gpuperf.options import Choice, registry_add, registry_get
 
 #: Robust z-score beyond which a voxel counts as enhancing (leaky) when choosing Rbar.
 ENHANCING_Z = 3.0
@@ -215,20 +215,17 @@ def bidirectional_correct(
 
 
 # -- the registry of leakage corrections (``--leakage``) ----------------------------------------
-class LeakageCorrection:
+class LeakageCorrection(Choice):
     """A leakage correction: curves in, corrected curves and per-voxel maps out.
+
+    ``name`` is its ``--leakage`` value (:class:`~gpuperf.options.Choice`).
 
     Attributes
     ----------
-    name : str
-        The registry key (``--leakage``).
-    description : str
     maps : tuple of str
         Output maps it adds (names in :mod:`gpuperf.maps`).
     """
 
-    name: str = ""
-    description: str = ""
     maps: tuple[str, ...] = ()
 
     def correct(

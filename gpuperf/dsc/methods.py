@@ -35,7 +35,7 @@ import numpy as np
 from gpuperf.backend import Backend, chunk_slices
 from gpuperf.dsc import deconvolution as dec
 from gpuperf.dsc import osvd as osvd_mod
-from gpuperf.options import registry_add, registry_get
+from gpuperf.options import Choice, registry_add, registry_get
 from gpuperf.status import Status
 
 if TYPE_CHECKING:
@@ -93,15 +93,13 @@ class Subject:
     time_offsets: np.ndarray | None = None
 
 
-class Deconvolution:
+class Deconvolution(Choice):
     """A deconvolution method (base class; see the module docstring).
+
+    ``name`` is its ``--method`` value (:class:`~gpuperf.options.Choice`).
 
     Attributes
     ----------
-    name : str
-        The registry key (``--method``).
-    description : str
-        One line with its reference.
     default_threshold : float or None
         Relative threshold used when ``DSCOptions.threshold`` is None (None: not a threshold
         method).
@@ -115,8 +113,6 @@ class Deconvolution:
         methods take ``rectangle`` only: the edge weights need a causal origin.
     """
 
-    name: str = ""
-    description: str = ""
     default_threshold: float | None = None
     work_arrays: int = 6
     flags: tuple[Status, ...] = ()

@@ -42,8 +42,19 @@ MAX_SETS = 32
 MAX_PAD = 512
 
 
+class _Padded:
+    """The zero-padded length ``L = 2N`` of a plan over ``n`` frames (the block-circulant
+    deconvolution of Wu 2003)."""
+
+    n: int
+
+    @property
+    def n_pad(self) -> int:
+        return 2 * self.n
+
+
 @dataclass(frozen=True)
-class OSVDPlan:
+class OSVDPlan(_Padded):
     """Everything oSVD needs that depends on the AIF only (built once, shared by all voxels).
 
     Attributes
@@ -67,10 +78,6 @@ class OSVDPlan:
     set_rows: np.ndarray
     set_threshold: np.ndarray
     n: int
-
-    @property
-    def n_pad(self) -> int:
-        return 2 * self.n
 
 
 def make_plan(aif: np.ndarray, dt_s: float, thresholds: Any = DEFAULT_THRESHOLDS) -> OSVDPlan:
@@ -304,7 +311,7 @@ def residue(coef: Any, plan: OSVDPlan, set_index: Any, xp: Any = np) -> Any:
 
 
 @dataclass(frozen=True)
-class StackedPlans:
+class StackedPlans(_Padded):
     """Several :class:`OSVDPlan` (one per AIF) padded to common sizes for one kernel launch.
 
     Attributes
@@ -322,10 +329,6 @@ class StackedPlans:
     set_rows: np.ndarray
     n_sets: np.ndarray
     n: int
-
-    @property
-    def n_pad(self) -> int:
-        return 2 * self.n
 
     @property
     def n_coef(self) -> int:
