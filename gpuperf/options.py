@@ -170,6 +170,23 @@ def option(
     return dataclasses.field(default=default, metadata={_KEY: meta})
 
 
+def positive(
+    maximum: float | None = None, *, unit: str | None = None, max_inclusive: bool = True
+) -> dict[str, Any]:
+    """Keyword arguments of :func:`option` for a number above zero: the range ``(0, maximum]``
+    (``(0, maximum)`` with ``max_inclusive=False``; ``(0, inf)`` without ``maximum``), in
+    ``unit``.
+
+    Example: ``option(1.3, "T1 of tissue", flag="--t1-tissue", **positive(10, unit="s"))``.
+    """
+    out: dict[str, Any] = {"minimum": 0, "min_inclusive": False, "maximum": maximum}
+    if unit is not None:
+        out["unit"] = unit
+    if not max_inclusive:
+        out["max_inclusive"] = False
+    return out
+
+
 def _kind_of(annotation: Any) -> str:
     """Kind of an option whose default is None, from its annotation (``int | None``)."""
     text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", "")

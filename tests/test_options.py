@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from gpuperf.cli._common import handle_errors
 from gpuperf.cli._options import options_command, parse_floats
 from gpuperf.errors import InputError
-from gpuperf.options import Options, option, specs
+from gpuperf.options import Options, option, positive, specs
 
 _METHODS = {"osvd": 1, "csvd": 2}
 
@@ -161,3 +161,24 @@ def test_resolve_applies_keywords_over_an_options_object():
         Demo.resolve(None, {"nope": 1}, "run_demo")
     with pytest.raises(TypeError, match="must be a Demo"):
         Demo.resolve(object(), {})
+
+
+def test_positive_is_the_open_lower_bound_at_zero():
+    """``**positive(...)`` declares the same spec as the written-out bounds."""
+
+    @dataclass(frozen=True)
+    class P(Options):
+        t1: float = option(1.3, "T1", flag="--t1", **positive(10, unit="s"))
+        frac: tuple = option((0.5,), "Fractions", flag="--frac", **positive(1, max_inclusive=False))
+        k: float = option(1.0, "Factor", flag="--k", **positive())
+
+    s = specs(P)
+    assert (s["t1"].minimum, s["t1"].min_inclusive, s["t1"].maximum) == (0, False, 10)
+    assert s["t1"].unit == "s" and s["t1"].range_text() == "(0, 10]"
+    assert s["frac"].range_text() == "(0, 1)" and s["frac"].unit is None
+    assert s["k"].range_text() == "(0, inf)"
+    with pytest.raises(InputError, match="--t1.*must lie in \\(0, 10\\] s, found 0"):
+        P(t1=0.0)
+    with pytest.raises(InputError, match="--frac"):
+        P(frac=(0.5, 1.0))
+    assert P(t1=10.0, frac=(0.99,), k=1e9).t1 == 10.0

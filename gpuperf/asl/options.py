@@ -19,7 +19,7 @@ from gpuperf.asl import constants as K
 from gpuperf.asl.kinetics import METHODS, method_choices
 from gpuperf.asl.preprocess import REFERENCE_TISSUES
 from gpuperf.errors import InputError
-from gpuperf.options import Options, check_value, option
+from gpuperf.options import Options, check_value, option, positive
 
 
 @dataclass(frozen=True)
@@ -43,38 +43,26 @@ class ASLOptions(Options):
         K.T1_TISSUE_S,
         "T1 of tissue (kinetic model, short-TR M0 correction)",
         flag="--t1-tissue",
-        unit="s",
-        minimum=0,
-        min_inclusive=False,
-        maximum=10,
+        **positive(10, unit="s"),
     )
     t1_blood_s: float | None = option(
         None,
         "T1 of arterial blood (default from MagneticFieldStrength: 1.65 s at 3 T, 1.35 s at "
         "1.5 T; 1.65 s for arrays without a sidecar)",
         flag="--t1-blood",
-        unit="s",
-        minimum=0,
-        min_inclusive=False,
-        maximum=10,
+        **positive(10, unit="s"),
     )
     lambda_: float = option(
         K.LAMBDA_ML_G,
         "Blood/brain partition coefficient",
         flag="--lambda",
-        unit="ml/g",
-        minimum=0,
-        min_inclusive=False,
-        maximum=1.5,
+        **positive(1.5, unit="ml/g"),
     )
     alpha: float | None = option(
         None,
         "Labelling efficiency (default: sidecar, else 0.85 pCASL, 0.68 CASL, 0.98 PASL)",
         flag="--alpha",
-        unit="1",
-        minimum=0,
-        min_inclusive=False,
-        maximum=1,
+        **positive(1, unit="1"),
         sidecar="LabelingEfficiency",
     )
     bs_factor: float | None = option(
@@ -82,10 +70,7 @@ class ASLOptions(Options):
         "Background-suppression factor multiplying alpha (default: "
         f"{K.BS_EFFICIENCY_PER_PULSE:g} per BackgroundSuppressionNumberPulses, 1 without)",
         flag="--bs-factor",
-        unit="1",
-        minimum=0,
-        min_inclusive=False,
-        maximum=1,
+        **positive(1, unit="1"),
     )
     arterial: bool = option(
         False, "Fit the macrovascular component (aBV, aBAT) too ((p)CASL)", flag="--arterial"

@@ -127,7 +127,6 @@ class PreparedASL(PreparedRun):
     """
 
     asl_path: Path
-    prefix: str
     series: ASLSeries
     mask: np.ndarray
     data: np.ndarray
@@ -301,14 +300,11 @@ def prepare_asl(
         data = gather(image.data, mask)
     common = {
         "asl_path": asl_path,
-        "out_dir": Path(out_dir),
-        "prefix": prefix,
         "series": series,
         "backend": backend,
         "mask": mask,
         "data": data,
         "mask_path": mask_path,
-        "overwrite": overwrite,
         "reporter": reporter,
         "t_start": t_start,
     }

@@ -28,7 +28,7 @@ from gpuperf.dsc import deconvolution as _dec
 from gpuperf.dsc import leakage as _leakage
 from gpuperf.dsc import osvd as _osvd
 from gpuperf.errors import InputError
-from gpuperf.options import Options, option
+from gpuperf.options import Options, option, positive
 
 #: Haematocrit factor kH = (1 - 0.45) / (1 - 0.25) (Rempp 1994).
 KH_DEFAULT = 0.733
@@ -97,10 +97,7 @@ class DSCOptions(Options):
         None,
         "Echo time",
         flag="--te",
-        unit="s",
-        minimum=0,
-        min_inclusive=False,
-        maximum=TE_MAX_S,
+        **positive(TE_MAX_S, unit="s"),
         sidecar="EchoTime",
     )
     tr_s: float | None = _opt(
@@ -108,10 +105,7 @@ class DSCOptions(Options):
         None,
         "Frame interval",
         flag="--tr",
-        unit="s",
-        minimum=0,
-        min_inclusive=False,
-        maximum=TR_MAX_S,
+        **positive(TR_MAX_S, unit="s"),
         sidecar="RepetitionTime",
     )
     baseline: int | None = _opt(
@@ -141,9 +135,7 @@ class DSCOptions(Options):
         _leakage.TAIL_S,
         "Bidirectional leakage: the residue tail fitted starts this long after Tmax",
         flag="--leakage-tail",
-        unit="s",
-        minimum=0,
-        min_inclusive=False,
+        **positive(unit="s"),
     )
     slice_timing: bool = _opt(
         "SliceTimingCorrection",
@@ -156,44 +148,35 @@ class DSCOptions(Options):
         KH_DEFAULT,
         "Haematocrit factor (1 for relative maps)",
         flag="--kh",
-        minimum=0,
-        min_inclusive=False,
+        **positive(),
     )
     rho: float = _opt(
         "rho",
         RHO_DEFAULT,
         "Brain density (1 for relative maps)",
         flag="--rho",
-        unit="g/ml",
-        minimum=0,
-        min_inclusive=False,
+        **positive(unit="g/ml"),
     )
     threshold: float | None = _opt(
         "Threshold",
         None,
         "SVD threshold, fraction of s_max (default per method: sSVD 0.2, cSVD 0.1)",
         flag="--threshold",
-        minimum=0,
-        min_inclusive=False,
-        maximum=1,
+        **positive(1),
     )
     osvd_thresholds: tuple = _opt(
         "OSVDThresholds",
         _osvd.DEFAULT_THRESHOLDS,
         "oSVD sweep, fractions of s_max: 'start:stop:step' or a comma-separated list",
         flag="--osvd-thresholds",
-        minimum=0,
-        min_inclusive=False,
-        maximum=1,
-        max_inclusive=False,
+        **positive(1, max_inclusive=False),
     )
     oi_limit: float = _opt(
         "OILimit",
         _osvd.DEFAULT_OI_LIMIT,
         "oSVD oscillation-index limit",
         flag="--oi-limit",
-        minimum=0,
-        min_inclusive=False,
+        **positive(),
     )
     mu: float | None = _opt(
         "TikhonovMu",
@@ -223,10 +206,7 @@ class DSCOptions(Options):
         _aif.ROUGHNESS_PERCENTILE,
         "Automatic AIF: drop candidates rougher than this percentile",
         flag="--aif-roughness-percentile",
-        unit="%",
-        minimum=0,
-        min_inclusive=False,
-        maximum=100,
+        **positive(100, unit="%"),
     )
     aif_clusters: int = _opt(
         "AIF_n_clusters",

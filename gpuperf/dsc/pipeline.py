@@ -262,7 +262,6 @@ def prepare_dsc(
     return PreparedDSCRun(
         aif_png=aif_png,
         series_path=series_path,
-        out_dir=out_dir,
         shape3d=img.shape3d,
         backend=backend,
         model=model,
@@ -270,7 +269,6 @@ def prepare_dsc(
         writer=writer,
         aif_source=aif_source,
         mask_path=mask_path,
-        overwrite=overwrite,
         qc=qc,
         reporter=reporter,
         t_start=t0,

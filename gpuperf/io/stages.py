@@ -48,13 +48,13 @@ class PreparedRun:
 
     Attributes
     ----------
-    out_dir : Path
     backend : gpuperf.backend.Backend
     writer : OutputWriter
-        Checked (overwrite policy) before anything is computed; nothing is staged yet.
+        Checked (overwrite policy) before anything is computed; nothing is staged yet. It
+        holds the output folder, the prefix and the overwrite policy (:attr:`out_dir`,
+        :attr:`prefix`, :attr:`overwrite`).
     mask_path : path-like or None
         The brain mask given (None: automatic).
-    overwrite : bool
     reporter : gpuperf.progress.Reporter or None
     t_start : float
         ``time.perf_counter()`` when the run started.
@@ -64,15 +64,28 @@ class PreparedRun:
         Subjects computed in that one call.
     """
 
-    out_dir: Path
     backend: Any
     writer: OutputWriter
     mask_path: str | PathLike | None = None
-    overwrite: bool = False
     reporter: Any = None
     t_start: float = 0.0
     fit_s: float = 0.0
     batch_size: int = 1
+
+    @property
+    def out_dir(self) -> Path:
+        """The output folder (the writer's)."""
+        return self.writer.out_dir
+
+    @property
+    def prefix(self) -> str:
+        """``<prefix>_<map>.nii.gz`` (the writer's)."""
+        return self.writer.prefix
+
+    @property
+    def overwrite(self) -> bool:
+        """Whether existing outputs may be replaced (the writer's policy)."""
+        return self.writer.overwrite
 
 
 def staged_pipeline(
