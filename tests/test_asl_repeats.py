@@ -83,3 +83,23 @@ def test_two_plds_with_repeats_keep_finite_standard_errors():
     fit = model.fit(y, 1.0)
     ok = fit.status == int(Status.OK)
     assert ok.any() and np.all(np.isfinite(fit.cbf_stderr[ok]))
+
+
+def test_group_means_blocks_match_the_whole_array_formula():
+    """group_means works in blocks of GROUP_BLOCK voxels; every voxel's mean and SSW are the
+    bits of the one-shot formula (means by a one-hot product, SSW of the deviations)."""
+    from gpuperf.asl import fitting
+
+    rng = np.random.default_rng(4)
+    inverse = np.tile(np.arange(5), 4)
+    counts = np.full(5, 4)
+    onehot = np.zeros((20, 5))
+    onehot[np.arange(20), inverse] = 1.0
+    for n_vox in (1, fitting.GROUP_BLOCK - 1, 2 * fitting.GROUP_BLOCK + 37):
+        y = (rng.normal(size=(n_vox, 20)) * rng.uniform(0.01, 100, (n_vox, 1))).astype(np.float32)
+        y64 = y.astype(np.float64)
+        ybar = (y64 @ onehot) / counts
+        d = y64 - ybar[:, inverse]
+        got_bar, got_ssw = group_means(y, inverse, counts)
+        np.testing.assert_array_equal(got_bar, ybar)
+        np.testing.assert_array_equal(got_ssw, np.einsum("ij,ij->i", d, d))

@@ -410,6 +410,26 @@ def test_asl_empty_series_is_an_error(asl, tmp_path, fill, needle):
     _one_line_error(_cli("asl", series, "--out", tmp_path / "o", "-q"), str(series), needle)
 
 
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_asl_signal_check_scans_every_block(monkeypatch, order):
+    """The all-NaN / all-zero check stops at the first block with a finite non-zero value but
+    still finds one in the last block, and tells NaN from zero."""
+    from gpuperf.asl import plausibility
+    from gpuperf.errors import InputError
+
+    monkeypatch.setattr(plausibility, "SIGNAL_CHECK_BLOCK", 7)
+    data = np.zeros((4, 5, 3, 2), np.float32, order=order)
+    data.reshape(-1, order="A")[-1] = 2.0  # the last value in memory order
+    plausibility.check_asl_signal(data, "x.nii.gz")
+    data[...] = np.nan
+    data.reshape(-1, order="A")[-1] = 0.0
+    with pytest.raises(InputError, match="zero"):
+        plausibility.check_asl_signal(data, "x.nii.gz")
+    data[...] = np.inf
+    with pytest.raises(InputError, match="NaN or infinite"):
+        plausibility.check_asl_signal(data, "x.nii.gz")
+
+
 def test_pasl_ti1_beyond_every_ti_names_the_field(asl, tmp_path):
     series = _asl_copy(asl["pasl"], tmp_path / "a")
     _edit_sidecar(series, BolusCutOffDelayTime=3.5)

@@ -534,3 +534,40 @@ def test_svg_ticks_and_document():
     texts = "".join(t.text or "" for t in root.iter("{http://www.w3.org/2000/svg}text"))
     assert "1 above the range" in texts and "median" in texts
     assert len(list(root.iter("{http://www.w3.org/2000/svg}rect"))) >= 50  # bars
+
+
+def test_stored_colour_tables_are_matplotlibs():
+    """The stored tables (bench/update_color_tables.py) are matplotlib's colour maps sampled as
+    the report did, for every colour map of the map table; others are still sampled."""
+    from gpuperf import maps
+    from gpuperf.report import raster
+    from gpuperf.report.colortables import LUTS
+
+    assert {s.cmap for s in maps.MAPS.values()} <= set(LUTS)
+    for name in LUTS:
+        np.testing.assert_array_equal(raster.lut(name), raster.sample_colormap(name), name)
+    np.testing.assert_array_equal(raster.tab20(), raster.sample_tab20())
+    assert raster.lut("plasma").shape == (256, 3)  # not stored: sampled from matplotlib
+
+
+def test_run_report_imports_no_matplotlib(tmp_path):
+    """A run report (montages, curves) needs no plotting library: a fresh interpreter that
+    publishes one has not imported matplotlib."""
+    import subprocess
+    import sys
+
+    from gpuperf.asl.simulate import write_phantom
+
+    ph = write_phantom(tmp_path / "in", "pcasl", shape=(8, 8, 3), repeats=1, seed=1)
+    code = (
+        "import sys\nfrom gpuperf.asl.pipeline import run_asl\n"
+        "from gpuperf.report import publish_result\n"
+        f"r = run_asl({str(ph['asl'])!r}, {str(tmp_path / 'o')!r}, device='cpu', "
+        "extra_outputs=('report.html',))\n"
+        "paths = list(publish_result(r))\n"
+        "assert paths and paths[0].exists(), paths\n"
+        "print('matplotlib' in sys.modules)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip().splitlines()[-1] == "False"

@@ -178,20 +178,20 @@ def difference_samples(
         raise InputError(
             path, "volume_type", "no control/label pair and no deltam volume: nothing to quantify"
         )
-    cols = []
-    plds, taus, src = [], [], []
-    for _, vols in entries:
-        if len(vols) == 2:
-            cols.append(data[:, vols[0]] - data[:, vols[1]])
-        else:
-            cols.append(data[:, vols[0]])
-        plds.append(pld_s[vols[0]])
-        taus.append(tau_s[vols[0]])
-        src.append(vols)
+    src = [vols for _, vols in entries]
+    first = [vols[0] for vols in src]
+    paired = [k for k, vols in enumerate(src) if len(vols) == 2]
+    # one take of the first volumes, one subtraction of the second (not a column at a time)
+    deltam = np.take(data, first, axis=1)
+    second = np.take(data, [src[k][1] for k in paired], axis=1)
+    if len(paired) == len(src):
+        np.subtract(deltam, second, out=deltam)
+    elif paired:
+        deltam[:, paired] = deltam[:, paired] - second
     return DifferenceSamples(
-        np.ascontiguousarray(np.stack(cols, axis=1), dtype=np.float32),
-        np.asarray(plds, dtype=np.float64),
-        np.asarray(taus, dtype=np.float64),
+        np.ascontiguousarray(deltam, dtype=np.float32),
+        np.asarray(pld_s, dtype=np.float64)[first],
+        np.asarray(tau_s, dtype=np.float64)[first],
         src,
     )
 

@@ -130,7 +130,7 @@ def montage(
     if spec.categorical:
         codes = np.unique(finite.astype(np.int64)) if finite.size else np.array([0])
         codes = codes[:20]
-        base = np.round(raster.tab20() * 255).astype(np.uint8)
+        base = raster.tab20()
         table = np.array(
             [(89, 89, 89) if c == 0 else base[i % 20] for i, c in enumerate(codes)], np.uint8
         )

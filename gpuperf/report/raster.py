@@ -48,11 +48,32 @@ def png_bytes(rgb: np.ndarray, level: int = 1) -> bytes:
 
 @lru_cache(maxsize=32)
 def lut(cmap_name: str, n: int = 256) -> np.ndarray:
-    """``(n, 3)`` uint8 colours of matplotlib's colour map ``cmap_name`` (sampled once)."""
+    """``(n, 3)`` uint8 colours of matplotlib's colour map ``cmap_name``.
+
+    The colour maps of the map table come from :mod:`gpuperf.report.colortables` (the same
+    numbers, stored: a report needs no matplotlib import, 0.2 s); others are sampled here."""
+    from gpuperf.report.colortables import LUTS
+
+    if n == 256 and cmap_name in LUTS:
+        return np.frombuffer(bytes.fromhex(LUTS[cmap_name]), np.uint8).reshape(n, 3).copy()
+    return sample_colormap(cmap_name, n)
+
+
+def sample_colormap(cmap_name: str, n: int = 256) -> np.ndarray:
+    """``(n, 3)`` uint8 colours of matplotlib's colour map ``cmap_name`` at ``n`` points."""
     from matplotlib import colormaps
 
     rgba = colormaps[cmap_name](np.linspace(0.0, 1.0, n))
     return np.round(rgba[:, :3] * 255).astype(np.uint8)
+
+
+def sample_tab20() -> np.ndarray:
+    """``(20, 3)`` uint8 colours of matplotlib's categorical "tab20"."""
+    from matplotlib import colormaps
+
+    return np.round(np.asarray(colormaps["tab20"](np.linspace(0, 1, 20)))[:, :3] * 255).astype(
+        np.uint8
+    )
 
 
 def hex_colour(rgb) -> str:
@@ -95,7 +116,7 @@ def tile(panels: list[np.ndarray], ncols: int, gap: int = GAP_PX, fill: int = 25
 
 
 def tab20() -> np.ndarray:
-    """matplotlib's categorical "tab20" colours, ``(20, 3)`` floats in 0-1."""
-    from matplotlib import colormaps
+    """matplotlib's categorical "tab20" colours, ``(20, 3)`` uint8 (stored, as :func:`lut`)."""
+    from gpuperf.report.colortables import TAB20
 
-    return np.asarray(colormaps["tab20"](np.linspace(0, 1, 20)))[:, :3]
+    return np.frombuffer(bytes.fromhex(TAB20), np.uint8).reshape(20, 3).copy()
