@@ -432,6 +432,7 @@ class OutputWriter:
         self._expected: set[str] = set()  # final names declared with expect()
         self._leftovers: set[str] | None = None  # names of this run's own interrupted set
         self._foreign: dict[str, Any] | None = None  # journal of an interrupted other run
+        self._resolved_dir: Path | None = None  # out_dir.resolve(), once it exists
         check_prefix(prefix)
 
     # -- the output folder -------------------------------------------------------------------
@@ -487,7 +488,7 @@ class OutputWriter:
                 f"too long: output name {final.name[:40]}... has "
                 f"{len(final.name.encode('utf-8', 'surrogateescape'))} bytes (at most {NAME_MAX})",
             )
-        if final.resolve() in self._inputs:
+        if self._resolved(final) in self._inputs:
             raise GpuperfError(f"{final}: refusing to write over an input of this run")
         if final.is_dir() and not final.is_symlink():
             raise GpuperfError(f"{final}: a folder is in the way of this output")
@@ -500,6 +501,17 @@ class OutputWriter:
             raise OutputExistsError(
                 f"{final}: output exists{why}; pass --overwrite (overwrite=True) to replace it"
             )
+
+    def _resolved(self, final: Path) -> Path:
+        """``final.resolve()`` for a file of the output folder: the folder is resolved once
+        (a resolve walks every component, dozens of ``lstat`` calls per output), the name
+        only when it is a symbolic link."""
+        if final.parent != self.out_dir:
+            return final.resolve()
+        if self._resolved_dir is None:
+            self._resolved_dir = self.out_dir.resolve()
+        target = self._resolved_dir / final.name
+        return target.resolve() if target.is_symlink() else target
 
     # -- names -------------------------------------------------------------------------------
     def path_for(self, name: str, ext: str = ".nii.gz") -> Path:

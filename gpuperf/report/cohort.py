@@ -89,7 +89,11 @@ def summarize_run(out_dir: str | PathLike, prefix: str) -> dict[str, float]:
     (only the maps present). Means in grey/white matter need a segmentation: pass them as a
     row's ``values``.
     """
-    run = load_run(out_dir, prefix)
+    return _summary(load_run(out_dir, prefix))
+
+
+def _summary(run: Any) -> dict[str, float]:
+    """:func:`summarize_run` of a loaded run (:func:`gpuperf.report.collect.load_run`)."""
     out: dict[str, float] = {}
     for label, name, stat in SUMMARY_VALUES:
         m = run.maps.get(name)
@@ -104,8 +108,7 @@ def summarize_run(out_dir: str | PathLike, prefix: str) -> dict[str, float]:
     return out
 
 
-def _thumbnail(out_dir: Path, prefix: str) -> bytes | None:
-    run = load_run(out_dir, prefix)
+def _thumbnail(run: Any) -> bytes | None:
     m = run.maps.get("cbf")
     if m is None:
         return None
@@ -278,8 +281,9 @@ def _entry(page_dir: Path, row: Mapping[str, Any]) -> dict[str, Any]:
         if report is None:
             report = report_path(sub_dir, prefix)
         try:
-            e["values"].update(summarize_run(sub_dir, prefix))
-            e["thumb"] = _thumbnail(sub_dir, prefix)
+            run = load_run(sub_dir, prefix)  # once for the numbers and the thumbnail
+            e["values"].update(_summary(run))
+            e["thumb"] = _thumbnail(run)
         except Exception as exc:  # one unreadable subject must not hide the others
             e["notes"].append(f"outputs unreadable: {exc}")
     e["values"].update(dict(row.get("values", {}) or {}))
