@@ -29,6 +29,9 @@ def _loaded(code: str) -> dict[str, bool]:
                 "gpuperf.dsc.pipeline",
                 "gpuperf.asl.bids",
                 "rich.markdown",
+                "numpy",
+                "gpuperf.cli.dsc",
+                "gpuperf.cli.asl",
             )
         )
         + "\nprint(json.dumps({n: n in sys.modules for n in names}))"
@@ -46,13 +49,56 @@ def test_cli_import_loads_no_heavy_library():
         assert not loaded[name], name
 
 
-def test_help_renders_without_rich_markdown(tmp_path):
+@pytest.mark.parametrize("argv", [["--help"], ["simulate", "--help"], []])
+def test_help_renders_without_rich_markdown_or_numpy(argv):
+    """``gpuperf --help`` lists ``dsc`` and ``asl`` without loading them (their options need
+    NumPy and the method registries: gpuperf.cli._lazy)."""
     code = (
-        "import sys\nfrom gpuperf.cli import app\nsys.argv = ['gpuperf', '--help']\n"
+        f"import sys\nfrom gpuperf.cli import app\nsys.argv = ['gpuperf', *{argv!r}]\n"
         "try:\n    app()\nexcept SystemExit:\n    pass\n"
     )
     loaded = _loaded(code)
     assert not loaded["rich.markdown"] and not any(loaded[n] for n in HEAVY), loaded
+    assert not loaded["numpy"], loaded
+    assert not loaded["gpuperf.cli.dsc"] and not loaded["gpuperf.cli.asl"], loaded
+
+
+def test_lazy_commands_match_their_functions():
+    """The help a lazy group shows for a command before loading it is the command's own, and
+    the loaded command is the function of its table entry."""
+    import importlib
+
+    import typer
+
+    from gpuperf.cli import _Root, _Simulate, app
+
+    root = typer.main.get_command(app)
+    ctx = root.context_class(root)
+    for group, table in ((root, _Root.lazy), (root.get_command(ctx, "simulate"), _Simulate.lazy)):
+        for name, entry in table.items():
+            cmd = group.get_command(ctx, name)
+            assert cmd is not None and cmd.name == name
+            fn = getattr(importlib.import_module(entry.module), entry.function)
+            assert fn.__doc__.split("\n\n")[0].split() == entry.short_help.split(), name
+            assert cmd.get_short_help_str(200) == entry.short_help, name
+
+
+def test_command_help_is_that_of_the_eager_registration():
+    """``gpuperf asl --help`` built lazily is the help of the command registered directly."""
+    import typer
+    from typer.testing import CliRunner
+
+    from gpuperf.cli import app
+    from gpuperf.cli.asl import asl_command
+
+    runner = CliRunner()
+    lazy_help = runner.invoke(app, ["asl", "--help"], prog_name="gpuperf").output
+    eager = typer.Typer(rich_markup_mode=None, add_completion=False)
+    eager.callback()(lambda: None)
+    eager.command("asl")(asl_command)
+    eager_help = runner.invoke(eager, ["asl", "--help"], prog_name="gpuperf").output
+    assert "--t1-tissue" in lazy_help
+    assert lazy_help == eager_help
 
 
 @pytest.mark.parametrize("package", ["gpuperf.asl", "gpuperf.dsc"])

@@ -7,14 +7,51 @@ import typer
 from gpuperf._version import __version__
 
 # No ImportError guards: a broken command module must fail loudly, not vanish from --help.
-from gpuperf.cli import asl as _asl
 from gpuperf.cli import bench as _bench
 from gpuperf.cli import cohort as _cohort
-from gpuperf.cli import dsc as _dsc
 from gpuperf.cli import main as _main
 from gpuperf.cli import report as _report
+from gpuperf.cli._lazy import LazyCommand, LazyGroup
+
+
+class _Root(LazyGroup):
+    """``gpuperf``: ``dsc`` and ``asl`` load with their options (NumPy, the registries) only
+    when they run or show their help (:mod:`gpuperf.cli._lazy`)."""
+
+    lazy = {
+        "dsc": LazyCommand(
+            "gpuperf.cli.dsc",
+            "dsc_command",
+            "CBF, CBV, MTT, Tmax and TTP maps from a DSC-MRI series.",
+        ),
+        "asl": LazyCommand(
+            "gpuperf.cli.asl", "asl_command", "Quantify CBF (and ATT) from a BIDS ASL series."
+        ),
+    }
+    order = ("info", "demo", "dsc", "asl", "run", "report", "bench", "simulate")
+
+
+class _Simulate(LazyGroup):
+    """``gpuperf simulate``: the DSC and ASL phantom writers load as the commands above."""
+
+    lazy = {
+        "dsc": LazyCommand(
+            "gpuperf.cli.dsc",
+            "simulate_dsc_command",
+            "Write a DSC phantom: 4D NIfTI + JSON sidecar, truth maps (CBF, CBV, MTT, delay, K2), "
+            "brain and artery masks.",
+        ),
+        "asl": LazyCommand(
+            "gpuperf.cli.asl",
+            "simulate_asl_command",
+            "Write a BIDS ASL phantom with truth CBF/ATT maps.",
+        ),
+    }
+    order = ("dsc", "asl", "study")
+
 
 app = typer.Typer(
+    cls=_Root,
     name="gpuperf",
     help="GPU-accelerated voxelwise fitting for perfusion MRI (DSC and ASL).",
     no_args_is_help=True,
@@ -25,6 +62,7 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 simulate_app = typer.Typer(
+    cls=_Simulate,
     help="Write digital phantoms with known truth maps.",
     no_args_is_help=True,
     rich_markup_mode=None,
@@ -49,10 +87,6 @@ def _root(
 
 app.command("info")(_main.info_command)
 app.command("demo")(_main.demo_command)
-app.command("dsc")(_dsc.dsc_command)
-simulate_app.command("dsc")(_dsc.simulate_dsc_command)
-app.command("asl")(_asl.asl_command)
-simulate_app.command("asl")(_asl.simulate_asl_command)
 app.command("run")(_cohort.run_command)
 simulate_app.command("study")(_cohort.simulate_study_command)
 app.command("report")(_report.report_command)
