@@ -240,11 +240,16 @@ DETAIL_KEYS = (
     "report_cpu_s",
     "subjects_per_hour",
     "not_kernel_over_read",
+    "not_kernel_over_stage",
     "sum_stage_s",
     "sum_compute_s",
     "sum_fit_s",
     "sum_report_s",
     "sum_publish_s",
+    "read_s",
+    "min_s",
+    "median_s",
+    "rounds",
     "loadavg_1m",
 )
 
