@@ -41,6 +41,21 @@ def test_load_gather_scatter_roundtrip(series, tmp_path):
     np.testing.assert_array_equal(back[mask], data[mask][:, 2])
 
 
+@pytest.mark.parametrize("layout", ["F", "C", "strided"])
+def test_gather_is_boolean_indexing_for_every_layout(layout):
+    """gather's frame-wise path for Fortran-ordered series gives data[mask], voxels in C
+    order, for F-ordered, C-ordered and non-contiguous series and empty and full masks."""
+    rng = np.random.default_rng(1)
+    base = rng.random((5, 4, 3, 6)).astype(np.float32)
+    data = {"F": np.asfortranarray(base), "C": base, "strided": base[:, :, :, ::2]}[layout]
+    for mask in (rng.random(data.shape[:3]) > 0.5, np.zeros(data.shape[:3], bool),
+                 np.ones(data.shape[:3], bool)):  # fmt: skip
+        block = gather(data, mask)
+        assert block.flags.c_contiguous and block.dtype == data.dtype
+        np.testing.assert_array_equal(block, data[mask])
+        assert block.shape == (mask.sum(), data.shape[3])
+
+
 def test_scaling_is_applied_not_dropped(tmp_path):
     img = nib.Nifti1Image(np.arange(8, dtype=np.int16).reshape(2, 2, 2), np.eye(4))
     img.header.set_slope_inter(2.0, 1.0)
