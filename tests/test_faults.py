@@ -430,24 +430,6 @@ def test_asl_signal_check_scans_every_block(monkeypatch, order):
         plausibility.check_asl_signal(data, "x.nii.gz")
 
 
-@pytest.mark.parametrize("n_rows", [1, 4, 999, 1000])
-def test_dsc_brain_median_is_nanmedian(n_rows):
-    """The brain median curve's vectorised median is nanmedian's, with and without NaN."""
-    import warnings
-
-    from gpuperf.dsc.plausibility import median_over_voxels
-
-    rng = np.random.default_rng(n_rows)
-    rows = rng.normal(size=(n_rows, 13))
-    np.testing.assert_array_equal(median_over_voxels(rows), np.nanmedian(rows, axis=0))
-    rows[rng.random(rows.shape) < 0.2] = np.nan
-    rows[:, 0] = np.nan
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # the all-NaN column
-        want, got = np.nanmedian(rows, axis=0), median_over_voxels(rows)
-    np.testing.assert_array_equal(got, want)
-
-
 def test_pasl_ti1_beyond_every_ti_names_the_field(asl, tmp_path):
     series = _asl_copy(asl["pasl"], tmp_path / "a")
     _edit_sidecar(series, BolusCutOffDelayTime=3.5)
