@@ -245,3 +245,33 @@ def test_equal_maps_give_equal_files(series, tmp_path):
         blobs.append((tmp_path / f"o{i}" / "p_cbf.nii.gz").read_bytes())
         time.sleep(1.1)  # a time stamp would differ now
     assert blobs[0] == blobs[1]
+
+
+def test_read_ahead_gives_the_same_image_and_sees_a_changed_file(tmp_path):
+    """load_image after read_ahead returns the file's image; a file rewritten in between is
+    read again (the inflated bytes are keyed by path, size and mtime), and a file read ahead
+    but missing by then is still reported by load_image."""
+    import time
+
+    from gpuperf.io import nifti
+
+    rng = np.random.default_rng(2)
+    a = rng.random((4, 3, 2, 5)).astype(np.float32)
+    path = _save(tmp_path / "s.nii.gz", a)
+    nifti.read_ahead(path)
+    np.testing.assert_array_equal(load_image(path).data, a)
+    assert not nifti._READ_AHEAD  # taken
+    nifti.read_ahead(path)
+    time.sleep(0.01)
+    b = a[:, :, :, :3] * 2
+    _save(path, b)
+    os.utime(path, ns=(time.time_ns(), time.time_ns() + 10**9))
+    np.testing.assert_array_equal(load_image(path).data, b)
+    nifti._READ_AHEAD.clear()
+    nifti.read_ahead(path)
+    path.unlink()
+    with pytest.raises(InputError, match="does not exist"):
+        load_image(path)
+    nifti._READ_AHEAD.clear()
+    nifti.read_ahead(tmp_path / "missing.nii.gz")  # nothing to read: nothing started
+    assert not nifti._READ_AHEAD

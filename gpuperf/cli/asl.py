@@ -57,6 +57,9 @@ def asl_command(
     options: ASLOptions,
 ) -> None:
     """Quantify CBF (and ATT) from a BIDS ASL series."""
+    from gpuperf.io.nifti import read_ahead
+
+    read_ahead(asl)  # inflated in a thread while the pipeline imports (gpuperf.io.nifti)
     from gpuperf.asl.pipeline import run_asl
 
     result, pages = run_pipeline(

@@ -51,6 +51,9 @@ def dsc_command(
     options: DSCOptions,
 ) -> None:
     """CBF, CBV, MTT, Tmax and TTP maps from a DSC-MRI series."""
+    from gpuperf.io.nifti import read_ahead
+
+    read_ahead(series)  # inflated in a thread while the pipeline imports (gpuperf.io.nifti)
     from gpuperf.dsc.pipeline import run_dsc
 
     given = [x for x in (aif_mask, aif_curve) if x is not None]
