@@ -37,30 +37,42 @@ class LMSettings:
 
 
 def _accumulate(model: Any, p, y, w, x, c):
-    """chi2 (V,), noise (V,), A (V,P,P) lower triangle valid, g (V,P), finite (V,) at p."""
+    """chi2 (V,), noise (V,), A (V,P,P) lower triangle valid, g (V,P), finite (V,) at p.
+
+    The sums run sample by sample in the kernel's order; the per-sample operands are taken
+    sample-major (contiguous (V,) rows of transposed copies) so that each step reads memory
+    in order instead of with the (V, N) row stride: the same operations on the same values.
+    """
     f, jac = model.evaluate(np, p, x, c)
-    r = y - f
     n_vox, n_samples = y.shape
     n_par = p.shape[1]
     dt = y.dtype
+    y_t = np.ascontiguousarray(y.T)
+    f_t = np.ascontiguousarray(np.broadcast_to(f, y.shape).T)
+    w_t = np.ascontiguousarray(np.broadcast_to(w, y.shape).T)
+    r_t = y_t - f_t
+    jac_t = np.ascontiguousarray(np.broadcast_to(jac, (*y.shape, n_par)).transpose(1, 2, 0))
     chi2 = np.zeros(n_vox, dtype=dt)
     noise = np.zeros(n_vox, dtype=dt)
-    A = np.zeros((n_vox, n_par, n_par), dtype=dt)
-    g = np.zeros((n_vox, n_par), dtype=dt)
+    A_t = np.zeros((n_par, n_par, n_vox), dtype=dt)
+    g_t = np.zeros((n_par, n_vox), dtype=dt)
     for n in range(n_samples):
-        wn = w[:, n]
-        wr = wn * r[:, n]
-        chi2 += wr * r[:, n]
-        noise += np.abs(wr) * (np.abs(y[:, n]) + np.abs(f[:, n]))
-        d = jac[:, n, :]
-        g += wr[:, None] * d
-        wd = wn[:, None] * d
-        A += wd[:, :, None] * d[:, None, :]  # [k, l] = (w d_k) d_l, as the kernel for l <= k
+        wn = w_t[n]
+        rn = r_t[n]
+        wr = wn * rn
+        chi2 += wr * rn
+        noise += np.abs(wr) * (np.abs(y_t[n]) + np.abs(f_t[n]))
+        d = jac_t[n]
+        g_t += wr[None, :] * d
+        wd = wn[None, :] * d
+        A_t += wd[:, None, :] * d[None, :, :]  # [k, l] = (w d_k) d_l, as the kernel for l <= k
+    A = A_t.transpose(2, 0, 1)
+    g = g_t.T
     tril = np.tril_indices(n_par)
     finite = (
         np.isfinite(chi2) & np.isfinite(g).all(axis=1) & np.isfinite(A[:, tril[0], tril[1]]).all(1)
     )
-    return chi2, noise, A, g, finite
+    return chi2, noise, np.ascontiguousarray(A), np.ascontiguousarray(g), finite
 
 
 def _cholesky(A, act, lam):
