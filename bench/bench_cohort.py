@@ -58,18 +58,25 @@ def cohort(tmp_path_factory, bench_size):
 MODES = {"serial": (1, 0), "prefetch2": (1, 2), "processes2": (2, 0)}
 
 
-@pytest.mark.parametrize("mode", list(MODES))
-def test_cohort_run(benchmark, backend, cohort, mode, tmp_path):
-    root, n_vox, gz_bytes, tmp = cohort
-    device = "gpu" if backend.name == "cupy" else "cpu"
-    workers, prefetch = MODES[mode]
-    runs = []
+def _fresh_outputs(tmp_path):
+    """pytest-benchmark ``setup``: a new, empty output folder for every round."""
     outs = iter(range(100))
 
     def setup():
         out = tmp_path / f"out{next(outs)}"
         shutil.rmtree(out, ignore_errors=True)
         return (out,), {}
+
+    return setup
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_cohort_run(benchmark, backend, cohort, mode, tmp_path):
+    root, n_vox, gz_bytes, tmp = cohort
+    device = "gpu" if backend.name == "cupy" else "cpu"
+    workers, prefetch = MODES[mode]
+    runs = []
+    setup = _fresh_outputs(tmp_path)
 
     def run(out):
         r = run_participants(
@@ -137,10 +144,7 @@ def test_cohort_overlap_emulated_gpu(benchmark, cohort, prefetch, tmp_path):
     read-ahead the wall time approaches max(total staging, total compute), not their sum."""
     root, n_vox, gz_bytes, tmp = cohort
     runs = []
-    outs = iter(range(100))
-
-    def setup():
-        return (tmp_path / f"out{next(outs)}",), {}
+    setup = _fresh_outputs(tmp_path)
 
     def run(out):
         r = run_participants(
@@ -213,10 +217,7 @@ def _batching_run(benchmark, backend, root, tmp, tmp_path, modality, method, bat
     call, :mod:`gpuperf.cohort.batching`); outputs are identical, only the wall time differs."""
     device = "gpu" if backend.name == "cupy" else "cpu"
     runs = []
-    outs = iter(range(100))
-
-    def setup():
-        return (tmp_path / f"out{next(outs)}",), {}
+    setup = _fresh_outputs(tmp_path)
 
     def run(out):
         r = run_participants(
@@ -348,12 +349,7 @@ def test_cohort_default_run(benchmark, backend, cohort, asl_cohort, modality, tm
     read_s = _read_only(root)
     device = "gpu" if backend.name == "cupy" else "cpu"
     runs = []
-    outs = iter(range(100))
-
-    def setup():
-        out = tmp_path / f"out{next(outs)}"
-        shutil.rmtree(out, ignore_errors=True)
-        return (out,), {}
+    setup = _fresh_outputs(tmp_path)
 
     def run(out):
         r = run_participants(
