@@ -82,26 +82,31 @@ def test_cli_dsc(benchmark, dsc_files, tmp_path, report):
     )
 
 
-def test_cli_dsc_osipy(benchmark, dsc_files, tmp_path):
+def _osipy_row(benchmark, kind: str, inputs: list[str], **row) -> None:
+    """Time ``wholeprocess osipy-<kind>`` on ``inputs`` as a fresh process (one round) and
+    record it as the osipy baseline row ``row`` (stage, method, voxels, frames, note)."""
     if osipy_version() is None:
         pytest.skip("osipy not installed (see bench/README.md)")
-    series, mask, n, d = dsc_files
-    args = [sys.executable, "-m", "gpuperf.benchmarks.wholeprocess", "osipy-dsc", str(series),
-            str(mask), str(tmp_path / "o"), str(TE_S)]  # fmt: skip
+    args = [sys.executable, "-m", "gpuperf.benchmarks.wholeprocess", f"osipy-{kind}", *inputs]
     _timed(benchmark, args, rounds=1)
     record(
         benchmark,
-        stage="cli.dsc",
-        method="osvd",
-        voxels=n,
         backend="osipy",
         baseline="osipy",
         baseline_version=osipy_version(),
-        frames=DSC_FRAMES,
         loadavg_1m=_load(),
+        **row,
+    )
+
+
+def test_cli_dsc_osipy(benchmark, dsc_files, tmp_path):
+    series, mask, n, d = dsc_files
+    _osipy_row(
+        benchmark, "dsc", [str(series), str(mask), str(tmp_path / "o"), str(TE_S)],
+        stage="cli.dsc", method="osvd", voxels=n, frames=DSC_FRAMES,
         note="fresh process: nibabel read, dR2*, AIF = mean of the 20 highest-peak voxels, "
         "osipy oSVD (CBF, CBV, MTT, Tmax), nibabel write; no report",
-    )
+    )  # fmt: skip
 
 
 @pytest.mark.parametrize("report", [True, False], ids=["default", "no-report"])
@@ -128,25 +133,13 @@ def test_cli_asl(benchmark, asl_files, tmp_path, report):
 
 
 def test_cli_asl_osipy(benchmark, asl_files, tmp_path):
-    if osipy_version() is None:
-        pytest.skip("osipy not installed (see bench/README.md)")
     series, mask, n, k = asl_files
-    args = [sys.executable, "-m", "gpuperf.benchmarks.wholeprocess", "osipy-asl", str(series),
-            str(mask), str(tmp_path / "o")]  # fmt: skip
-    _timed(benchmark, args, rounds=1)
-    record(
-        benchmark,
-        stage="cli.asl",
-        method="buxton_pcasl",
-        voxels=n,
-        backend="osipy",
-        baseline="osipy",
-        baseline_version=osipy_version(),
-        frames=k,
-        loadavg_1m=_load(),
+    _osipy_row(
+        benchmark, "asl", [str(series), str(mask), str(tmp_path / "o")],
+        stage="cli.asl", method="buxton_pcasl", voxels=n, frames=k,
         note="fresh process: series read, ΔM averaged per PLD, osipy quantify_multi_pld, "
         "nibabel write; no report (osipy's model differs: speed only)",
-    )
+    )  # fmt: skip
 
 
 #: Fresh processes per start-up row: the machine is shared, so one slow start says little.

@@ -30,7 +30,7 @@ EXTRA = ("viridis", "cividis")
 
 def render() -> str:
     from gpuperf import maps
-    from gpuperf.report.raster import sample_colormap, sample_tab20
+    from gpuperf.report.raster import sample_colormap
 
     names = sorted({s.cmap for s in maps.MAPS.values()} | set(EXTRA))
     lines = [
@@ -45,7 +45,7 @@ def render() -> str:
         lines.append(f'    "{name}": (')
         lines += [f'        "{hexes[i : i + 88]}"' for i in range(0, len(hexes), 88)]
         lines.append("    ),")
-    tab = sample_tab20().tobytes().hex()
+    tab = sample_colormap("tab20", 20).tobytes().hex()
     lines += ["}", "TAB20 = ("]
     lines += [f'    "{tab[i : i + 88]}"' for i in range(0, len(tab), 88)]
     lines += [")", ""]

@@ -131,9 +131,7 @@ class ndarray:  # noqa: N801  (CuPy's name)
                 raise ValueError(f"Shape mismatch. Expected shape: {a.shape}, actual: {out.shape}")
             if not (out.flags.c_contiguous or out.flags.f_contiguous):
                 raise RuntimeError("`out` cannot be a non-contiguous ndarray")
-            STATE.downloads.append((a.shape, a.nbytes))
-            if _is_pinned(out):
-                STATE.pinned_transfers.append(("down", a.shape, a.nbytes))
+            _count("down", a, out)
             out[...] = a
             return out
         STATE.downloads.append((a.shape, a.nbytes))
@@ -151,9 +149,7 @@ class ndarray:  # noqa: N801  (CuPy's name)
             raise ValueError(f"Shape mismatch. Old shape: {a.shape}, new shape: {arr.shape}")
         if not (a.flags.c_contiguous or a.flags.f_contiguous):
             raise RuntimeError("Cannot set to non-contiguous array")
-        STATE.uploads.append((arr.shape, arr.nbytes))
-        if _is_pinned(arr):
-            STATE.pinned_transfers.append(("up", arr.shape, arr.nbytes))
+        _count("up", arr, arr)
         a[...] = arr
 
     # attributes
@@ -320,6 +316,13 @@ def _is_pinned(arr: np.ndarray) -> bool:
             else getattr(base, "obj", None)
         )
     return False
+
+
+def _count(direction: str, a: Any, host: np.ndarray) -> None:
+    """Record one explicit copy of ``a`` ("up" or "down"), and whether ``host`` is pinned."""
+    (STATE.uploads if direction == "up" else STATE.downloads).append((a.shape, a.nbytes))
+    if _is_pinned(host):
+        STATE.pinned_transfers.append((direction, a.shape, a.nbytes))
 
 
 def _props(device: int = 0) -> dict[str, Any]:

@@ -546,7 +546,7 @@ def test_stored_colour_tables_are_matplotlibs():
     assert {s.cmap for s in maps.MAPS.values()} <= set(LUTS)
     for name in LUTS:
         np.testing.assert_array_equal(raster.lut(name), raster.sample_colormap(name), name)
-    np.testing.assert_array_equal(raster.tab20(), raster.sample_tab20())
+    np.testing.assert_array_equal(raster.tab20(), raster.sample_colormap("tab20", 20))
     assert raster.lut("plasma").shape == (256, 3)  # not stored: sampled from matplotlib
 
 

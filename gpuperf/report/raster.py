@@ -67,15 +67,6 @@ def sample_colormap(cmap_name: str, n: int = 256) -> np.ndarray:
     return np.round(rgba[:, :3] * 255).astype(np.uint8)
 
 
-def sample_tab20() -> np.ndarray:
-    """``(20, 3)`` uint8 colours of matplotlib's categorical "tab20"."""
-    from matplotlib import colormaps
-
-    return np.round(np.asarray(colormaps["tab20"](np.linspace(0, 1, 20)))[:, :3] * 255).astype(
-        np.uint8
-    )
-
-
 def hex_colour(rgb) -> str:
     """``#rrggbb`` of a 0-255 RGB triple."""
     r, g, b = (int(x) for x in np.asarray(rgb)[:3])
