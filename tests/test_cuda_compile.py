@@ -51,18 +51,18 @@ def test_kernel_compiles_and_float32_has_no_f64(relpath, arch):
     _need_nvcc()
     build = CATALOG[relpath]
     if build.plain:
-        ptx = nvcc.compile_ptx(relpath, arch, build.defines, (), build.includes)
+        ptx = nvcc.compile_kernel(relpath, arch, build.defines, (), build.includes)
         if build.float32_only:
             assert nvcc.f64_lines(ptx) == []
         return
     assert build.float32 or build.float64, f"{relpath}: no instantiations declared"
     if build.float32:
-        ptx32 = nvcc.compile_ptx(relpath, arch, build.defines, build.float32, build.includes)
+        ptx32 = nvcc.compile_kernel(relpath, arch, build.defines, build.float32, build.includes)
         assert ptx32.count(".entry") == len(build.float32)
         bad = nvcc.f64_lines(ptx32)
         assert bad == [], f"{relpath} float32 instantiations use doubles:\n" + "\n".join(bad[:20])
     if build.float64:
-        ptx64 = nvcc.compile_ptx(relpath, arch, build.defines, build.float64, build.includes)
+        ptx64 = nvcc.compile_kernel(relpath, arch, build.defines, build.float64, build.includes)
         assert ptx64.count(".entry") == len(build.float64)
         assert nvcc.f64_lines(ptx64), "float64 instantiations should use .f64 (sanity of the lint)"
 
@@ -106,7 +106,9 @@ def test_nvcc_demangled_signatures_match(arch):
     seen = 0
     for relpath, build in CATALOG.items():
         exprs = (*build.float32, *build.float64)
-        for r in nvcc.compile_resource_usage(relpath, arch, build.defines, exprs, build.includes):
+        for r in nvcc.compile_kernel(
+            relpath, arch, build.defines, exprs, build.includes, output="resources"
+        ):
             head, _, rest = r.kernel.partition("(")
             expr = head.replace("void ", "", 1).strip()
             types = [signature.normalize_ctype(t) for t in rest.rstrip(")").split(",")]
@@ -155,8 +157,8 @@ GOOD_KERNEL = BAD_KERNEL.replace("0.5)", "0.5f)")
 
 def test_f64_lint_catches_double_literal():
     _need_nvcc()
-    assert nvcc.f64_lines(nvcc.compile_ptx(BAD_KERNEL, "sm_80")), "lint missed a 0.5 literal"
-    assert nvcc.f64_lines(nvcc.compile_ptx(GOOD_KERNEL, "sm_80")) == []
+    assert nvcc.f64_lines(nvcc.compile_kernel(BAD_KERNEL, "sm_80")), "lint missed a 0.5 literal"
+    assert nvcc.f64_lines(nvcc.compile_kernel(GOOD_KERNEL, "sm_80")) == []
 
 
 def test_f64_lint_ignores_register_names_and_comments():
@@ -273,7 +275,7 @@ def test_read_kernel_and_errors():
 
 def test_cubin_builds():
     _need_nvcc()
-    assert len(nvcc.compile_cubin(GOOD_KERNEL, "sm_90")) > 0
+    assert len(nvcc.compile_kernel(GOOD_KERNEL, "sm_90", output="cubin")) > 0
 
 
 @pytest.mark.gpu
@@ -302,9 +304,20 @@ def test_osvd_select_stays_out_of_local_memory(arch):
     sm_90 with r[512] and ois[32] per thread) and nothing spills."""
     _need_nvcc()
     b = CATALOG["dsc/osvd_select.cu"]
-    rows = nvcc.compile_resource_usage(
-        "dsc/osvd_select.cu", arch, b.defines, (*b.float32, *b.float64), b.includes
+    rows = nvcc.compile_kernel(
+        "dsc/osvd_select.cu",
+        arch,
+        b.defines,
+        (*b.float32, *b.float64),
+        b.includes,
+        output="resources",
     )
     assert len(rows) == 2
     for r in rows:
         assert r.stack_bytes <= 256 and r.spill_stores == 0, r
+
+
+def test_compile_kernel_refuses_an_unknown_output():
+    """``output`` names what comes back; a typo is an error, not a silent PTX."""
+    with pytest.raises(ValueError, match="output must be one of"):
+        nvcc.compile_kernel(GOOD_KERNEL, "sm_80", output="sass")

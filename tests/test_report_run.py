@@ -292,6 +292,25 @@ def test_to_ras_flips_left_right():
     assert ras.shape == (3, 4, 2) and ras[1, 0, 1] == 1 and zooms == (3.0, 2.0, 4.0)
 
 
+def test_montage_of_one_slice_is_the_fullest_at_the_asked_size():
+    """The cohort page's thumbnail: one slice, the one with most mask voxels, about
+    ``panel_px`` wide (not the first slice that holds mask voxels)."""
+    import matplotlib.image as mpimg
+
+    shape = (20, 20, 5)
+    mask = np.zeros(shape, bool)
+    mask[8:12, 8:12, 0] = True  # a small first slice
+    mask[2:18, 2:18, 3] = True  # the fullest
+    data = np.where(mask, np.arange(5)[None, None, :] * 20.0, np.nan)
+    png, info = figures.montage(
+        data, mask, np.eye(4), (1, 1, 1), "cbf", "ml/100g/min", max_slices=1, panel_px=96
+    )
+    assert info["slices"] == [3] and (info["ncols"], info["nrows"]) == (1, 1)
+    img = mpimg.imread(__import__("io").BytesIO(png))
+    assert img.shape[1] == 100  # 20 voxels x round(96 / 20) = 5
+    assert figures.pick_slices(mask, 2) == [0, 3]
+
+
 def test_montage_marks_nan_and_reports_clipping():
     import matplotlib.image as mpimg
 

@@ -146,14 +146,20 @@ def _build(
     return out, log.read_text()
 
 
-def compile_ptx(
+#: What :func:`compile_kernel` returns, by ``output``.
+OUTPUTS = ("ptx", "cubin", "resources")
+
+
+def compile_kernel(
     src: str | os.PathLike,
     arch: str = "sm_80",
     defines: Mapping[str, object] | None = None,
     instantiations: Sequence[str] = (),
     includes: Sequence[str] = (),
-) -> str:
-    """PTX text of a kernel file (or source text) for ``arch``.
+    *,
+    output: str = "ptx",
+) -> str | bytes | list[KernelResources]:
+    """Compile a kernel file (or source text) for ``arch`` with nvcc (results cached).
 
     Parameters
     ----------
@@ -168,33 +174,20 @@ def compile_ptx(
     includes : sequence of str
         Headers included before the kernel (e.g. the model headers), relative to the kernel
         folder.
+    output : {'ptx', 'cubin', 'resources'}
+        ``ptx``: the PTX text (str); ``cubin``: machine code for ``arch`` (bytes);
+        ``resources``: registers, spills and stack per kernel (list of
+        :class:`KernelResources`, from ``nvcc -cubin -Xptxas -v``).
     """
-    out, _ = _build("ptx", src, arch, defines, instantiations, includes, ())
-    return out.read_text()
-
-
-def compile_cubin(
-    src: str | os.PathLike,
-    arch: str = "sm_80",
-    defines: Mapping[str, object] | None = None,
-    instantiations: Sequence[str] = (),
-    includes: Sequence[str] = (),
-) -> bytes:
-    """cubin (machine code for ``arch``) of a kernel file or source text; arguments as
-    :func:`compile_ptx`."""
-    out, _ = _build("cubin", src, arch, defines, instantiations, includes, ("-Xptxas", "-v"))
-    return out.read_bytes()
-
-
-def compile_resource_usage(
-    src: str | os.PathLike,
-    arch: str = "sm_80",
-    defines: Mapping[str, object] | None = None,
-    instantiations: Sequence[str] = (),
-    includes: Sequence[str] = (),
-) -> list[KernelResources]:
-    """Registers, spills and stack per kernel, from ``nvcc -cubin -Xptxas -v``."""
-    _, log = _build("cubin", src, arch, defines, instantiations, includes, ("-Xptxas", "-v"))
+    if output not in OUTPUTS:
+        raise ValueError(f"output must be one of {OUTPUTS}, not {output!r}")
+    kind = "ptx" if output == "ptx" else "cubin"
+    extra = () if kind == "ptx" else ("-Xptxas", "-v")
+    out, log = _build(kind, src, arch, defines, instantiations, includes, extra)
+    if output == "ptx":
+        return out.read_text()
+    if output == "cubin":
+        return out.read_bytes()
     return parse_ptxas_log(log)
 
 
@@ -272,7 +265,11 @@ def resource_table(archs: Sequence[str] = DEFAULT_ARCHS) -> list[KernelResources
     for relpath, build in kernel_catalog().items():
         exprs = (*build.float32, *build.float64)
         for arch in archs:
-            rows.extend(compile_resource_usage(relpath, arch, build.defines, exprs, build.includes))
+            rows.extend(
+                compile_kernel(
+                    relpath, arch, build.defines, exprs, build.includes, output="resources"
+                )
+            )
     return rows
 
 

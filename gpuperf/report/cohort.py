@@ -112,7 +112,10 @@ def _thumbnail(run: Any) -> bytes | None:
     m = run.maps.get("cbf")
     if m is None:
         return None
-    return figures.thumbnail(m.data, run.mask, run.affine, run.zooms_mm, "cbf", m.units)
+    png, _ = figures.montage(
+        m.data, run.mask, run.affine, run.zooms_mm, "cbf", m.units, max_slices=1, panel_px=96
+    )
+    return png
 
 
 def write_cohort_report(

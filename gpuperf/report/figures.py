@@ -55,8 +55,11 @@ def to_ras(
 
 
 def pick_slices(mask_ras: np.ndarray, max_slices: int) -> list[int]:
-    """Up to ``max_slices`` evenly spaced axial slices that hold mask voxels."""
+    """Up to ``max_slices`` evenly spaced axial slices that hold mask voxels; one slice is
+    the one with most mask voxels (a cohort page's thumbnail)."""
     per_slice = mask_ras.reshape(-1, mask_ras.shape[2]).sum(axis=0)
+    if max_slices == 1:
+        return [int(np.argmax(per_slice))]
     idx = np.flatnonzero(per_slice > 0)
     if idx.size == 0:
         idx = np.arange(mask_ras.shape[2])
@@ -75,6 +78,7 @@ def montage(
     units: str,
     max_slices: int = 12,
     ncols: int = 6,
+    panel_px: int = raster.PANEL_PX,
 ) -> tuple[bytes, dict[str, Any]]:
     """Axial montage of one map: colour-mapped slices with the mask outline, as one PNG.
 
@@ -90,6 +94,10 @@ def montage(
     zooms_mm : voxel size (3,)
     name, units : str
         Map name (selects the display range, see :mod:`gpuperf.report.display`) and units.
+    max_slices, ncols : int
+        Slices shown (:func:`pick_slices`; 1: the slice with most mask voxels) and columns.
+    panel_px : int
+        Approximate width of one slice in pixels (96 for the cohort page's thumbnails).
 
     Returns
     -------
@@ -149,7 +157,7 @@ def montage(
     rgb[~ms] = 0  # outside the mask: black
     rgb[ms & ~fin] = NAN_RGB  # in the mask without a value: magenta
     aspect = zy / zx
-    sx, sy = raster.scale_factors(d.shape[0], d.shape[1], aspect)
+    sx, sy = raster.scale_factors(d.shape[0], d.shape[1], aspect, panel_px)
     cyan = np.array(MASK_RGB, np.uint8)
     panels = []
     for j in range(len(slices)):
@@ -163,32 +171,6 @@ def montage(
     if not panels:
         panels = [np.zeros((sy, sx, 3), np.uint8)]
     return raster.png_bytes(raster.tile(panels, ncols)), info
-
-
-def thumbnail(
-    data: np.ndarray,
-    mask: np.ndarray | None,
-    affine: np.ndarray,
-    zooms_mm: tuple[float, ...],
-    name: str,
-    units: str,
-) -> bytes:
-    """One axial slice (the one with most mask voxels), small, without axes, for cohort pages."""
-    if mask is None:
-        mask = np.isfinite(data)
-    d, (zx, zy, _) = to_ras(np.asarray(data, dtype=np.float64), affine, zooms_mm)
-    m, _ = to_ras(mask.astype(bool), affine, zooms_mm)
-    k = int(np.argmax(m.reshape(-1, m.shape[2]).sum(axis=0)))
-    vmin, vmax, _, spec = display_range(name, units, d[m])
-    table = raster.lut(spec.cmap)
-    sl, mk = d[:, ::-1, k].T, m[:, ::-1, k].T
-    ok = mk & np.isfinite(sl)
-    span = vmax - vmin if vmax > vmin else 1.0
-    idx = np.clip(np.round(np.where(ok, (sl - vmin) / span, 0.0) * 255), 0, 255).astype(np.intp)
-    rgb = table[idx]
-    rgb[~ok] = 0
-    sx, sy = raster.scale_factors(d.shape[0], d.shape[1], zy / zx, panel_px=96)
-    return raster.png_bytes(raster.upscale(rgb, sx, sy))
 
 
 def aif_plot(
