@@ -29,9 +29,10 @@ Example
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import math
 import numbers
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass
 from os import PathLike
 from typing import Any, ClassVar, TypeVar
@@ -314,6 +315,55 @@ def check_value(
 
 
 T = TypeVar("T")
+
+
+class Registry(MutableMapping[str, Any]):
+    """Name -> entry: the choices of one option (the DSC ``--method`` and ``--leakage``, the
+    ASL ``--model``), in the order ``--help`` lists them.
+
+    An entry is an object, or a ``"module:attribute"`` string imported on first lookup (a class
+    found there is instantiated once). The names -- the option's choices and their validation
+    -- are known without importing the implementations (NumPy, the fit engine), so a command
+    parses and checks its options, and starts reading its input, before those imports: the
+    entry-point idea of Python packaging, inside one package.
+
+    Examples
+    --------
+    >>> r = Registry({"fraction": "fractions:Fraction"})
+    >>> list(r)
+    ['fraction']
+    >>> r["fraction"]
+    Fraction(0, 1)
+    """
+
+    def __init__(self, entries: Mapping[str, Any] | None = None) -> None:
+        self._entries: dict[str, Any] = dict(entries or {})
+
+    def __getitem__(self, name: str) -> Any:
+        entry = self._entries[name]
+        if isinstance(entry, str):
+            module, _, attribute = entry.partition(":")
+            entry = getattr(importlib.import_module(module), attribute)
+            if isinstance(entry, type):
+                entry = entry()
+            self._entries[name] = entry
+        return entry
+
+    def __setitem__(self, name: str, entry: Any) -> None:
+        self._entries[name] = entry
+
+    def __delitem__(self, name: str) -> None:
+        del self._entries[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def names(self) -> tuple[str, ...]:
+        """The registered names (nothing is imported)."""
+        return tuple(self._entries)
 
 
 def registry_get(registry: Mapping[str, T], name: str, flag: str) -> T:

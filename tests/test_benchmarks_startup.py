@@ -117,3 +117,24 @@ def test_package_names_resolve_lazily(package):
         "else:\n    raise AssertionError('unknown names must raise AttributeError')\n"
     )
     _loaded(code)
+
+
+def test_options_and_their_choices_load_without_numpy():
+    """The options objects, their registry-derived choices and their validation import no
+    NumPy (the registries import an entry on first lookup): a command checks its flags and
+    starts reading its input before the heavy imports. A method lookup then does import."""
+    loaded = _loaded(
+        "from gpuperf.dsc.options import DSCOptions\n"
+        "from gpuperf.asl.options import ASLOptions\n"
+        "from gpuperf.options import specs\n"
+        "assert 'parametric' in specs(DSCOptions)['method'].allowed()\n"
+        "DSCOptions(method='csvd', leakage='bidirectional', te_s=0.03, tr_s=1.5)\n"
+        "ASLOptions(model='gkm', m0_ref_tissue='csf')\n"
+        "import gpuperf.io.readahead\n"
+    )
+    assert not loaded["numpy"] and not loaded["nibabel"], loaded
+    loaded = _loaded(
+        "from gpuperf.dsc.options import DSCOptions\n"
+        "DSCOptions(method='ssvd', discretisation='trapezoid')\n"
+    )
+    assert loaded["numpy"], "a non-default discretisation is checked against the method"

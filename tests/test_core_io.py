@@ -253,7 +253,7 @@ def test_read_ahead_gives_the_same_image_and_sees_a_changed_file(tmp_path):
     but missing by then is still reported by load_image."""
     import time
 
-    from gpuperf.io import nifti
+    from gpuperf.io import readahead as nifti
 
     rng = np.random.default_rng(2)
     a = rng.random((4, 3, 2, 5)).astype(np.float32)
@@ -275,3 +275,18 @@ def test_read_ahead_gives_the_same_image_and_sees_a_changed_file(tmp_path):
     nifti._READ_AHEAD.clear()
     nifti.read_ahead(tmp_path / "missing.nii.gz")  # nothing to read: nothing started
     assert not nifti._READ_AHEAD
+
+
+def test_start_reading_names_a_missing_input_and_reads_ahead(tmp_path):
+    """A command's first step: a missing input is the same one-line error as load_image's; an
+    existing .nii.gz is queued for the read-ahead (and load_image takes it)."""
+    from gpuperf.io import readahead
+
+    with pytest.raises(InputError, match=r"missing\.nii\.gz.*ASL series file does not exist"):
+        readahead.start_reading(tmp_path / "missing.nii.gz", "ASL series")
+    a = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
+    path = _save(tmp_path / "s.nii.gz", a)
+    assert readahead.start_reading(path, "DSC series") == path
+    assert len(readahead._READ_AHEAD) == 1
+    np.testing.assert_array_equal(load_image(path).data, a)
+    assert not readahead._READ_AHEAD

@@ -182,3 +182,26 @@ def test_positive_is_the_open_lower_bound_at_zero():
     with pytest.raises(InputError, match="--frac"):
         P(frac=(0.5, 1.0))
     assert P(t1=10.0, frac=(0.99,), k=1e9).t1 == 10.0
+
+
+def test_registry_imports_an_entry_on_first_lookup_only():
+    """Names come without importing anything; a "module:attr" entry is imported on lookup (a
+    class instantiated once, then cached); objects, deletion and unknown names behave as in a
+    dict."""
+    import sys
+
+    from gpuperf.options import Registry, registry_add, registry_get
+
+    sys.modules.pop("fractions", None)
+    r = Registry({"frac": "fractions:Fraction", "pi": "math:pi"})
+    assert r.names() == ("frac", "pi") and list(r) == ["frac", "pi"] and len(r) == 2
+    assert "fractions" not in sys.modules
+    first = r["frac"]
+    assert type(first).__name__ == "Fraction" and r["frac"] is first  # instantiated once
+    assert r["pi"] == pytest.approx(3.14159, abs=1e-5)
+    registry_add(r, "e", 2.718, "constant")
+    with pytest.raises(ValueError, match="constant 'e' is registered already"):
+        registry_add(r, "e", 3.0, "constant")
+    del r["e"]
+    with pytest.raises(InputError, match="--const.*expected one of frac, pi"):
+        registry_get(r, "e", "--const")

@@ -30,6 +30,23 @@ ATT_BOUNDS = (0.0, 5.0)
 ABV_BOUNDS = (0.0, 10.0)
 ABAT_BOUNDS = (0.0, 5.0)
 
+#: Tissue properties for reference-region calibration (3 T). T1 and T2 in s; ``pc`` is the
+#: tissue/blood water partition coefficient (water content of the tissue over that of blood,
+#: 0.87 ml/ml), as used by BASIL/oxford_asl ``asl_calib`` (Chappell et al., MRM 2010; Herscovitch
+#: and Raichle, JCBFM 1985 for the partition coefficients). Literature approximations: override
+#: them when your protocol has better values.
+#: ``t2star_s``: T2* for gradient-echo / EPI readouts, the values oxford_asl's ``asl_calib
+#: --t2star`` uses at 3 T (CSF 400 ms, WM 50 ms, GM 60 ms; blood 50 ms: the constant below).
+REFERENCE_TISSUES: dict[str, dict[str, float]] = {
+    "csf": {"t1_s": 4.3, "t2_s": 0.750, "t2star_s": 0.400, "pc": 1.15},
+    "wm": {"t1_s": 1.0, "t2_s": 0.050, "t2star_s": 0.050, "pc": 0.82},
+    "gm": {"t1_s": 1.3, "t2_s": 0.100, "t2star_s": 0.060, "pc": 0.98},
+}
+#: T2 of arterial blood at 3 T (s), for the echo-time correction of reference-region M0.
+T2_BLOOD_S = 0.150
+#: T2* of arterial blood at 3 T (s) (asl_calib --t2star).
+T2STAR_BLOOD_S = 0.050
+
 
 def t1_blood_for_field(field_strength_t: float | None, path: str | PathLike | None = None) -> float:
     """T1 of arterial blood (s) for a field strength (T): 1.65 s at 3 T, 1.35 s at 1.5 T.

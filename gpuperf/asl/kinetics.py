@@ -8,8 +8,9 @@ Two small registries, each entry one object and one line:
   Each names its fitter model (:mod:`gpuperf.fit.models.buxton`, CUDA header + NumPy twin),
   its tissue-only counterpart and the consensus single-PLD formula of the family (Alsop et al.,
   MRM 73:102, 2015). :func:`kinetic_model_for` picks one for a labelling type.
-- :data:`METHODS`: how CBF is quantified from a model: ``whitepaper`` (closed-form consensus
-  formula per sample, averaged) and ``gkm`` (voxelwise Levenberg-Marquardt fit of CBF and ATT).
+- :data:`METHODS` (declared in :mod:`gpuperf.asl.registry`): how CBF is quantified from a
+  model: ``whitepaper`` (closed-form consensus formula per sample, averaged) and ``gkm``
+  (voxelwise Levenberg-Marquardt fit of CBF and ATT).
   ``ASLOptions.model``'s choices are ``auto`` plus these names.
 
 Adding a method or a model: see ``docs/asl.md`` ("Adding a kinetic model").
@@ -26,6 +27,7 @@ import numpy as np
 from gpuperf.asl import constants as K
 from gpuperf.asl.fitting import fit_kinetic
 from gpuperf.asl.quantify import whitepaper_pasl, whitepaper_pcasl
+from gpuperf.asl.registry import METHODS, method_choices  # noqa: F401 - re-exported
 from gpuperf.backend import get_backend
 from gpuperf.fit.models import Model
 from gpuperf.fit.models.buxton import BUXTON_PASL, BUXTON_PCASL, BUXTON_PCASL_ARTERIAL
@@ -218,15 +220,6 @@ class KineticFit:
             d["aBVBoundsPercent"] = list(K.ABV_BOUNDS)
             d["aBATBoundsSeconds"] = list(K.ABAT_BOUNDS)
         return d
-
-
-#: name -> quantification method (the CLI's --model choices are "auto" and these).
-METHODS: dict[str, Method] = {m.name: m for m in (ConsensusFormula(), KineticFit())}
-
-
-def method_choices() -> tuple[str, ...]:
-    """``auto`` and the registered methods (``ASLOptions.model``'s choices)."""
-    return ("auto", *METHODS)
 
 
 def resolve_method(name: str, n_distinct_plds: int) -> str:

@@ -16,8 +16,7 @@ from os import PathLike
 from typing import Any
 
 from gpuperf.asl import constants as K
-from gpuperf.asl.kinetics import METHODS, method_choices
-from gpuperf.asl.preprocess import REFERENCE_TISSUES
+from gpuperf.asl.registry import METHODS, method_choices
 from gpuperf.errors import InputError
 from gpuperf.options import Options, check_value, option, positive
 
@@ -109,7 +108,7 @@ class ASLOptions(Options):
         None,
         "Tissue of the M0 reference region (with --m0-ref-mask)",
         flag="--m0-ref-tissue",
-        choices=tuple(REFERENCE_TISSUES),
+        choices=tuple(K.REFERENCE_TISSUES),
     )
 
     def _check(self) -> None:

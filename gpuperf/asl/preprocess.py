@@ -19,24 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from gpuperf.asl.constants import REFERENCE_TISSUES, T2_BLOOD_S, T2STAR_BLOOD_S
 from gpuperf.errors import InputError
-
-#: Tissue properties for reference-region calibration (3 T). T1 and T2 in s; ``pc`` is the
-#: tissue/blood water partition coefficient (water content of the tissue over that of blood,
-#: 0.87 ml/ml), as used by BASIL/oxford_asl ``asl_calib`` (Chappell et al., MRM 2010; Herscovitch
-#: and Raichle, JCBFM 1985 for the partition coefficients). Literature approximations: override
-#: them when your protocol has better values.
-#: ``t2star_s``: T2* for gradient-echo / EPI readouts, the values oxford_asl's ``asl_calib
-#: --t2star`` uses at 3 T (CSF 400 ms, WM 50 ms, GM 60 ms; blood 50 ms: :data:`T2STAR_BLOOD_S`).
-REFERENCE_TISSUES: dict[str, dict[str, float]] = {
-    "csf": {"t1_s": 4.3, "t2_s": 0.750, "t2star_s": 0.400, "pc": 1.15},
-    "wm": {"t1_s": 1.0, "t2_s": 0.050, "t2star_s": 0.050, "pc": 0.82},
-    "gm": {"t1_s": 1.3, "t2_s": 0.100, "t2star_s": 0.060, "pc": 0.98},
-}
-#: T2 of arterial blood at 3 T (s), for the echo-time correction of reference-region M0.
-T2_BLOOD_S = 0.150
-#: T2* of arterial blood at 3 T (s) (asl_calib --t2star).
-T2STAR_BLOOD_S = 0.050
 
 
 def readout_relaxation(

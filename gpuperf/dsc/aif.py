@@ -27,11 +27,9 @@ from typing import Any
 
 import numpy as np
 
+from gpuperf.dsc.constants import AUC_PERCENTILE, N_CLUSTERS, ROUGHNESS_PERCENTILE
 from gpuperf.errors import GpuperfError, InputError
 
-AUC_PERCENTILE = 90.0
-ROUGHNESS_PERCENTILE = 75.0
-N_CLUSTERS = 5
 KMEANS_ITERATIONS = 30
 #: Fraction of voxels allowed to change cluster in the last k-means iteration.
 KMEANS_TOLERANCE = 1e-3

@@ -48,9 +48,6 @@ import numpy as np
 SSVD_THRESHOLD = 0.2
 CSVD_THRESHOLD = 0.1
 
-#: Quadratures of the convolution integral (:func:`toeplitz_matrix`); ``rectangle`` is the
-#: toolboxes' (and the default).
-DISCRETISATIONS = ("rectangle", "trapezoid", "volterra")
 
 #: GCV search grid for Tikhonov, mu relative to s_max (log-spaced).
 GCV_MU_GRID = np.logspace(-3, 0, 31)

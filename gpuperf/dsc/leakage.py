@@ -35,6 +35,8 @@ from typing import Any
 
 import numpy as np
 
+from gpuperf.dsc.constants import TAIL_S
+from gpuperf.dsc.registry import CORRECTIONS
 from gpuperf.errors import GpuperfError
 from gpuperf.options import Choice, registry_add, registry_get
 
@@ -128,9 +130,6 @@ def bsw_correct(
     return corrected, BSWResult(k1, k2, ref, use)
 
 
-#: Bidirectional leakage: the residue tail fitted starts this long after Tmax (s); the option
-#: ``DSCOptions.leakage_tail_s``.
-TAIL_S = 30.0
 #: Efflux-rate grid (1/s) of the bidirectional fit: 0 .. 0.05 1/s (0 .. 3 1/min).
 KEP_GRID = np.linspace(0.0, 0.05, 101)
 #: Relative SVD threshold of the (Toeplitz) deconvolution giving the apparent residue: the
@@ -282,15 +281,9 @@ class Bidirectional(LeakageCorrection):
         }
 
 
-#: Name -> leakage correction.
-CORRECTIONS: dict[str, LeakageCorrection] = {
-    c.name: c for c in (NoCorrection(), BSW(), Bidirectional())
-}
-
-
 def names() -> tuple[str, ...]:
-    """The registered leakage corrections."""
-    return tuple(CORRECTIONS)
+    """The registered leakage corrections (:data:`gpuperf.dsc.registry.CORRECTIONS`)."""
+    return CORRECTIONS.names()
 
 
 def get(name: str) -> LeakageCorrection:

@@ -35,6 +35,8 @@ import numpy as np
 from gpuperf.backend import Backend, chunk_slices
 from gpuperf.dsc import deconvolution as dec
 from gpuperf.dsc import osvd as osvd_mod
+from gpuperf.dsc.constants import DISCRETISATIONS
+from gpuperf.dsc.registry import METHODS
 from gpuperf.options import Choice, registry_add, registry_get
 from gpuperf.status import Status
 
@@ -108,9 +110,10 @@ class Deconvolution(Choice):
     flags : tuple of Status
         Status flags the method itself may set (for the status map's sidecar).
     discretisations : tuple of str
-        ``DSCOptions.discretisation`` values it implements (:data:`gpuperf.dsc.deconvolution.
-        DISCRETISATIONS`); others are refused naming ``--discretisation``. Block-circulant
-        methods take ``rectangle`` only: the edge weights need a causal origin.
+        ``DSCOptions.discretisation`` values it implements (:data:`gpuperf.dsc.constants.
+        DISCRETISATIONS`); others are refused naming ``--discretisation``. Every method takes
+        ``rectangle`` (the default, accepted without loading the method); block-circulant
+        methods take only it: the edge weights need a causal origin.
     """
 
     default_threshold: float | None = None
@@ -170,7 +173,7 @@ class SSVD(OperatorMethod):
     name = "ssvd"
     description = "standard truncated SVD, lower-triangular Toeplitz (Ostergaard 1996)"
     default_threshold = dec.SSVD_THRESHOLD
-    discretisations = dec.DISCRETISATIONS
+    discretisations = DISCRETISATIONS
 
     def plan(self, aif, dt_s, options, dtype, xp):
         thr = options.resolved_threshold
@@ -193,7 +196,7 @@ class Tikhonov(OperatorMethod):
         "Tikhonov filter, fixed mu or GCV (Calamante 2003): block-circulant, or causal "
         "Toeplitz with trapezoid/Volterra weights"
     )
-    discretisations = dec.DISCRETISATIONS
+    discretisations = DISCRETISATIONS
 
     def plan(self, aif, dt_s, options, dtype, xp):
         if options.discretisation == "rectangle":
@@ -314,9 +317,6 @@ class OSVDQueue:
 
 _RESULT_FIELDS = ("rmax", "tmax_index", "set_index", "oi", "passed")
 
-#: Name -> method, in the order ``--help`` lists them.
-METHODS: dict[str, Deconvolution] = {}
-
 
 def register(method: Deconvolution) -> Deconvolution:
     """Add a method to the registry (its name becomes a ``--method`` choice)."""
@@ -331,19 +331,10 @@ def unregister(name: str) -> None:
 
 
 def names() -> tuple[str, ...]:
-    """The registered method names."""
-    return tuple(METHODS)
+    """The registered method names (:data:`gpuperf.dsc.registry.METHODS`)."""
+    return METHODS.names()
 
 
 def get(name: str) -> Deconvolution:
     """The method called ``name``; InputError naming ``--method`` otherwise."""
     return registry_get(METHODS, name, "--method")
-
-
-for _method in (OSVD(), CSVD(), SSVD(), Tikhonov()):
-    register(_method)
-
-# after the base classes: gpuperf.dsc.parametric subclasses them
-from gpuperf.dsc.parametric import Parametric  # noqa: E402
-
-register(Parametric())

@@ -23,10 +23,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from gpuperf.dsc import aif as _aif
-from gpuperf.dsc import deconvolution as _dec
-from gpuperf.dsc import leakage as _leakage
-from gpuperf.dsc import osvd as _osvd
+from gpuperf.dsc import constants as C
+from gpuperf.dsc.registry import CORRECTIONS, METHODS
 from gpuperf.errors import InputError
 from gpuperf.options import Options, option, positive
 
@@ -40,18 +38,6 @@ TR_MAX_S = 20.0
 
 #: Field metadata key: the name of the option in the maps' sidecar ``Parameters``.
 _PARAM = "gpuperf.dsc.param"
-
-
-def _method_names() -> tuple[str, ...]:
-    from gpuperf.dsc.methods import names  # the registry imports this module's types only
-
-    return names()
-
-
-def _leakage_names() -> tuple[str, ...]:
-    from gpuperf.dsc.leakage import names
-
-    return names()
 
 
 def _opt(param: str, default: Any, help: str, **kw: Any) -> Any:
@@ -82,7 +68,7 @@ class DSCOptions(Options):
     section = "dsc"
 
     method: str = _opt(
-        "Method", "osvd", "Deconvolution method", flag="--method", choices=_method_names
+        "Method", "osvd", "Deconvolution method", flag="--method", choices=METHODS.names
     )
     leakage: str = _opt(
         "Leakage",
@@ -90,7 +76,7 @@ class DSCOptions(Options):
         "Leakage correction (bsw: Boxerman-Schmainda-Weisskoff 2006; bidirectional: "
         "Bjornerud 2011, with efflux)",
         flag="--leakage",
-        choices=_leakage_names,
+        choices=CORRECTIONS.names,
     )
     te_s: float | None = _opt(
         "EchoTime",
@@ -128,11 +114,11 @@ class DSCOptions(Options):
         "Convolution weights for sSVD and Tikhonov: rectangle (the toolboxes' default), "
         "trapezoid or volterra (Sourbron 2007); others refuse non-rectangle",
         flag="--discretisation",
-        choices=_dec.DISCRETISATIONS,
+        choices=C.DISCRETISATIONS,
     )
     leakage_tail_s: float = _opt(
         "LeakageTail",
-        _leakage.TAIL_S,
+        C.TAIL_S,
         "Bidirectional leakage: the residue tail fitted starts this long after Tmax",
         flag="--leakage-tail",
         **positive(unit="s"),
@@ -166,14 +152,14 @@ class DSCOptions(Options):
     )
     osvd_thresholds: tuple = _opt(
         "OSVDThresholds",
-        _osvd.DEFAULT_THRESHOLDS,
+        C.DEFAULT_THRESHOLDS,
         "oSVD sweep, fractions of s_max: 'start:stop:step' or a comma-separated list",
         flag="--osvd-thresholds",
         **positive(1, max_inclusive=False),
     )
     oi_limit: float = _opt(
         "OILimit",
-        _osvd.DEFAULT_OI_LIMIT,
+        C.DEFAULT_OI_LIMIT,
         "oSVD oscillation-index limit",
         flag="--oi-limit",
         **positive(),
@@ -193,7 +179,7 @@ class DSCOptions(Options):
     )
     aif_auc_percentile: float = _opt(
         "AIF_auc_percentile",
-        _aif.AUC_PERCENTILE,
+        C.AUC_PERCENTILE,
         "Automatic AIF: candidates have an AUC above this percentile",
         flag="--aif-auc-percentile",
         unit="%",
@@ -203,14 +189,14 @@ class DSCOptions(Options):
     )
     aif_roughness_percentile: float = _opt(
         "AIF_roughness_percentile",
-        _aif.ROUGHNESS_PERCENTILE,
+        C.ROUGHNESS_PERCENTILE,
         "Automatic AIF: drop candidates rougher than this percentile",
         flag="--aif-roughness-percentile",
         **positive(100, unit="%"),
     )
     aif_clusters: int = _opt(
         "AIF_n_clusters",
-        _aif.N_CLUSTERS,
+        C.N_CLUSTERS,
         "Automatic AIF: k of the k-means",
         flag="--aif-clusters",
         minimum=1,
@@ -222,6 +208,8 @@ class DSCOptions(Options):
         super().__post_init__()
 
     def _check(self) -> None:
+        if self.discretisation == "rectangle":  # every method's: no need to load the method
+            return
         allowed = self.deconvolution.discretisations
         if self.discretisation not in allowed:
             raise InputError(

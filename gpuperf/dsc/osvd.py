@@ -30,13 +30,10 @@ from typing import Any
 
 import numpy as np
 
+from gpuperf.dsc.constants import DEFAULT_OI_LIMIT, DEFAULT_THRESHOLDS
 from gpuperf.dsc.deconvolution import aif_spectrum
 from gpuperf.errors import GpuperfError, InputError
 
-#: Wu (2003) sweep: 5 % .. 95 % of s_max in steps of 5 %.
-DEFAULT_THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(1, 20))
-#: Oscillation-index limit of the reference toolboxes.
-DEFAULT_OI_LIMIT = 0.035
 #: Sizes of the CUDA kernel's per-thread arrays (kernels/dsc/osvd_select.cuh; checked).
 MAX_SETS = 32
 MAX_PAD = 512

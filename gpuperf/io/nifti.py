@@ -6,10 +6,7 @@ defines, orientation is kept as stored, and the only conversion is to float32 (o
 
 from __future__ import annotations
 
-import gzip
 import json
-import threading
-from concurrent.futures import Future
 from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
@@ -18,6 +15,12 @@ from typing import Any
 import numpy as np
 
 from gpuperf.errors import InputError
+from gpuperf.io.readahead import (  # noqa: F401 - gunzip_bytes, read_ahead re-exported
+    gunzip_bytes,
+    read_ahead,
+    require_file,
+    take_read_ahead,
+)
 
 #: Largest affine difference (mm) still treated as the same grid.
 AFFINE_ATOL_MM = 1e-3
@@ -111,9 +114,7 @@ def load_image(
         What the file is for ("series", "mask", ...), used in error messages.
     """
 
-    p = Path(path)
-    if not p.exists():
-        raise InputError(p, "file", f"{role} file does not exist")
+    p = require_file(path, role)
     if not is_nifti(p):
         raise InputError(p, "format", f"expected a NIfTI file (.nii or .nii.gz) for the {role}")
     try:
@@ -141,66 +142,6 @@ def load_image(
     return LoadedImage(p, data, np.asarray(img.affine, dtype=np.float64), img.header.copy())
 
 
-def gunzip_bytes(raw: bytes) -> bytes:
-    """Inflate a (multi-member) gzip stream: ISA-L when installed (~2x zlib), else ``gzip``."""
-    try:
-        from isal import igzip
-    except ImportError:  # the optional fast path (extra 'fast'); zlib is the same data, slower
-        return gzip.decompress(raw)
-    return igzip.decompress(raw)
-
-
-#: Series being inflated ahead (:func:`read_ahead`), by (resolved path, size, mtime).
-_READ_AHEAD: dict[tuple[str, int, int], Future] = {}
-
-
-def _file_key(path: Path) -> tuple[str, int, int] | None:
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    return str(path.resolve()), st.st_size, st.st_mtime_ns
-
-
-def read_ahead(path: str | PathLike) -> None:
-    """Start inflating a ``.nii.gz`` in a background thread; the next :func:`load_image` of the
-    unchanged file takes the bytes instead of reading it again.
-
-    What a command does before its first read (importing the pipeline, nibabel and the
-    report, checking options) then overlaps the inflation (ISA-L releases the GIL): about
-    0.2 s of a whole-brain series on two cores. Anything unusual (no such file, another
-    ending, a read error) is left to :func:`load_image`, which reads the file itself.
-    """
-    p = Path(path)
-    key = _file_key(p) if p.name.endswith(".nii.gz") else None
-    if key is None or key in _READ_AHEAD:
-        return
-    fut: Future = Future()
-
-    def inflate() -> None:
-        try:
-            fut.set_result(gunzip_bytes(p.read_bytes()))
-        except BaseException as exc:  # load_image reads again and reports its own error
-            fut.set_exception(exc)
-
-    _READ_AHEAD[key] = fut
-    threading.Thread(target=inflate, name="gpuperf-read-ahead", daemon=True).start()
-
-
-def _read_ahead_bytes(path: Path) -> bytes | None:
-    """The inflated bytes of ``path`` from :func:`read_ahead` if the file is unchanged since."""
-    if not _READ_AHEAD:
-        return None
-    key = _file_key(path)
-    fut = _READ_AHEAD.pop(key, None) if key is not None else None
-    if fut is None:
-        return None
-    try:
-        return fut.result()
-    except Exception:
-        return None
-
-
 def _load_nifti(path: Path) -> Any:
     """``nibabel.load``, with ``.nii.gz`` inflated in one call rather than through ``gzip.open``.
 
@@ -211,7 +152,7 @@ def _load_nifti(path: Path) -> Any:
 
     if not path.name.endswith(".nii.gz"):
         return nib.load(str(path))
-    raw = _read_ahead_bytes(path)
+    raw = take_read_ahead(path)
     if raw is None:
         raw = gunzip_bytes(path.read_bytes())
     img = nib.Nifti1Image.from_bytes(raw)
