@@ -138,3 +138,27 @@ def test_options_and_their_choices_load_without_numpy():
         "DSCOptions(method='ssvd', discretisation='trapezoid')\n"
     )
     assert loaded["numpy"], "a non-default discretisation is checked against the method"
+
+
+@pytest.mark.parametrize(("command", "role"), [("dsc", "DSC series"), ("asl", "ASL series")])
+def test_missing_input_is_reported_before_numpy_loads(tmp_path, command, role):
+    """``gpuperf dsc|asl MISSING --out O`` parses and checks every option, then checks its
+    input (one line, exit 2) before NumPy, nibabel, Rich or the pipeline are imported: the
+    work (reading the series ahead) starts there."""
+    missing = tmp_path / "missing.nii.gz"
+    code = (
+        "import sys\nfrom gpuperf.cli import app\n"
+        f"sys.argv = ['gpuperf', {command!r}, {str(missing)!r}, '--out', {str(tmp_path)!r}]\n"
+        "try:\n    app()\nexcept SystemExit as exc:\n"
+        "    print('exit', exc.code, file=sys.stderr)\n"
+    )
+    probe = code + (
+        "import json\nprint(json.dumps({n: n in sys.modules for n in "
+        "('numpy', 'nibabel', 'rich', 'gpuperf.asl.pipeline', 'gpuperf.dsc.pipeline')}))"
+    )
+    r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert f"{role} file does not exist" in r.stderr and "exit 2" in r.stderr, r.stderr
+    assert r.stderr.count("\n") == 2, r.stderr  # the error line and the probe's exit line
+    loaded = json.loads(r.stdout.strip().splitlines()[-1])
+    assert not any(loaded.values()), loaded

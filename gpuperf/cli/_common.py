@@ -51,15 +51,11 @@ def one_line(message: str) -> str:
 def fail(message: str, code: int = 2) -> None:
     """Print an error to stderr on one line and exit with ``code``.
 
-    The message is printed as text: ``[...]`` in it (``gpuperf[cuda12]``, ``scan[run1]/``) is
-    not Rich markup.
+    The message is printed as text (``[...]`` in it, ``gpuperf[cuda12]``, is not markup), never
+    wrapped; "error:" is bold red on a terminal only (Click strips styles otherwise). No Rich
+    import: a bad flag or a missing input is reported before anything heavy loads.
     """
-    from rich.console import Console
-    from rich.text import Text
-
-    text = Text("error: ", style="bold red")
-    text.append(one_line(message))
-    Console(stderr=True).print(text, highlight=False, soft_wrap=True)
+    typer.echo(typer.style("error: ", fg="red", bold=True) + one_line(message), err=True)
     raise typer.Exit(code)
 
 
@@ -74,33 +70,42 @@ def os_error_message(exc: OSError) -> str:
     return f"{where}: {what}" if where else what
 
 
+def _abort_outputs() -> None:
+    """Drop staged outputs and release the journals (nothing to do when no writer was loaded:
+    the command failed before it wrote anything)."""
+    outputs = sys.modules.get("gpuperf.io.outputs")
+    if outputs is not None:
+        outputs.abort_staged()
+        outputs.release_journals()
+
+
 def handle_errors(fn: F) -> F:
     """Decorator: GpuperfError and OSError -> one line + exit 2; KeyboardInterrupt -> a line
-    saying what is on disk + exit 130. NumPy floating-point warnings are silenced while the
-    command runs (NaN inputs are flagged in the status maps instead)."""
+    saying what is on disk + exit 130. NumPy floating-point warnings (``RuntimeWarning``) are
+    silenced while the command runs, on every thread (NaN inputs are flagged in the status maps
+    instead). Imports nothing heavy: a command checks its input before NumPy loads."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        import numpy as np
-
-        from gpuperf.io import outputs
-
         try:
-            with np.errstate(all="ignore"), warnings.catch_warnings():
+            with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)
                 return fn(*args, **kwargs)
         except GpuperfError as exc:
-            outputs.abort_staged()
-            outputs.release_journals()
+            _abort_outputs()
             fail(str(exc), exc.exit_code)
         except OSError as exc:
-            outputs.abort_staged()
-            outputs.release_journals()
+            _abort_outputs()
             fail(os_error_message(exc), 2)
         except KeyboardInterrupt:
-            outputs.abort_staged()
-            print(f"interrupted: {outputs.interruption_summary()}", file=sys.stderr)
-            outputs.release_journals()
+            outputs = sys.modules.get("gpuperf.io.outputs")
+            summary = "no output was written under its final name"
+            if outputs is not None:
+                outputs.abort_staged()
+                summary = outputs.interruption_summary()
+            print(f"interrupted: {summary}", file=sys.stderr)
+            if outputs is not None:
+                outputs.release_journals()
             raise typer.Exit(130) from None
 
     return wrapper  # type: ignore[return-value]

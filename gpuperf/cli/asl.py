@@ -57,9 +57,9 @@ def asl_command(
     options: ASLOptions,
 ) -> None:
     """Quantify CBF (and ATT) from a BIDS ASL series."""
-    from gpuperf.io.nifti import read_ahead
+    from gpuperf.io.readahead import start_reading
 
-    read_ahead(asl)  # inflated in a thread while the pipeline imports (gpuperf.io.nifti)
+    start_reading(asl, "ASL series")  # checked, then inflated while NumPy and the pipeline import
     from gpuperf.asl.pipeline import run_asl
 
     result, pages = run_pipeline(

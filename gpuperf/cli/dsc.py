@@ -51,9 +51,11 @@ def dsc_command(
     options: DSCOptions,
 ) -> None:
     """CBF, CBV, MTT, Tmax and TTP maps from a DSC-MRI series."""
-    from gpuperf.io.nifti import read_ahead
+    from gpuperf.io.readahead import start_reading
 
-    read_ahead(series)  # inflated in a thread while the pipeline imports (gpuperf.io.nifti)
+    start_reading(
+        series, "DSC series"
+    )  # checked, then inflated while NumPy and the pipeline import
     from gpuperf.dsc.pipeline import run_dsc
 
     given = [x for x in (aif_mask, aif_curve) if x is not None]
