@@ -119,6 +119,21 @@ def _help() -> str:
     return re.sub(r"\s+", " ", out)
 
 
+def test_every_registered_entry_resolves_under_its_name():
+    """Each "module:Class" line of the lazy registries names a class that exists, carries the
+    registry's name, and (DSC methods) implements the default discretisation, which
+    DSCOptions accepts without loading the method."""
+    from gpuperf.asl import kinetics
+    from gpuperf.dsc.constants import DISCRETISATIONS
+
+    for registry in (methods.METHODS, leak_mod.CORRECTIONS, kinetics.METHODS):
+        for name in registry.names():
+            assert registry[name].name == name
+    for name in methods.names():
+        allowed = methods.get(name).discretisations
+        assert "rectangle" in allowed and set(allowed) <= set(DISCRETISATIONS), name
+
+
 def test_cli_choices_are_the_registries():
     text = _help()
     assert "<" + "|".join(methods.names()) + ">" in text
