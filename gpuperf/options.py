@@ -58,8 +58,9 @@ class OptionSpec:
         The command-line flag; None keeps the option off the command line.
     unit : str or None
         Unit of a number ("s", "ml/100g/min", "1"), shown in the help text.
-    kind : {'float', 'int', 'bool', 'str', 'path', 'floats'}
-        Type of the value; ``floats`` is a tuple of numbers.
+    kind : {'float', 'int', 'bool', 'str', 'path', 'floats', 'strs'}
+        Type of the value; ``floats`` is a tuple of numbers, ``strs`` a tuple of strings (a
+        string is split at commas and spaces: ``"01,02"`` is ``("01", "02")``).
     minimum, maximum : float or None
         Range of numbers (each element for ``floats``).
     min_inclusive, max_inclusive : bool
@@ -193,6 +194,7 @@ def _kind_of(annotation: Any) -> str:
     text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", "")
     text = str(text or annotation)
     for token, kind in (
+        ("tuple[str", "strs"),
         ("tuple", "floats"),
         ("bool", "bool"),
         ("int", "int"),
@@ -273,7 +275,8 @@ def check_value(
 
     Returns
     -------
-    The value in its canonical type (float, int, bool, str, tuple of floats, or None).
+    The value in its canonical type (float, int, bool, str, tuple of floats or of strings, or
+    None).
 
     Raises
     ------
@@ -299,6 +302,13 @@ def check_value(
         if not items:
             _fail(spec, where, label, "expected at least one number")
         return items
+    if kind == "strs":
+        if isinstance(value, str) or not hasattr(value, "__iter__"):
+            value = (value,)
+        if not all(isinstance(v, str) for v in value):
+            _fail(spec, where, label, f"expected strings, found {value!r}")
+        items = tuple(part for v in value for part in v.replace(",", " ").split())
+        return None if not items and spec.nullable else items
     if kind == "path":
         if not isinstance(value, (str, PathLike)):
             _fail(spec, where, label, f"expected a file path, found {value!r}")

@@ -371,8 +371,8 @@ def test_cli_batch_voxels_option(tmp_path, monkeypatch):
 
     seen = {}
 
-    def fake_run(*args, **kwargs):
-        seen.update(kwargs)
+    def fake_run(*args, options, **kwargs):  # the flags arrive as one CohortOptions
+        seen.update(kwargs, **options.to_parameters())
         return SimpleNamespace(exit_code=0, failed=[], results=[])
 
     monkeypatch.setattr(gpuperf.cohort, "run_participants", fake_run)

@@ -25,9 +25,16 @@ from typing import Any, Optional
 
 import typer
 
-from gpuperf.options import OptionSpec, specs
+from gpuperf.options import Options, OptionSpec, specs
 
-_TYPES: dict[str, Any] = {"float": float, "int": int, "bool": bool, "str": str, "path": Path}
+_TYPES: dict[str, Any] = {
+    "float": float,
+    "int": int,
+    "bool": bool,
+    "str": str,
+    "path": Path,
+    "strs": list[str],  # a repeatable flag; each value may hold several, comma-separated
+}
 
 
 def _help(spec: OptionSpec) -> str:
@@ -108,11 +115,20 @@ def _convert(spec: OptionSpec, value: Any) -> Any:
     return value
 
 
-def options_command(options_cls: type, exclude: tuple[str, ...] = ()) -> Callable:
+def _is_options(annotation: Any) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, Options)
+
+
+def options_command(
+    options_cls: type, exclude: tuple[str, ...] = (), name: str = "options"
+) -> Callable:
     """Decorator: add a Typer option per field of ``options_cls`` to a command.
 
-    The decorated function takes a keyword-only ``options`` argument; the fields named in
-    ``exclude`` are not offered on the command line (they keep their defaults).
+    The decorated function takes a keyword-only argument ``name`` (default ``options``); the
+    fields named in ``exclude`` are not offered on the command line (they keep their defaults).
+    A command with two options objects stacks two decorators with different ``name``s (each
+    parameter annotated with an :class:`~gpuperf.options.Options` class is left to its own
+    decorator).
     """
     fields = {n: s for n, s in specs(options_cls).items() if s.flag and n not in exclude}
 
@@ -122,8 +138,10 @@ def options_command(options_cls: type, exclude: tuple[str, ...] = ()) -> Callabl
         own = [
             p.replace(annotation=hints.get(p.name, p.annotation))
             for p in sig.parameters.values()
-            if p.name != "options"
+            if p.name != name
         ]
+        # a parameter typed as another options class is filled by another options_command
+        own = [p for p in own if not _is_options(p.annotation)]
         clash = set(fields) & {p.name for p in own}
         if clash:
             raise TypeError(f"{fn.__name__}: parameters {clash} are options of {options_cls}")
@@ -131,7 +149,7 @@ def options_command(options_cls: type, exclude: tuple[str, ...] = ()) -> Callabl
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             values = {n: _convert(fields[n], kwargs.pop(n)) for n in list(kwargs) if n in fields}
-            return fn(*args, options=options_cls(**values), **kwargs)
+            return fn(*args, **{name: options_cls(**values)}, **kwargs)
 
         params = [p.replace(kind=inspect.Parameter.POSITIONAL_OR_KEYWORD) for p in own]
         wrapper.__signature__ = sig.replace(  # type: ignore[attr-defined]

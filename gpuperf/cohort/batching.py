@@ -33,13 +33,12 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from os import PathLike
-from pathlib import Path
 from typing import Any
 
 from gpuperf.cohort.bids import Job
 from gpuperf.cohort.jobs import (
     JobResult,
+    JobSettings,
     OpenJob,
     Pipeline,
     Staged,
@@ -176,13 +175,8 @@ def _flush(members: list[_Member]) -> Iterator[JobResult]:
 
 def run_batched(
     pairs: Iterable[tuple[Job, Staged | None]],
-    out_dir: str | PathLike,
-    options: Mapping[str, Mapping[str, Any]],
-    pipelines: Mapping[str, str | Pipeline],
-    *,
+    settings: Mapping[str, JobSettings],
     batch_voxels: int,
-    overwrite: bool = False,
-    work_dir: str | PathLike | None = None,
 ) -> Iterator[JobResult]:
     """Run jobs, computing consecutive compatible subjects together (one result per job).
 
@@ -190,8 +184,8 @@ def run_batched(
     ----------
     pairs : iterable of (Job, Staged or None)
         Jobs in order, with their inputs staged ahead when available.
-    out_dir, options, pipelines, overwrite, work_dir :
-        As for :func:`gpuperf.cohort.jobs.run_job` (options and pipelines per modality).
+    settings : mapping modality -> JobSettings
+        As for :func:`gpuperf.cohort.jobs.run_job`.
     batch_voxels : int
         Most voxels in one batch; a subject larger than that is computed alone.
 
@@ -201,22 +195,18 @@ def run_batched(
         One per job; a job may come out before the jobs of a batch opened ahead of it (of
         another modality, or of a pipeline without stages).
     """
-    out_dir = Path(out_dir)
     # one open group per pipeline (modality): a cohort's jobs alternate modalities
     # (sub-01_asl, sub-01_dsc, sub-02_asl, ...), and each modality batches on its own
     groups: dict[tuple, list[_Member]] = {}
     totals: dict[tuple, int] = {}
     try:
         for job, staged in pairs:
-            pipe, opts = pipelines[job.modality], options[job.modality]
+            task = settings[job.modality]
+            pipe = task.pipeline
             if not is_batchable(pipe):  # run now; the open groups of other jobs stay open
-                yield run_job(
-                    job, out_dir, opts, pipe, staged=staged, overwrite=overwrite, work_dir=work_dir
-                )
+                yield run_job(job, task, staged)
                 continue
-            oj = open_job(
-                job, out_dir, opts, pipe, staged=staged, overwrite=overwrite, work_dir=work_dir
-            )
+            oj = open_job(job, task, staged)
             if isinstance(oj, JobResult):  # skipped, or failed before computing
                 yield oj
                 continue

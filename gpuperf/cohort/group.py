@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from os import PathLike
 from pathlib import Path
@@ -43,6 +43,7 @@ import numpy as np
 from gpuperf.cohort import compare, lesions
 from gpuperf.cohort.bids import MODALITIES, modality_tagged, parse_entities, strip_nifti
 from gpuperf.cohort.jobs import MARKER_PREFIX
+from gpuperf.cohort.options import GroupOptions
 from gpuperf.errors import GpuperfError, InputError
 from gpuperf.io.nifti import read_sidecar
 
@@ -61,6 +62,8 @@ COLUMNS = (
     "rel_mean",
     "rel_median",
 )
+#: The cohort table's columns (``gpuperf.cohort.GROUP_COLUMNS``).
+GROUP_COLUMNS = COLUMNS
 COLUMN_DESCRIPTIONS = {
     "subject": "Subject, as in participants.tsv ('sub-<label>': stays text in pandas).",
     "session": "Session ('ses-<label>'); n/a for datasets without sessions.",
@@ -283,25 +286,12 @@ def _load_regions(
 def group_table(
     out_dir: str | PathLike,
     *,
-    masks_dir: str | PathLike | None = None,
-    mask_descs: list[str] | None = None,
-    atlas: str | PathLike | None = None,
-    atlas_labels: str | PathLike | None = None,
-    reference_region: str | None = None,
-    maps: list[str] | None = None,
-    participant_label: list[str] | None = None,
-    session_label: list[str] | None = None,
-    modality: list[str] | None = None,
-    table_name: str = "group_perfusion",
-    participants: str | PathLike | None = None,
-    group_by: str | None = None,
-    reference_group: str | None = None,
-    covariates: list[str] | None = None,
-    lesion_desc: str = "lesion",
-    enhancing_desc: str = "enhancing",
-    lesion_ring_mm: float = lesions.RING_MM,
-    report: bool = True,
+    participant_label: Sequence[str] | None = None,
+    session_label: Sequence[str] | None = None,
+    modality: Sequence[str] | None = None,
     reporter: Any = None,
+    options: GroupOptions | None = None,
+    **settings: Any,
 ) -> GroupResult:
     """Write the cohort table ``<out_dir>/<table_name>.tsv`` (+ ``.json`` column descriptions).
 
@@ -309,6 +299,12 @@ def group_table(
     ----------
     out_dir : path-like
         The derivatives folder of a participant-stage run.
+    participant_label, session_label, modality : list of str, optional
+        Restrict the table.
+    reporter : Reporter, optional
+    options : GroupOptions, optional
+        The settings below (:class:`gpuperf.cohort.options.GroupOptions`, the ``[group]``
+        table of the configuration); each may be given as a keyword instead.
     masks_dir : path-like, optional
         Derivatives folder with per-subject masks (``*desc-<name>_mask.nii.gz``) and/or
         per-subject atlases (``*_dseg.nii.gz``), on the grid of the subject's maps.
@@ -320,8 +316,6 @@ def group_table(
         Region for relative values (e.g. ``"NAWM"``).
     maps : list of str, optional
         Map names to summarise (default: every 3D map except status/mask maps).
-    participant_label, session_label, modality : list of str, optional
-        Restrict the table.
     participants : path-like, optional
         BIDS ``participants.tsv``; with it, ``group_stats.tsv`` (when it has the ``group_by``
         column) and ``group_correlations.tsv`` (when it has continuous columns) are written.
@@ -336,8 +330,10 @@ def group_table(
     lesion_desc, enhancing_desc : str
         Mask names of the lesion mask (or lesion label map) and of the enhancing-lesion mask;
         subjects with a lesion mask get rows in ``group_lesions.tsv``.
-    lesion_ring_mm : float
-        Radius of the perilesional ring (mm), see :mod:`gpuperf.cohort.lesions`.
+    lesion_ring_mm : float, optional
+        Radius of the perilesional ring (mm; default 3), see :mod:`gpuperf.cohort.lesions`.
+    table_name : str
+        The table's file name without ``.tsv`` (default ``group_perfusion``).
     report : bool
         Write ``group_report.html`` (per-group plots, statistics, lesion ratios, outliers).
 
@@ -351,6 +347,12 @@ def group_table(
     from gpuperf.io.outputs import OutputWriter
     from gpuperf.progress import ensure_reporter
 
+    o = GroupOptions.resolve(options, settings, "group_table")
+    masks_dir, mask_descs, atlas, atlas_labels = o.masks_dir, o.mask_descs, o.atlas, o.atlas_labels
+    reference_region, maps, participants = o.reference_region, o.maps, o.participants
+    group_by, reference_group, covariates = o.group_by, o.reference_group, o.covariates
+    lesion_desc, enhancing_desc, table_name = o.lesion_desc, o.enhancing_desc, o.table_name
+    ring_mm = lesions.RING_MM if o.lesion_ring_mm is None else o.lesion_ring_mm
     rep = ensure_reporter(reporter)
     out_dir = Path(out_dir)
     mdir = None if masks_dir is None else Path(masks_dir)
@@ -405,9 +407,7 @@ def group_table(
             s_atlas = atlas_p or _subject_atlas(mdir, sub, ses, mod)
             s_masks = _subject_masks(mdir, sub, ses, mask_descs, mod)
             regions = _load_regions(first, s_masks, s_atlas, labels)
-            les = _subject_lesions(
-                first, mdir, sub, ses, mod, lesion_desc, enhancing_desc, lesion_ring_mm
-            )
+            les = _subject_lesions(first, mdir, sub, ses, mod, lesion_desc, enhancing_desc, ring_mm)
         except GpuperfError as exc:
             problems.append((job, str(exc)))
             continue
@@ -481,7 +481,7 @@ def group_table(
                 compare.CORR_DESCRIPTIONS,
             )
         writer.commit()
-    if report:
+    if o.report:
         from gpuperf.report.cohort import write_group_report
 
         groups = {s: rec.get(group_by, "n/a") for s, rec in (part or {}).items() if group_by}

@@ -24,7 +24,8 @@ Life of a job (:func:`run_job`):
 
 :func:`run_job` is :func:`open_job` (steps 0-3 and the scratch folder), the pipeline call, and
 :func:`finish_job` (step 5); :mod:`gpuperf.cohort.batching` uses the same pieces around the
-stages of several pipelines computed together.
+stages of several pipelines computed together. What the jobs of a run share (output folder,
+pipeline and options, overwrite policy, scratch space) is one :class:`JobSettings`.
 """
 
 from __future__ import annotations
@@ -380,6 +381,39 @@ def _result(job: Job, status: str, **kw: Any) -> JobResult:
     )
 
 
+@dataclass(frozen=True)
+class JobSettings:
+    """What the jobs of one modality in a run share: everything but the series.
+
+    Picklable (a callable pipeline must be a module-level function): it travels with each job
+    to a worker process or a Dask worker.
+
+    Attributes
+    ----------
+    out_dir : Path
+        The derivatives folder.
+    options : mapping
+        Keyword arguments of the pipeline (the configuration's section of the modality), and
+        ``report``.
+    pipeline : callable or ``"module:function"``
+        ``pipeline(series_path, out_dir, *, prefix, overwrite, reporter, **options)`` returning
+        an object with ``.outputs`` (paths) and ``.summary`` (dict) -- the contract of
+        ``run_dsc`` and ``run_asl``.
+    overwrite : bool
+        Replace outputs of an earlier *complete* run made with other inputs or parameters
+        (without it such a job fails, so results are never replaced by accident). Outputs of an
+        incomplete run are always redone.
+    work_dir : path-like, optional
+        Scratch space for staged inputs (default: the system temporary folder).
+    """
+
+    out_dir: Path
+    options: Mapping[str, Any]
+    pipeline: str | Pipeline
+    overwrite: bool = False
+    work_dir: str | PathLike | None = None
+
+
 @dataclass
 class OpenJob:
     """A job past its checks and its staging, its scratch output folder made: ready to compute.
@@ -389,9 +423,7 @@ class OpenJob:
     """
 
     job: Job
-    out_dir: Path
-    options: Mapping[str, Any]
-    pipeline: str | Pipeline
+    settings: JobSettings
     fn: Pipeline
     fp: str
     reporter: FileReporter
@@ -400,6 +432,10 @@ class OpenJob:
     tmp_out: Path
     stage_s: float = 0.0
     compute_s: float = 0.0
+
+    @property
+    def options(self) -> Mapping[str, Any]:
+        return self.settings.options
 
     def call_args(self) -> tuple[tuple[Any, ...], dict[str, Any]]:
         """Positional and keyword arguments of the pipeline (or of its ``prepare`` stage)."""
@@ -444,66 +480,55 @@ def _failed(
     )
 
 
-def open_job(
-    job: Job,
-    out_dir: str | PathLike,
-    options: Mapping[str, Any],
-    pipeline: str | Pipeline,
-    *,
-    staged: Staged | None = None,
-    overwrite: bool = False,
-    work_dir: str | PathLike | None = None,
-) -> OpenJob | JobResult:
+def open_job(job: Job, settings: JobSettings, staged: Staged | None = None) -> OpenJob | JobResult:
     """Steps 0-3 of a job (tidy, fingerprint, skip, stage) and its scratch output folder.
 
     Returns a :class:`JobResult` (``skipped`` or ``failed``, everything cleaned up) when there
     is nothing to compute, else an :class:`OpenJob` whose :meth:`OpenJob.close` the caller
     must call. Parameters are those of :func:`run_job`.
     """
-    out_dir = Path(out_dir)
+    out_dir = Path(settings.out_dir)
     final_dir = out_dir / job.out_subdir
     log_path = out_dir / "logs" / f"{job.job_id}.log"
     reporter: FileReporter | None = None
-    tmp_out: Path | None = None
     stage_s = 0.0
-    opened = False
-    try:
-        reporter = FileReporter(log_path)
-        reporter.log(f"=== {job.job_id}: {job.series} (gpuperf {__version__}, pid {os.getpid()})")
-        fn = resolve_pipeline(pipeline)
-        if final_dir.is_dir():
-            remove_leftovers(job, final_dir)  # of a killed earlier run of this job
-        fp = fingerprint(job, options, pipeline)
-        if is_complete(job, out_dir, fp):
-            reporter.log("complete for the same inputs and parameters: skipped")
-            outputs = list((read_marker(job, out_dir) or {}).get("Outputs", {}))
-            return _result(job, "skipped", outputs=outputs, log=str(log_path))
-        old = read_marker(job, out_dir)
-        if old is not None and old.get("Fingerprint") != fp and not overwrite:
-            raise OutputExistsError(
-                f"{final_dir}: outputs of a complete earlier run with other inputs or parameters "
-                "exist; pass --overwrite to replace them (or use another output folder)"
+    with contextlib.ExitStack() as undo:  # what is made here, undone unless the job opens
+        if staged is not None:
+            undo.callback(staged.cleanup)
+        try:
+            reporter = FileReporter(log_path)
+            undo.callback(reporter.close)
+            reporter.log(
+                f"=== {job.job_id}: {job.series} (gpuperf {__version__}, pid {os.getpid()})"
             )
-        final_dir.mkdir(parents=True, exist_ok=True)
-        if staged is None:
-            staged = stage_inputs(job, work_dir)
-        stage_s = staged.seconds
-        reporter.log(f"inputs staged in {stage_s:.3f} s")
-        tmp_out = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{job.job_id}-", dir=final_dir))
-        opened = True
-        return OpenJob(
-            job, out_dir, options, pipeline, fn, fp, reporter, log_path, staged, tmp_out, stage_s
-        )
-    except Exception as exc:
-        return _failed(job, exc, log_path, reporter, staged, stage_s)
-    finally:
-        if not opened:
-            if tmp_out is not None:
-                shutil.rmtree(tmp_out, ignore_errors=True)
-            if staged is not None:
-                staged.cleanup()
-            if reporter is not None:
-                reporter.close()
+            fn = resolve_pipeline(settings.pipeline)
+            if final_dir.is_dir():
+                remove_leftovers(job, final_dir)  # of a killed earlier run of this job
+            fp = fingerprint(job, settings.options, settings.pipeline)
+            if is_complete(job, out_dir, fp):
+                reporter.log("complete for the same inputs and parameters: skipped")
+                outputs = list((read_marker(job, out_dir) or {}).get("Outputs", {}))
+                return _result(job, "skipped", outputs=outputs, log=str(log_path))
+            old = read_marker(job, out_dir)
+            if old is not None and old.get("Fingerprint") != fp and not settings.overwrite:
+                raise OutputExistsError(
+                    f"{final_dir}: outputs of a complete earlier run with other inputs or "
+                    "parameters exist; pass --overwrite to replace them (or use another output "
+                    "folder)"
+                )
+            final_dir.mkdir(parents=True, exist_ok=True)
+            if staged is None:
+                staged = stage_inputs(job, settings.work_dir)
+                undo.callback(staged.cleanup)
+            stage_s = staged.seconds
+            reporter.log(f"inputs staged in {stage_s:.3f} s")
+            tmp_out = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{job.job_id}-", dir=final_dir))
+            undo.callback(shutil.rmtree, tmp_out, ignore_errors=True)
+            oj = OpenJob(job, settings, fn, fp, reporter, log_path, staged, tmp_out, stage_s)
+            undo.pop_all()  # open: OpenJob.close undoes it
+            return oj
+        except Exception as exc:
+            return _failed(job, exc, log_path, reporter, staged, stage_s)
 
 
 def _write_report(oj: OpenJob, res: Any) -> None:
@@ -525,9 +550,7 @@ def finish_job(oj: OpenJob, res: Any) -> JobResult:
         _write_report(oj, res)
         report_s = time.perf_counter() - t_report
         t0 = time.perf_counter()
-        outputs = _publish(
-            oj.job, oj.out_dir, oj.tmp_out, oj.staged.renames, oj.fp, oj.options, oj.pipeline, res
-        )
+        outputs = _publish(oj, res)
         publish_s = time.perf_counter() - t0
         oj.reporter.log(f"published {len(outputs)} files (report {report_s:.2f} s)")
         summary = dict(getattr(res, "summary", {}) or {})
@@ -564,43 +587,22 @@ def fail_job(oj: OpenJob, exc: BaseException) -> JobResult:
     return _failed(oj.job, exc, oj.log_path, oj.reporter, oj.staged, oj.stage_s, oj.compute_s)
 
 
-def run_job(
-    job: Job,
-    out_dir: str | PathLike,
-    options: Mapping[str, Any],
-    pipeline: str | Pipeline,
-    *,
-    staged: Staged | None = None,
-    overwrite: bool = False,
-    work_dir: str | PathLike | None = None,
-) -> JobResult:
+def run_job(job: Job, settings: JobSettings, staged: Staged | None = None) -> JobResult:
     """Run one series end to end; never raises for a bad subject (returns ``status='failed'``).
 
     Parameters
     ----------
     job : Job
-    out_dir : path-like
-        The derivatives folder.
-    options : mapping
-        Keyword arguments of the pipeline (from the configuration).
-    pipeline : callable or ``"module:function"``
-        ``pipeline(series_path, out_dir, *, prefix, overwrite, reporter, **options)`` returning an
-        object with ``.outputs`` (paths) and ``.summary`` (dict) -- the contract of ``run_dsc``
-        and ``run_asl``.
+    settings : JobSettings
+        The output folder, pipeline, its options, the overwrite policy and the scratch space.
     staged : Staged, optional
         Inputs already staged by a prefetch thread (then deleted here).
-    overwrite : bool
-        Replace outputs of an earlier *complete* run made with other inputs or parameters
-        (without it such a job fails, so results are never replaced by accident). Outputs of an
-        incomplete run are always redone.
 
     Returns
     -------
     JobResult
     """
-    oj = open_job(
-        job, out_dir, options, pipeline, staged=staged, overwrite=overwrite, work_dir=work_dir
-    )
+    oj = open_job(job, settings, staged)
     if isinstance(oj, JobResult):
         return oj
     try:
@@ -611,16 +613,8 @@ def run_job(
         oj.close()
 
 
-def _publish(
-    job: Job,
-    out_dir: Path,
-    tmp_out: Path,
-    renames: Mapping[str, str],
-    fp: str,
-    options: Mapping[str, Any],
-    pipeline: str | Pipeline,
-    res: Any,
-) -> list[str]:
+def _publish(oj: OpenJob, res: Any) -> list[str]:
+    job, tmp_out, out_dir = oj.job, oj.tmp_out, Path(oj.settings.out_dir)
     final_dir = out_dir / job.out_subdir
     discard_journals(tmp_out)  # the done-marker, not the pipeline's journal, guards this set
     files = sorted(p for p in tmp_out.iterdir() if p.is_file() and not p.name.startswith("."))
@@ -630,7 +624,7 @@ def _publish(
         if (final_dir / p.name).is_dir() and not (final_dir / p.name).is_symlink():
             raise GpuperfError(f"{final_dir / p.name}: a folder is in the way of this output")
     # the pipeline saw staged inputs and a scratch output folder: name the real ones
-    renames = {**renames, str(tmp_out): str(final_dir)}
+    renames = {**oj.staged.renames, str(tmp_out): str(final_dir)}
     for p in files:
         if p.suffix == ".json":
             obj = json.loads(p.read_text(encoding="utf-8"))
@@ -654,9 +648,9 @@ def _publish(
         "Session": job.session,
         "Modality": job.modality,
         "Series": str(job.series),
-        "Fingerprint": fp,
-        "Pipeline": pipeline_name(pipeline),
-        "Options": jsonable(dict(options), strict=True),
+        "Fingerprint": oj.fp,
+        "Pipeline": pipeline_name(oj.settings.pipeline),
+        "Options": jsonable(dict(oj.options), strict=True),
         "Inputs": [str(p) for p in job_inputs(job)],
         "Outputs": outputs,
         "SoftwareVersion": __version__,

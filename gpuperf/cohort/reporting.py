@@ -17,14 +17,13 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
-from os import PathLike
 from typing import Any
 
 from gpuperf.cohort.bids import Job
 from gpuperf.cohort.jobs import (
     JobResult,
+    JobSettings,
     OpenJob,
-    Pipeline,
     Staged,
     compute_job,
     fail_job,
@@ -43,12 +42,7 @@ def _finish(oj: OpenJob, res: Any) -> JobResult:
 
 def run_overlapped(
     staged_jobs: Iterable[tuple[Job, Staged | None]],
-    out_dir: str | PathLike,
-    options: Mapping[str, Mapping[str, Any]],
-    pipelines: Mapping[str, str | Pipeline],
-    *,
-    overwrite: bool = False,
-    work_dir: str | PathLike | None = None,
+    settings: Mapping[str, JobSettings],
     depth: int = 1,
 ) -> Iterator[JobResult]:
     """:func:`gpuperf.cohort.jobs.run_job` of each job, with the report and publish step of a
@@ -59,9 +53,8 @@ def run_overlapped(
     ----------
     staged_jobs : iterable of (Job, Staged or None)
         Jobs with their inputs staged ahead (``gpuperf.cohort.runner._staged_ahead``).
-    out_dir, options, pipelines, overwrite, work_dir
-        As for :func:`gpuperf.cohort.runner.run_participants` (``options`` and ``pipelines``
-        per modality).
+    settings : mapping modality -> JobSettings
+        As for :func:`gpuperf.cohort.jobs.run_job`.
     depth : int
         Most subjects waiting for their report (1: the report of subject i overlaps the
         compute of subject i + 1).
@@ -75,16 +68,7 @@ def run_overlapped(
     waiting: deque[Future[JobResult]] = deque()
     try:
         for job, staged in staged_jobs:
-            opts = options[job.modality]
-            oj = open_job(
-                job,
-                out_dir,
-                opts,
-                pipelines[job.modality],
-                staged=staged,
-                overwrite=overwrite,
-                work_dir=work_dir,
-            )
+            oj = open_job(job, settings[job.modality], staged)
             if isinstance(oj, JobResult):  # skipped, or failed before the pipeline
                 while waiting:  # keep job order
                     yield waiting.popleft().result()
@@ -102,7 +86,7 @@ def run_overlapped(
             except BaseException:  # an interrupt: remove this job's scratch, as run_job does
                 oj.close()
                 raise
-            if not wants_report(opts):  # nothing slow left: publish here
+            if not wants_report(oj.options):  # nothing slow left: publish here
                 while waiting:
                     yield waiting.popleft().result()
                 yield _finish(oj, res)

@@ -20,6 +20,7 @@ inputs and options.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -42,10 +43,12 @@ from gpuperf.cohort.jobs import (
     DEFAULT_PIPELINES,
     REPORT_OPTION,
     JobResult,
+    JobSettings,
     Pipeline,
     Staged,
     fingerprint,
     is_complete,
+    pipeline_name,
     remove_leftovers,
     resolve_pipeline,
     run_job,
@@ -53,6 +56,7 @@ from gpuperf.cohort.jobs import (
     wants_report,
     write_shared,
 )
+from gpuperf.cohort.options import CohortOptions
 from gpuperf.errors import GpuperfError, InputError
 from gpuperf.io.outputs import check_out_dir
 from gpuperf.progress import Reporter, ensure_reporter
@@ -141,61 +145,34 @@ def _write_tsv(path: Path, columns: Sequence[str], rows: list[Mapping[str, Any]]
 
 
 def _local_results(
-    jobs: list[Job],
-    out_dir: Path,
-    options: Mapping[str, Mapping[str, Any]],
-    pipelines: Mapping[str, str | Pipeline],
-    overwrite: bool,
-    prefetch: int,
-    work_dir: str | PathLike | None,
-    batch_voxels: int = 0,
+    jobs: list[Job], tasks: Mapping[str, JobSettings], settings: CohortOptions
 ) -> Iterator[JobResult]:
-    """Run jobs in this process, staging the next ``prefetch`` ones in threads; with
-    ``batch_voxels > 1``, consecutive compatible subjects are computed together
+    """Run jobs in this process, staging the next ``settings.prefetch`` ones in threads; with
+    ``settings.batch_voxels > 1``, consecutive compatible subjects are computed together
     (:mod:`gpuperf.cohort.batching`)."""
     todo: list[Job] = []
     for job in jobs:  # done jobs are reported at once and never staged
+        task = tasks[job.modality]
         try:
-            done = is_complete(
-                job, out_dir, fingerprint(job, options[job.modality], pipelines[job.modality])
-            )
+            done = is_complete(job, task.out_dir, fingerprint(job, task.options, task.pipeline))
         except Exception:  # e.g. an input vanished: run_job reports it as this job's failure
             done = False
         if done:
-            yield run_job(job, out_dir, options[job.modality], pipelines[job.modality])
+            yield run_job(job, task)
         else:
             todo.append(job)
     if not todo:
         return
-    if batch_voxels > 1:
-        yield from run_batched(
-            _staged_ahead(todo, prefetch, work_dir),
-            out_dir,
-            options,
-            pipelines,
-            batch_voxels=batch_voxels,
-            overwrite=overwrite,
-            work_dir=work_dir,
-        )
-        return
-    if any(wants_report(options[j.modality]) for j in todo):  # reports overlap the next compute
-        from gpuperf.cohort.reporting import run_overlapped
+    staged = _staged_ahead(todo, settings.prefetch, settings.work_dir)
+    if settings.batch_voxels and settings.batch_voxels > 1:
+        yield from run_batched(staged, tasks, settings.batch_voxels)
+    elif any(wants_report(tasks[j.modality].options) for j in todo):
+        from gpuperf.cohort.reporting import run_overlapped  # reports overlap the next compute
 
-        staged = _staged_ahead(todo, prefetch, work_dir)
-        yield from run_overlapped(
-            staged, out_dir, options, pipelines, overwrite=overwrite, work_dir=work_dir
-        )
-        return
-    for job, staged in _staged_ahead(todo, prefetch, work_dir):
-        yield run_job(
-            job,
-            out_dir,
-            options[job.modality],
-            pipelines[job.modality],
-            staged=staged,
-            overwrite=overwrite,
-            work_dir=work_dir,
-        )
+        yield from run_overlapped(staged, tasks)
+    else:
+        for job, inputs in staged:
+            yield run_job(job, tasks[job.modality], inputs)
 
 
 def _staged_ahead(
@@ -271,16 +248,10 @@ def _crashed(
 
 
 def _process_results(
-    jobs: list[Job],
-    out_dir: Path,
-    options: Mapping[str, Mapping[str, Any]],
-    pipelines: Mapping[str, str | Pipeline],
-    overwrite: bool,
-    workers: int,
-    work_dir: str | PathLike | None,
-    gpus: Sequence[str] | None = None,
+    jobs: list[Job], tasks: Mapping[str, JobSettings], settings: CohortOptions
 ) -> Iterator[tuple[int, JobResult]]:
-    """Run jobs in ``workers`` processes, at most ``workers`` in flight.
+    """Run jobs in ``settings.workers`` processes, at most that many in flight (GPUs dealt
+    from ``settings.gpus``).
 
     A worker that dies (segfault in a driver, the kernel's OOM killer) breaks a
     ``ProcessPoolExecutor``; the jobs then in flight are *suspects*. Each suspect is re-run
@@ -291,21 +262,16 @@ def _process_results(
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
     from concurrent.futures.process import BrokenProcessPool
 
+    workers = settings.workers
     ctx = mp.get_context("spawn")
-    pin = (ctx.Value("i", 0), tuple(gpus)) if gpus else None
+    pin = (ctx.Value("i", 0), settings.gpus) if settings.gpus else None
     init: dict[str, Any] = {"initializer": _worker_init, "initargs": (os.getpid(), pin)}
 
     def submit(pool: ProcessPoolExecutor, i: int) -> Future:
-        job = jobs[i]
-        return pool.submit(
-            run_job,
-            job,
-            out_dir,
-            dict(options[job.modality]),
-            pipelines[job.modality],
-            overwrite=overwrite,
-            work_dir=work_dir,
-        )
+        return pool.submit(run_job, jobs[i], tasks[jobs[i].modality])
+
+    def crashed(i: int, exc: BaseException) -> JobResult:
+        return _crashed(jobs[i], exc, tasks[jobs[i].modality].out_dir, settings.work_dir)
 
     queue = list(range(len(jobs)))
     suspects: list[int] = []
@@ -316,7 +282,7 @@ def _process_results(
                 try:
                     yield i, submit(solo, i).result()
                 except Exception as exc:
-                    yield i, _crashed(jobs[i], exc, out_dir, work_dir)
+                    yield i, crashed(i, exc)
             continue
         pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, **init)
         inflight: dict[Future, int] = {}
@@ -335,7 +301,7 @@ def _process_results(
                         broken = True
                         suspects.append(i)
                     except Exception as exc:  # e.g. the task could not be pickled
-                        yield i, _crashed(jobs[i], exc, out_dir, work_dir)
+                        yield i, crashed(i, exc)
                 if broken:
                     suspects.extend(inflight.values())
                     inflight.clear()
@@ -453,30 +419,20 @@ def dask_client(
 
 
 def _dask_results(
-    client,
-    jobs: list[Job],
-    out_dir: Path,
-    options: Mapping[str, Mapping[str, Any]],
-    pipelines: Mapping[str, str | Pipeline],
-    overwrite: bool,
-    work_dir: str | PathLike | None,
+    client, jobs: list[Job], tasks: Mapping[str, JobSettings]
 ) -> Iterator[tuple[int, JobResult]]:
     from distributed import as_completed
 
-    futs = []
-    for job in jobs:
-        fut = client.submit(
+    futs = [
+        client.submit(
             run_job,
             job,
-            str(out_dir),
-            dict(options[job.modality]),
-            pipelines[job.modality],
-            overwrite=overwrite,
-            work_dir=work_dir,
+            tasks[job.modality],
             pure=False,
             key=f"gpuperf-{job.job_id}-{time.time_ns()}",
         )
-        futs.append(fut)
+        for job in jobs
+    ]
     index = {f.key: i for i, f in enumerate(futs)}
     try:
         for fut in as_completed(futs):
@@ -484,7 +440,8 @@ def _dask_results(
             try:
                 res = fut.result()
             except Exception as exc:  # KilledWorker after Dask's retries, lost data, ...
-                res = _crashed(jobs[i], exc, out_dir)  # work_dir is the worker's
+                # (the scratch space is the worker's)
+                res = _crashed(jobs[i], exc, tasks[jobs[i].modality].out_dir)
             yield i, res
     except BaseException:
         client.cancel(futs)
@@ -495,23 +452,11 @@ def run_participants(
     bids_dir: str | PathLike,
     out_dir: str | PathLike,
     *,
-    participant_label: list[str] | None = None,
-    session_label: list[str] | None = None,
-    modality: list[str] | None = None,
     config: CohortConfig | str | PathLike | None = None,
-    dsc_pattern: str | None = None,
-    workers: int = 1,
-    scheduler: str | None = None,
-    cluster: str | None = None,
-    device: str | None = None,
-    gpus: Sequence[str] | None = None,
-    overwrite: bool = False,
-    prefetch: int = 2,
-    work_dir: str | PathLike | None = None,
     pipelines: Mapping[str, str | Pipeline] | None = None,
     reporter: Reporter | None = None,
-    batch_voxels: int | None = None,
-    report: bool | None = None,
+    options: CohortOptions | None = None,
+    **settings: Any,
 ) -> CohortRun:
     """Process every selected series of a BIDS dataset (BIDS-App ``participant`` level).
 
@@ -519,12 +464,20 @@ def run_participants(
     ----------
     bids_dir, out_dir : path-like
         The BIDS dataset and the derivatives folder (created).
+    config : CohortConfig or path-like, optional
+        Options (see :mod:`gpuperf.cohort.config`); saved as ``logs/config.json``.
+    pipelines : mapping, optional
+        Pipeline per modality (callable or ``"module:function"``); default ``run_dsc`` and
+        ``run_asl``. The injection point used by tests.
+    reporter : Reporter, optional
+        One progress bar over subjects plus one line per subject.
+    options : CohortOptions, optional
+        Which series and how they run (:class:`gpuperf.cohort.options.CohortOptions`, the
+        flags of ``gpuperf run``); each field may be given as a keyword instead:
     participant_label, session_label : list of str, optional
         Subjects/sessions to run (default: all).
     modality : list of {'asl', 'dsc'}, optional
         Default: both.
-    config : CohortConfig or path-like, optional
-        Options (see :mod:`gpuperf.cohort.config`); saved as ``logs/config.json``.
     dsc_pattern : str, optional
         Glob for DSC series relative to the subject/session folder (overrides the config).
     workers : int
@@ -546,11 +499,6 @@ def run_participants(
         Where this run's scratch folder for decompressed inputs (``gpuperf-run-*``, removed at
         the end) is made; default: the system temporary folder. On Dask, each worker's own
         temporary folder (or ``work_dir`` if it exists there).
-    pipelines : mapping, optional
-        Pipeline per modality (callable or ``"module:function"``); default ``run_dsc`` and
-        ``run_asl``. The injection point used by tests.
-    reporter : Reporter, optional
-        One progress bar over subjects plus one line per subject.
     batch_voxels : int, optional
         With ``workers=1``: compute consecutive compatible subjects (same pipeline, model and
         constants; see :mod:`gpuperf.cohort.batching`) in one backend call, up to this many
@@ -568,13 +516,10 @@ def run_participants(
         ``logs/failures.tsv`` and every job's status in ``logs/jobs.tsv``.
     """
     t_start = time.perf_counter()
+    run_opts = CohortOptions.resolve(options, settings, "run_participants")
     rep = ensure_reporter(reporter)
     bids_dir = Path(bids_dir)
     out_dir = Path(out_dir)
-    if workers < 1:
-        raise InputError(None, "--workers", f"must be >= 1, found {workers}")
-    if batch_voxels is not None and batch_voxels < 0:
-        raise InputError(None, "--batch-voxels", f"must be >= 0, found {batch_voxels}")
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(out_dir, "OUT_DIR", "exists and is not a folder")
     if out_dir.resolve() == bids_dir.resolve() or bids_dir.resolve() in out_dir.resolve().parents:
@@ -586,51 +531,40 @@ def run_participants(
             )
     cfg = config if isinstance(config, CohortConfig) else load_config(config)
     inputs = dict(cfg.inputs)
-    if dsc_pattern:
-        inputs["dsc_pattern"] = dsc_pattern
+    if run_opts.dsc_pattern:
+        inputs["dsc_pattern"] = run_opts.dsc_pattern
     jobs = find_jobs(
         bids_dir,
-        participant_label=participant_label,
-        session_label=session_label,
-        modality=modality,
+        participant_label=run_opts.participant_label,
+        session_label=run_opts.session_label,
+        modality=run_opts.modality,
         **inputs,
     )
     pipes = {m: (pipelines or {}).get(m, DEFAULT_PIPELINES[m]) for m in ("dsc", "asl")}
-    options: dict[str, dict[str, Any]] = {"dsc": dict(cfg.dsc), "asl": dict(cfg.asl)}
-    for m in options:
-        if device is not None:
-            options[m]["device"] = device
-        if report is not None:
-            options[m][REPORT_OPTION] = report
+    options_of: dict[str, dict[str, Any]] = {"dsc": dict(cfg.dsc), "asl": dict(cfg.asl)}
+    for m in options_of:
+        if run_opts.device is not None:
+            options_of[m]["device"] = run_opts.device
+        if run_opts.report is not None:
+            options_of[m][REPORT_OPTION] = run_opts.report
     for m in sorted({j.modality for j in jobs}):  # fail now, not once per subject
-        check_pipeline_options(options[m], resolve_pipeline(pipes[m]), cfg.source, m)
-    local = not (scheduler or cluster) and workers == 1
-    if not local or not jobs:
-        batch_voxels = 0  # worker processes and Dask compute one subject per call
-    elif batch_voxels is None:
-        batch_voxels = auto_batch_voxels(options, pipes)
+        check_pipeline_options(options_of[m], resolve_pipeline(pipes[m]), cfg.source, m)
+    if not run_opts.local or not jobs:  # worker processes and Dask compute one subject a call
+        run_opts = run_opts.replace(batch_voxels=0)
+    elif run_opts.batch_voxels is None:
+        run_opts = run_opts.replace(batch_voxels=auto_batch_voxels(options_of, pipes))
     check_out_dir(out_dir, flag="OUT_DIR")  # creates it; refuses a read-only or virtual file system
     write_shared(out_dir / "dataset_description.json", dataset_description(bids_dir))
     effective = cfg.to_dict()
     effective.update(
         inputs=inputs,
-        dsc=options["dsc"],
-        asl=options["asl"],
+        dsc=options_of["dsc"],
+        asl=options_of["asl"],
         run={
             "bids_dir": str(bids_dir.resolve()),
-            "participant_label": participant_label,
-            "session_label": session_label,
-            "modality": modality,
-            "workers": workers,
-            "batch_voxels": batch_voxels,
-            "gpus": list(gpus) if gpus else None,
-            "scheduler": scheduler,
-            "cluster": cluster,
+            **run_opts.to_parameters(),
             "gpuperf": __version__,
-            "pipelines": {
-                m: str(p) if isinstance(p, str) else f"{p.__module__}:{p.__qualname__}"
-                for m, p in pipes.items()
-            },
+            "pipelines": {m: pipeline_name(p) for m, p in pipes.items()},
         },
     )
     stamp = time.strftime("%Y%m%dT%H%M%S")
@@ -639,35 +573,41 @@ def run_participants(
 
     results: list[JobResult | None] = [None] * len(jobs)
     mode = "local"
-    client = slurm = None
-    scratch: Path | None = None
-    if not (scheduler or cluster):
+    dask = bool(run_opts.scheduler or run_opts.cluster)
+    cleanup = contextlib.ExitStack()
+    if not dask:
         # one scratch folder per run, removed at the end whatever happened (a worker killed
         # mid-job cannot clean its staged inputs); Dask workers use their own local space
-        if work_dir is not None:
-            Path(work_dir).mkdir(parents=True, exist_ok=True)
-        scratch = Path(tempfile.mkdtemp(prefix="gpuperf-run-", dir=work_dir))
-        work_dir = scratch
+        if run_opts.work_dir is not None:
+            Path(run_opts.work_dir).mkdir(parents=True, exist_ok=True)
+        scratch = Path(tempfile.mkdtemp(prefix="gpuperf-run-", dir=run_opts.work_dir))
+        cleanup.callback(shutil.rmtree, scratch, ignore_errors=True)
+        run_opts = run_opts.replace(work_dir=scratch)
+    tasks = {
+        m: JobSettings(out_dir, options_of[m], pipes[m], run_opts.overwrite, run_opts.work_dir)
+        for m in pipes
+    }
 
     def iterate() -> Iterator[tuple[int, JobResult]]:
-        nonlocal mode, client, slurm
-        if scheduler or cluster:
+        nonlocal mode
+        if dask:
             mode = "dask"
-            client, slurm = dask_client(scheduler, cluster, workers, cfg.cluster)
-            yield from _dask_results(client, jobs, out_dir, options, pipes, overwrite, work_dir)
-        elif workers > 1:
-            mode = f"processes({workers})"
-            yield from _process_results(
-                jobs, out_dir, options, pipes, overwrite, workers, work_dir, gpus
+            client, slurm = dask_client(
+                run_opts.scheduler, run_opts.cluster, run_opts.workers, cfg.cluster
             )
+            if slurm is not None:
+                cleanup.callback(slurm.close)
+            cleanup.callback(client.close)
+            yield from _dask_results(client, jobs, tasks)
+        elif run_opts.workers > 1:
+            mode = f"processes({run_opts.workers})"
+            yield from _process_results(jobs, tasks, run_opts)
         else:
             order = {j.job_id: i for i, j in enumerate(jobs)}
-            for r in _local_results(
-                jobs, out_dir, options, pipes, overwrite, prefetch, work_dir, batch_voxels
-            ):
+            for r in _local_results(jobs, tasks, run_opts):
                 yield order[r.job_id], r
 
-    try:
+    with cleanup:
         for i, res in rep.track(iterate(), total=len(jobs), description="subjects"):
             results[i] = res
             if res.status == "failed":
@@ -675,13 +615,6 @@ def run_participants(
             else:
                 took = res.stage_s + res.compute_s + res.publish_s
                 rep.log(f"{res.status} {res.job_id}" + (f" ({took:.2f} s)" if took else ""))
-    finally:
-        if scratch is not None:
-            shutil.rmtree(scratch, ignore_errors=True)
-        if client is not None:
-            client.close()
-        if slurm is not None:
-            slurm.close()
     done = [r for r in results if r is not None]
     run = CohortRun(done, time.perf_counter() - t_start, out_dir, mode)
     _write_tsv(
@@ -702,7 +635,7 @@ def run_participants(
     try:  # the cohort QC page: one row per subject, outliers flagged
         from gpuperf.report import rows_from_jobs, write_cohort_report
 
-        if report is not False:
+        if run_opts.report is not False:
             write_cohort_report(out_dir, rows_from_jobs(out_dir, done), overwrite=True)
     except Exception as exc:  # maps and logs are already safe; never fail the run for the page
         rep.warn(f"cohort report not written: {type(exc).__name__}: {exc}")

@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from gpuperf.asl import constants as K
+from gpuperf.cohort.options import StudyOptions
 from gpuperf.errors import InputError, OutputExistsError
 
 #: Labelling timings of the simulated acquisition (s).
@@ -103,14 +104,11 @@ def _dm_over_m0(cbf: np.ndarray, alpha: float, t1b: float) -> np.ndarray:
 def simulate_study(
     out_dir: str | PathLike,
     *,
-    n_controls: int = 4,
-    n_patients: int = 4,
     shape: tuple[int, int, int] = (24, 16, 3),
-    repeats: int = 4,
-    noise_sd: float = 0.2,
-    seed: int = 0,
     effects: StudyEffects | None = None,
     overwrite: bool = False,
+    options: StudyOptions | None = None,
+    **settings: Any,
 ) -> dict[str, Any]:
     """Write the simulated study (BIDS dataset + ``derivatives/masks``).
 
@@ -119,17 +117,15 @@ def simulate_study(
     out_dir : path-like
         Dataset root (created). Refused when it holds a ``participants.tsv`` unless
         ``overwrite``.
-    n_controls, n_patients : int
-        Subjects per group (at least 2 each).
     shape : (int, int, int)
         ASL grid (3 mm voxels), including a one-voxel background border in x and y.
-    repeats : int
-        Control/label pairs.
-    noise_sd : float
-        Gaussian noise SD of every control and label volume (M0 of tissue is 1000).
-    seed : int
     effects : StudyEffects, optional
         Tissue values and effects (defaults: the issue's study).
+    options : StudyOptions, optional
+        ``n_controls``, ``n_patients`` (subjects per group, at least 2 each), ``repeats``
+        (control/label pairs), ``noise_sd`` (Gaussian noise SD of every control and label
+        volume; M0 of tissue is 1000) and ``seed``
+        (:class:`gpuperf.cohort.options.StudyOptions`), or the same as keywords.
 
     Returns
     -------
@@ -139,9 +135,10 @@ def simulate_study(
     import nibabel as nib
     from scipy import ndimage
 
+    opts = StudyOptions.resolve(options, settings, "simulate_study")
+    n_controls, n_patients, noise_sd = opts.n_controls, opts.n_patients, opts.noise_sd
+    repeats, seed = opts.repeats, opts.seed
     eff = effects or StudyEffects()
-    if n_controls < 2 or n_patients < 2:
-        raise InputError(None, "n_controls/n_patients", "at least 2 subjects per group")
     if shape[0] < 16 or shape[1] < 10 or shape[2] < 1:
         raise InputError(None, "shape", f"must be at least (16, 10, 1), got {shape}")
     root = Path(out_dir)
