@@ -205,3 +205,23 @@ def test_registry_imports_an_entry_on_first_lookup_only():
     del r["e"]
     with pytest.raises(InputError, match="--const.*expected one of frac, pi"):
         registry_get(r, "e", "--const")
+
+
+@dataclass(frozen=True)
+class Lists(Options):
+    labels: tuple[str, ...] | None = option(None, "Labels", flag="--label")
+    fixed: tuple[str, ...] = option(("a",), "Fixed", kind="strs")
+
+
+def test_strs_kind_splits_lists_and_checks_their_items():
+    s = specs(Lists)
+    assert s["labels"].kind == "strs" and s["fixed"].kind == "strs"
+    assert Lists(labels="01, 02 03").labels == ("01", "02", "03")
+    assert Lists(labels=["01,02", "03"]).labels == ("01", "02", "03")
+    assert Lists(labels=[]).labels is None  # nothing given: the default
+    assert Lists(fixed=[]).fixed == ()  # not nullable: an empty list stays one
+    assert Lists.from_mapping({"labels": ["x"]}, section="s").labels == ("x",)
+    with pytest.raises(InputError, match="--label.*expected strings"):
+        Lists(labels=[1])
+    with pytest.raises(InputError, match="s.labels.*expected strings"):
+        Lists.from_mapping({"labels": 3}, section="s")
