@@ -347,24 +347,22 @@ def group_table(
     from gpuperf.io.outputs import OutputWriter
     from gpuperf.progress import ensure_reporter
 
-    o = GroupOptions.resolve(options, settings, "group_table")
-    masks_dir, mask_descs, atlas, atlas_labels = o.masks_dir, o.mask_descs, o.atlas, o.atlas_labels
-    reference_region, maps, participants = o.reference_region, o.maps, o.participants
-    group_by, reference_group, covariates = o.group_by, o.reference_group, o.covariates
-    lesion_desc, enhancing_desc, table_name = o.lesion_desc, o.enhancing_desc, o.table_name
-    ring_mm = lesions.RING_MM if o.lesion_ring_mm is None else o.lesion_ring_mm
+    opts = GroupOptions.resolve(options, settings, "group_table")
+    ring_mm = lesions.RING_MM if opts.lesion_ring_mm is None else opts.lesion_ring_mm
+    reference_region, maps, covariates = opts.reference_region, opts.maps, opts.covariates
     rep = ensure_reporter(reporter)
     out_dir = Path(out_dir)
-    mdir = None if masks_dir is None else Path(masks_dir)
-    atlas_p = None if atlas is None else Path(atlas)
-    labels = None if atlas_labels is None else read_labels(atlas_labels)
+    mdir = None if opts.masks_dir is None else Path(opts.masks_dir)
+    atlas_p = None if opts.atlas is None else Path(opts.atlas)
+    labels = None if opts.atlas_labels is None else read_labels(opts.atlas_labels)
     if mdir is None and atlas_p is None:
         raise InputError(
             None, "regions", "give masks_dir (per-subject masks/atlases) and/or an atlas"
         )
     if mdir is not None and not mdir.is_dir():
         raise InputError(mdir, "masks_dir", "folder does not exist")
-    part = None if participants is None else compare.read_participants(participants)
+    part = None if opts.participants is None else compare.read_participants(opts.participants)
+    group_by, reference_group = opts.group_by, opts.reference_group
     if part is not None:
         group_by, reference_group = _groups(part, group_by, reference_group, rep)
     elif group_by or reference_group or covariates:
@@ -405,9 +403,11 @@ def group_table(
         try:
             first = load_image(map_files[0][1], role="map")
             s_atlas = atlas_p or _subject_atlas(mdir, sub, ses, mod)
-            s_masks = _subject_masks(mdir, sub, ses, mask_descs, mod)
+            s_masks = _subject_masks(mdir, sub, ses, opts.mask_descs, mod)
             regions = _load_regions(first, s_masks, s_atlas, labels)
-            les = _subject_lesions(first, mdir, sub, ses, mod, lesion_desc, enhancing_desc, ring_mm)
+            les = _subject_lesions(
+                first, mdir, sub, ses, mod, opts.lesion_desc, opts.enhancing_desc, ring_mm
+            )
         except GpuperfError as exc:
             problems.append((job, str(exc)))
             continue
@@ -446,7 +446,7 @@ def group_table(
                 lesion_rows += _lesion_rows(les, img.data, ref, reference_region, row, first)
     if not rows:
         raise GpuperfError(f"{out_dir}: no row for the group table; problems: {problems}")
-    res = GroupResult(out_dir / f"{table_name}.tsv", rows, problems, lesion_rows=lesion_rows)
+    res = GroupResult(out_dir / f"{opts.table_name}.tsv", rows, problems, lesion_rows=lesion_rows)
     if part is not None:
         missing = sorted({r["subject"] for r in rows} - set(part))
         if missing:
@@ -459,7 +459,7 @@ def group_table(
         res.correlation_rows = compare.correlate(rows, part, variables, group_by)
     writer = OutputWriter(out_dir, "", overwrite=True)
     with writer:
-        _add_table(writer, table_name, rows, COLUMNS, COLUMN_DESCRIPTIONS)
+        _add_table(writer, opts.table_name, rows, COLUMNS, COLUMN_DESCRIPTIONS)
         if lesion_rows:
             res.lesions_table = _add_table(
                 writer, "group_lesions", lesion_rows, LESION_COLUMNS, LESION_DESCRIPTIONS
@@ -481,7 +481,7 @@ def group_table(
                 compare.CORR_DESCRIPTIONS,
             )
         writer.commit()
-    if o.report:
+    if opts.report:
         from gpuperf.report.cohort import write_group_report
 
         groups = {s: rec.get(group_by, "n/a") for s, rec in (part or {}).items() if group_by}
