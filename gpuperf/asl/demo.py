@@ -35,6 +35,7 @@ def run_demo(
     from gpuperf.asl.model import OK_FLAGS
     from gpuperf.asl.pipeline import run_asl
     from gpuperf.asl.simulate import write_phantom
+    from gpuperf.io.settings import RunSettings
     from gpuperf.io.stages import run_and_publish
 
     t0 = time.perf_counter()
@@ -42,16 +43,10 @@ def run_demo(
     ph = write_phantom(
         out / "phantom", "pcasl", shape=(34, 34, 4), repeats=4, noise_sd=1.0, seed=1, overwrite=True
     )
-    res = run_and_publish(
-        run_asl,
-        ph["asl"],
-        out / "maps",
-        mask_path=ph["mask"],
-        device=device,
-        overwrite=True,
-        reporter=reporter,
-        publish=publish,
+    settings = RunSettings(
+        out_dir=out / "maps", mask_path=ph["mask"], device=device, overwrite=True
     )
+    res = run_and_publish(run_asl, settings, ph["asl"], reporter=reporter, publish=publish)
     mask = np.asarray(nib.load(str(ph["mask"])).dataobj) > 0
     cbf_t = np.asarray(nib.load(str(ph["truth_cbf"])).dataobj)[mask]
     att_t = np.asarray(nib.load(str(ph["truth_att"])).dataobj)[mask]

@@ -1,8 +1,14 @@
-"""Shared pieces of the command line: option types and error handling.
+"""Shared pieces of the command line: option types, the run-level flags and error handling.
 
 The CLI is a thin shell: each command parses options, calls one public library function with
 the same argument names, and turns :class:`gpuperf.errors.GpuperfError` into a one-line message
 and exit status 2 (no traceback, no partial output: the library writes atomically).
+
+The run-level flags (``--out``, ``--mask``, ``--prefix``, ``--device``, ``--memory-budget-mb``,
+``--overwrite``, ``--quiet``, ``--report``) are the fields of
+:class:`gpuperf.io.settings.RunSettings`: :func:`run_settings_command` adds them to a pipeline
+command, and the single flags other commands share (:data:`QuietOption` ...) are made from the
+same declarations.
 """
 
 from __future__ import annotations
@@ -12,34 +18,51 @@ import functools
 import sys
 import warnings
 from collections.abc import Callable
-from enum import Enum
 from pathlib import Path
 from typing import Any, TypeVar
 
 import typer
 
+from gpuperf.cli._options import _parameter, options_command
 from gpuperf.errors import GpuperfError
+from gpuperf.io.settings import RunSettings
+from gpuperf.options import specs
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+#: How the fields of :class:`RunSettings` show on the command line beyond their declaration
+#: (see :func:`gpuperf.cli._options.options_command`): ``--out`` is required, ``--quiet`` has
+#: ``-q``, and the two switches have no ``--no-`` form.
+RUN_FLAGS: dict[str, dict[str, Any]] = {
+    "out_dir": {"default": ...},
+    "quiet": {"decls": ("--quiet", "-q")},
+    "overwrite": {"decls": ("--overwrite",)},
+}
 
-class Device(str, Enum):
-    auto = "auto"
-    cpu = "cpu"
-    gpu = "gpu"
+
+def run_settings_command(exclude: tuple[str, ...] = (), **cli: dict[str, Any]) -> Callable:
+    """Decorator: the flags of :class:`RunSettings` (but those in ``exclude``) on a command,
+    which receives them as the keyword-only argument ``run: RunSettings``.
+
+    ``cli`` replaces a field's ``help`` or ``default`` for this command, e.g.
+    ``mask_path={"help": "Brain mask (default: from M0)."}``.
+    """
+    flags = {name: {**RUN_FLAGS.get(name, {}), **cli.get(name, {})} for name in specs(RunSettings)}
+    return options_command(RunSettings, exclude, name="run", cli=flags)
 
 
-DeviceOption = typer.Option(
-    Device.auto, "--device", help="auto: GPU when usable, else NumPy; gpu: fail if no GPU."
-)
-QuietOption = typer.Option(False, "--quiet", "-q", help="No progress bars or log lines.")
-OverwriteOption = typer.Option(False, "--overwrite", help="Replace existing outputs.")
-ReportOption = typer.Option(
-    True, "--report/--no-report", help="Write <prefix>_report.html, the visual QC page."
-)
-MemoryOption = typer.Option(
-    None, "--memory-budget-mb", help="Memory a chunk of voxels may use (default: automatic)."
-)
+def _run_flag(name: str) -> Any:
+    """The Typer parameter of the :class:`RunSettings` field ``name`` (its ``default`` is the
+    ``typer.Option`` for a command's own parameter: ``quiet: bool = QuietOption``)."""
+    return _parameter(specs(RunSettings)[name], RUN_FLAGS.get(name))
+
+
+_device = _run_flag("device")
+#: The choices of ``--device`` as a Typer type (for commands with their own ``--device``).
+Device = _device.annotation
+DeviceOption = _device.default
+QuietOption = _run_flag("quiet").default
+OverwriteOption = _run_flag("overwrite").default
 
 
 def one_line(message: str) -> str:
@@ -117,40 +140,21 @@ def reporter_for(quiet: bool):
     return Reporter(quiet=quiet)
 
 
-def budget_bytes(memory_budget_mb: float | None) -> int | None:
-    return None if memory_budget_mb is None else int(memory_budget_mb * 2**20)
-
-
 def run_pipeline(
-    run: Callable[..., Any],
-    *args: Any,
-    device: Device,
-    memory_budget_mb: float | None,
-    quiet: bool,
-    overwrite: bool,
-    report: bool,
-    **kwargs: Any,
+    run: Callable[..., Any], settings: RunSettings, *args: Any, **kwargs: Any
 ) -> tuple[Any, list[Path]]:
-    """Run a file pipeline (``run_dsc``, ``run_asl``) with the run-level options every pipeline
-    command takes, and publish its QC page with ``--report``: (result, the page's paths)."""
+    """Run a file pipeline (``run_dsc``, ``run_asl``) with its command's run settings
+    (:func:`gpuperf.io.stages.run_and_publish`), and publish its QC page unless
+    ``--no-report``: (result, the page's paths)."""
     from gpuperf.io.stages import run_and_publish
 
-    rep = reporter_for(quiet)
+    rep = reporter_for(settings.quiet)
     pages: list[Path] = []
 
     def publish(result: Any) -> None:
         from gpuperf.report import publish_result
 
-        pages.extend(publish_result(result, overwrite=overwrite, reporter=rep))
+        pages.extend(publish_result(result, overwrite=settings.overwrite, reporter=rep))
 
-    result = run_and_publish(
-        run,
-        *args,
-        publish=publish if report else None,
-        device=device.value,
-        memory_budget=budget_bytes(memory_budget_mb),
-        overwrite=overwrite,
-        reporter=rep,
-        **kwargs,
-    )
+    result = run_and_publish(run, settings, *args, publish=publish, reporter=rep, **kwargs)
     return result, pages

@@ -18,7 +18,7 @@ from __future__ import annotations
 import functools
 import inspect
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from enum import Enum
 from pathlib import Path
 from typing import Any, Optional
@@ -73,7 +73,10 @@ def parse_floats(text: str) -> tuple[float, ...]:
     return values
 
 
-def _parameter(spec: OptionSpec) -> inspect.Parameter:
+def _parameter(spec: OptionSpec, cli: Mapping[str, Any] | None = None) -> inspect.Parameter:
+    """The Typer option of ``spec``; ``cli`` may replace its ``decls`` (flags), ``default``
+    (``...``: required) or ``help`` (see :func:`options_command`)."""
+    cli = cli or {}
     kind = spec.kind
     allowed = spec.allowed()
     decls = [spec.flag]
@@ -94,7 +97,10 @@ def _parameter(spec: OptionSpec) -> inspect.Parameter:
         default = ",".join(f"{v:g}" for v in default)
     if spec.nullable or default is None:
         annotation = Optional[annotation]  # noqa: UP045 - typer reads the typing form
-    opt = typer.Option(default, *decls, help=_help(spec), show_default=default is not None)
+    decls = list(cli.get("decls", decls))
+    default = cli.get("default", default)
+    helptext = cli.get("help", _help(spec))
+    opt = typer.Option(default, *decls, help=helptext, show_default=default is not None)
     return inspect.Parameter(
         spec.name, inspect.Parameter.KEYWORD_ONLY, default=opt, annotation=annotation
     )
@@ -120,7 +126,11 @@ def _is_options(annotation: Any) -> bool:
 
 
 def options_command(
-    options_cls: type, exclude: tuple[str, ...] = (), name: str = "options"
+    options_cls: type,
+    exclude: tuple[str, ...] = (),
+    name: str = "options",
+    *,
+    cli: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Callable:
     """Decorator: add a Typer option per field of ``options_cls`` to a command.
 
@@ -128,8 +138,10 @@ def options_command(
     fields named in ``exclude`` are not offered on the command line (they keep their defaults).
     A command with two options objects stacks two decorators with different ``name``s (each
     parameter annotated with an :class:`~gpuperf.options.Options` class is left to its own
-    decorator).
+    decorator). ``cli`` maps a field to what its flag shows other than its declaration:
+    ``decls`` (the flags, e.g. a short one), ``default`` (``...``: required) or ``help``.
     """
+    cli = cli or {}
     fields = {n: s for n, s in specs(options_cls).items() if s.flag and n not in exclude}
 
     def decorate(fn: Callable) -> Callable:
@@ -153,7 +165,7 @@ def options_command(
 
         params = [p.replace(kind=inspect.Parameter.POSITIONAL_OR_KEYWORD) for p in own]
         wrapper.__signature__ = sig.replace(  # type: ignore[attr-defined]
-            parameters=params + [_parameter(s) for s in fields.values()]
+            parameters=params + [_parameter(s, cli.get(n)) for n, s in fields.items()]
         )
         wrapper.__annotations__ = {}  # typer must read the annotations of the signature
         return wrapper

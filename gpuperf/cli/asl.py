@@ -3,23 +3,46 @@ and :func:`gpuperf.asl.simulate.write_phantom`."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
+from typing import Any
 
 import typer
 
 from gpuperf.asl.options import ASLOptions
 from gpuperf.cli._common import (
-    Device,
-    DeviceOption,
-    MemoryOption,
     OverwriteOption,
     QuietOption,
-    ReportOption,
     handle_errors,
     run_pipeline,
+    run_settings_command,
 )
 from gpuperf.cli._options import options_command
+from gpuperf.io.settings import RunSettings
+from gpuperf.options import Options, option
+
+
+def _file(flag: str, help: str) -> Any:
+    """An optional input file of ``gpuperf asl`` (default None: not given)."""
+    return option(None, help, flag=flag, kind="path")
+
+
+@dataclass(frozen=True)
+class ASLInputs(Options):
+    """The optional input files of ``gpuperf asl``: each field is the keyword argument of
+    :func:`gpuperf.asl.run_asl` of that name (``tests/test_cli_run_settings.py`` checks it),
+    and its flag."""
+
+    m0_path: Path | None = _file("--m0", "M0 image (overrides the sidecar M0Type).")
+    m0_ref_mask: Path | None = _file("--m0-ref-mask", "Reference-region mask for one M0 of blood.")
+    pv_gm: Path | None = _file(
+        "--pv-gm", "GM probability map on the ASL grid: also write cbf_gm/cbf_wm."
+    )
+    pv_wm: Path | None = _file("--pv-wm", "WM probability map on the ASL grid (with --pv-gm).")
+    ref_mask: Path | None = _file(
+        "--ref-mask", "Reference region (e.g. NAWM, whole GM): also write rCBF/rATT."
+    )
 
 
 class PhantomKind(str, Enum):
@@ -30,30 +53,13 @@ class PhantomKind(str, Enum):
 
 @handle_errors
 @options_command(ASLOptions)
+@options_command(ASLInputs, name="inputs")
+@run_settings_command(mask_path={"help": "Brain mask (default: from M0)."})
 def asl_command(
     asl: Path = typer.Argument(..., help="BIDS *_asl.nii.gz (with _asl.json, _aslcontext.tsv)."),
-    out: Path = typer.Option(..., "--out", help="Output folder."),
-    m0: Path | None = typer.Option(None, "--m0", help="M0 image (overrides the sidecar M0Type)."),
-    m0_ref_mask: Path | None = typer.Option(
-        None, "--m0-ref-mask", help="Reference-region mask for one M0 of blood."
-    ),
-    mask: Path | None = typer.Option(None, "--mask", help="Brain mask (default: from M0)."),
-    prefix: str | None = typer.Option(None, "--prefix", help="Output prefix."),
-    device: Device = DeviceOption,
-    memory_budget_mb: float | None = MemoryOption,
-    quiet: bool = QuietOption,
-    overwrite: bool = OverwriteOption,
-    report: bool = ReportOption,
-    pv_gm: Path | None = typer.Option(
-        None, "--pv-gm", help="GM probability map on the ASL grid: also write cbf_gm/cbf_wm."
-    ),
-    pv_wm: Path | None = typer.Option(
-        None, "--pv-wm", help="WM probability map on the ASL grid (with --pv-gm)."
-    ),
-    ref_mask: Path | None = typer.Option(
-        None, "--ref-mask", help="Reference region (e.g. NAWM, whole GM): also write rCBF/rATT."
-    ),
     *,
+    run: RunSettings,
+    inputs: ASLInputs,
     options: ASLOptions,
 ) -> None:
     """Quantify CBF (and ATT) from a BIDS ASL series."""
@@ -62,27 +68,10 @@ def asl_command(
     start_reading(asl, "ASL series")  # checked, then inflated while NumPy and the pipeline import
     from gpuperf.asl.pipeline import run_asl
 
-    result, pages = run_pipeline(
-        run_asl,
-        asl,
-        out,
-        device=device,
-        memory_budget_mb=memory_budget_mb,
-        quiet=quiet,
-        overwrite=overwrite,
-        report=report,
-        m0_path=m0,
-        m0_ref_mask=m0_ref_mask,
-        mask_path=mask,
-        prefix=prefix,
-        options=options,
-        pv_gm=pv_gm,
-        pv_wm=pv_wm,
-        ref_mask=ref_mask,
-    )
+    result, pages = run_pipeline(run_asl, run, asl, options=options, **inputs.to_parameters())
     for path in pages:
         result.outputs["report"] = path
-    if not quiet:
+    if not run.quiet:
         s = result.summary
         typer.echo(
             f"{s.get('method')}: {s.get('voxels')} voxels in {s.get('elapsed_seconds', 0):.2f} s"

@@ -2,8 +2,9 @@
 :func:`gpuperf.dsc.pipeline.run_dsc` and :func:`gpuperf.dsc.simulate.write_phantom`.
 
 Every method option of ``gpuperf dsc`` is a field of :class:`gpuperf.dsc.options.DSCOptions`
-(flag, help, unit, range, choices from the method registry); this module declares only the
-run-level arguments (inputs, output folder, device, report).
+(flag, help, unit, range, choices from the method registry), and every run-level one (output
+folder, mask, device, report ...) a field of :class:`gpuperf.io.settings.RunSettings`; this
+module declares only the inputs.
 """
 
 from __future__ import annotations
@@ -13,26 +14,23 @@ from pathlib import Path
 import typer
 
 from gpuperf.cli._common import (
-    Device,
-    DeviceOption,
-    MemoryOption,
     OverwriteOption,
     QuietOption,
-    ReportOption,
     fail,
     handle_errors,
     run_pipeline,
+    run_settings_command,
 )
 from gpuperf.cli._options import options_command
 from gpuperf.dsc.options import DSCOptions
+from gpuperf.io.settings import RunSettings
 
 
 @handle_errors
 @options_command(DSCOptions)
+@run_settings_command()
 def dsc_command(
     series: Path = typer.Argument(..., help="4D DSC series (.nii/.nii.gz) with its JSON sidecar."),
-    out: Path = typer.Option(..., "--out", help="Output folder."),
-    mask: Path | None = typer.Option(None, "--mask", help="Brain mask (default: automatic)."),
     aif: str = typer.Option("auto", "--aif", help="'auto' (cluster-based selection)."),
     aif_mask: Path | None = typer.Option(None, "--aif-mask", help="AIF voxel mask (NIfTI)."),
     aif_curve: Path | None = typer.Option(
@@ -41,13 +39,8 @@ def dsc_command(
     ref_mask: Path | None = typer.Option(
         None, "--ref-mask", help="Reference mask for rCBF, rCBV, rMTT."
     ),
-    prefix: str | None = typer.Option(None, "--prefix", help="Output prefix."),
-    device: Device = DeviceOption,
-    memory_budget_mb: float | None = MemoryOption,
-    quiet: bool = QuietOption,
-    overwrite: bool = OverwriteOption,
-    report: bool = ReportOption,
     *,
+    run: RunSettings,
     options: DSCOptions,
 ) -> None:
     """CBF, CBV, MTT, Tmax and TTP maps from a DSC-MRI series."""
@@ -63,27 +56,16 @@ def dsc_command(
         fail("give only one of --aif auto, --aif-mask and --aif-curve")
     if aif != "auto":
         fail(f"--aif takes 'auto' (use --aif-mask or --aif-curve for files); got {aif!r}")
+    aif_source = given[0] if given else "auto"
     result, pages = run_pipeline(
-        run_dsc,
-        series,
-        out,
-        device=device,
-        memory_budget_mb=memory_budget_mb,
-        quiet=quiet,
-        overwrite=overwrite,
-        report=report,
-        options=options,
-        mask_path=mask,
-        aif=given[0] if given else "auto",
-        ref_mask_path=ref_mask,
-        prefix=prefix,
+        run_dsc, run, series, options=options, aif=aif_source, ref_mask_path=ref_mask
     )
     outputs = list(result.outputs) + pages
-    if not quiet:
+    if not run.quiet:
         s = result.summary
         typer.echo(
             f"{s['voxels']} voxels ({s['flagged_input']} flagged) on {s['device']}: median CBF "
-            f"{s['median_cbf']:.1f} ml/100g/min; {len(outputs)} files in {out} "
+            f"{s['median_cbf']:.1f} ml/100g/min; {len(outputs)} files in {run.out_dir} "
             f"({s['elapsed_s']:.2f} s)"
         )
 

@@ -35,6 +35,7 @@ def run_demo(
     from gpuperf.backend import get_backend
     from gpuperf.dsc.pipeline import run_dsc
     from gpuperf.dsc.simulate import K2_VALUES, write_phantom
+    from gpuperf.io.settings import RunSettings
     from gpuperf.io.stages import run_and_publish
 
     get_backend(device)  # fail before writing anything when the device is unusable
@@ -42,14 +43,13 @@ def run_demo(
     out = Path(out_dir)
     paths = write_phantom(out / "phantom", overwrite=True)
     rep.log(f"DSC phantom written to {out / 'phantom'}")
+    settings = RunSettings(out_dir=out / "maps", device=device, overwrite=True)
     res = run_and_publish(
         run_dsc,
+        settings,
         paths["series"],
-        out / "maps",
         method="osvd",
         leakage="bsw",
-        device=device,
-        overwrite=True,
         reporter=reporter,
         publish=publish,
     )

@@ -6,6 +6,9 @@ call) and ``write`` (the maps of one computed subject). :func:`staged_pipeline` 
 one-subject run from the three: it takes ``prepare``'s signature and exposes the stages as
 ``run.prepare``, ``run.compute`` and ``run.write`` for the cohort runner, which computes several
 subjects in one call (:mod:`gpuperf.cohort.batching`).
+
+:func:`run_and_publish` runs a pipeline with its :class:`~gpuperf.io.settings.RunSettings` (the
+output folder, mask, device ... declared once) and publishes the caller's QC page.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from pathlib import Path
 from typing import Any, ParamSpec, Protocol, TypeVar
 
 from gpuperf.io.outputs import OutputWriter
+from gpuperf.io.settings import RunSettings
 
 P = ParamSpec("P")
 Prep = TypeVar("Prep")
@@ -133,12 +137,40 @@ def staged_pipeline(
 
 
 def run_and_publish(
-    run: Callable[..., R], *args: Any, publish: Callable[[R], Any] | None = None, **kwargs: Any
+    run: Callable[..., R],
+    settings: RunSettings,
+    *args: Any,
+    publish: Callable[[R], Any] | None = None,
+    reporter: Any = None,
+    **kwargs: Any,
 ) -> R:
-    """``run(*args, **kwargs)``, then ``publish(result)`` when given (the caller's QC page: the
-    report layer sits above the pipelines). With ``publish`` the page's file is checked against
-    the overwrite policy with the maps, before any work (``extra_outputs``)."""
-    result = run(*args, extra_outputs=REPORT_OUTPUTS if publish is not None else (), **kwargs)
+    """``run(*args, **settings.pipeline_arguments(), reporter=reporter, **kwargs)``, then
+    ``publish(result)`` when given and ``settings.report`` (the caller's QC page: the report
+    layer sits above the pipelines). With a page to publish its file is checked against the
+    overwrite policy with the maps, before any work (``extra_outputs``).
+
+    Parameters
+    ----------
+    run : callable
+        A file pipeline (``run_dsc``, ``run_asl``).
+    settings : RunSettings
+        The output folder, mask, device, memory budget, overwrite policy and ``report``.
+    *args, **kwargs
+        The pipeline's inputs and method options (``options=``).
+    publish : callable, optional
+        Called with the result once the maps are written.
+    reporter : gpuperf.progress.Reporter, optional
+        Progress and log lines (default: none).
+    """
+    if not settings.report:
+        publish = None
+    result = run(
+        *args,
+        **settings.pipeline_arguments(),
+        reporter=reporter,
+        extra_outputs=REPORT_OUTPUTS if publish is not None else (),
+        **kwargs,
+    )
     if publish is not None:
         publish(result)
     return result
