@@ -46,6 +46,8 @@ def test_settings_validate_naming_the_flag():
         RunSettings(out_dir="o", overwrite="yes")
     with pytest.raises(InputError, match="--memory-budget-mb"):
         RunSettings(out_dir="o", memory_budget_mb=float("nan"))
+    with pytest.raises(InputError, match="--out.*output folder"):
+        RunSettings(device="cpu")
 
 
 @pytest.mark.parametrize(

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gpuperf.errors import InputError
 from gpuperf.options import Options, option
 
 #: The values of ``device`` (those of :func:`gpuperf.backend.get_backend`, which imports NumPy;
@@ -35,8 +36,8 @@ class RunSettings(Options):
 
     Attributes
     ----------
-    out_dir : path-like or None
-        Output folder (the pipelines require one).
+    out_dir : path-like
+        Output folder (required: None raises :class:`~gpuperf.errors.InputError`).
     mask_path : path-like or None
         Brain mask; None: the pipeline's automatic mask (DSC: from the signal, ASL: from M0).
     prefix : str or None
@@ -70,6 +71,10 @@ class RunSettings(Options):
     quiet: bool = option(False, "No progress bars or log lines.", flag="--quiet")
     overwrite: bool = option(False, "Replace existing outputs.", flag="--overwrite")
     report: bool = option(True, "Write <prefix>_report.html, the visual QC page.", flag="--report")
+
+    def _check(self) -> None:
+        if self.out_dir is None:
+            raise InputError(None, "--out", "an output folder is required")
 
     def pipeline_arguments(self) -> dict[str, Any]:
         """The keyword arguments of ``run_dsc``/``run_asl`` (and their ``prepare`` stages) that
