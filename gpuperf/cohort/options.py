@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from gpuperf.errors import InputError
+from gpuperf.io.settings import DEVICES
 from gpuperf.options import Options, option, positive
 
 
@@ -72,7 +73,7 @@ class CohortOptions(Options):
         None,
         "auto, cpu or gpu (default: the config's, else auto)",
         flag="--device",
-        choices=("auto", "cpu", "gpu"),
+        choices=DEVICES,
     )
     overwrite: bool = option(
         False,

@@ -176,11 +176,21 @@ def phantom_arrays(
 ) -> dict[str, Any]:
     """Build the phantom in memory.
 
+    Parameters
+    ----------
+    shape : (X, Y, Z) voxels
+    n_frames : int
+    tr_s, te_s : float
+        Frame interval and echo time (s).
+    noise_sd : float
+        Gaussian noise SD as a fraction of the brain S0 (0: noise-free).
+    seed : int
+
     Returns
     -------
     dict with ``signal`` (X, Y, Z, T) float32, ``brain``, ``artery``, ``leaky`` masks, truth
     maps ``cbf``, ``cbv``, ``mtt``, ``delay``, ``k2`` (NaN outside the brain), ``aif`` (T,),
-    ``t_s``, ``te_s``, ``tr_s``.
+    ``t_s``, ``te_s``, ``tr_s``, ``seed``.
     """
     nx, ny, nz = shape
     t = np.arange(n_frames) * tr_s
@@ -239,35 +249,33 @@ def phantom_arrays(
         "t_s": t,
         "te_s": te_s,
         "tr_s": tr_s,
+        "seed": seed,
         "dr2s": dr2s,
     }
 
 
 def write_phantom(
     out_dir: str | PathLike,
-    shape: tuple[int, int, int] = (32, 32, 4),
-    n_frames: int = 60,
-    tr_s: float = 1.5,
-    te_s: float = 0.03,
-    noise_sd: float = 0.005,
-    seed: int = 0,
     prefix: str = "phantom",
     overwrite: bool = False,
+    *,
+    noise_sd: float = 0.005,
+    **phantom: Any,
 ) -> dict[str, Path]:
     """Write the phantom: ``<prefix>_dsc.nii.gz`` + ``.json``, truth maps and masks.
 
     Parameters
     ----------
     out_dir : path-like
-    shape : (X, Y, Z) voxels
-    n_frames : int
-    tr_s, te_s : float
-        Frame interval and echo time (s), written to the sidecar as BIDS fields.
-    noise_sd : float
-        Gaussian noise SD as a fraction of the brain S0 (0: noise-free).
-    seed : int
     prefix : str
     overwrite : bool
+        Replace existing files (otherwise :class:`~gpuperf.errors.OutputExistsError`).
+    noise_sd : float
+        As :func:`phantom_arrays`, but noisy by default (0.005).
+    **phantom
+        The other parameters of :func:`phantom_arrays` (``shape``, ``n_frames``, ``tr_s``,
+        ``te_s``, ``seed``), declared there only; ``tr_s`` and ``te_s`` are written to the
+        sidecar as BIDS fields.
 
     Returns
     -------
@@ -279,7 +287,8 @@ def write_phantom(
     from gpuperf.io.outputs import OutputWriter
 
     out = Path(out_dir)
-    ph = phantom_arrays(shape, n_frames, tr_s, te_s, noise_sd, seed)
+    ph = phantom_arrays(noise_sd=noise_sd, **phantom)
+    tr_s, te_s, seed = ph["tr_s"], ph["te_s"], ph["seed"]
     affine = np.diag([2.0, 2.0, 4.0, 1.0])
     files = {
         "series": (f"{prefix}_dsc.nii.gz", ph["signal"]),
