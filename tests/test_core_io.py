@@ -290,3 +290,19 @@ def test_start_reading_names_a_missing_input_and_reads_ahead(tmp_path):
     assert len(readahead._READ_AHEAD) == 1
     np.testing.assert_array_equal(load_image(path).data, a)
     assert not readahead._READ_AHEAD
+
+
+def test_expect_extra_checks_the_extra_files_like_the_maps(tmp_path):
+    """Both pipelines check their extra files (the report) through one function: a name needs
+    an extension, and an existing ``<prefix>_report.html`` is refused before any work."""
+    from gpuperf.errors import GpuperfError, OutputExistsError
+    from gpuperf.io.outputs import OutputWriter
+    from gpuperf.io.stages import expect_extra
+
+    with pytest.raises(GpuperfError, match="'report': expected a name with an extension"):
+        expect_extra(OutputWriter(tmp_path, "sub-01"), ["report"])
+    expect_extra(OutputWriter(tmp_path, "sub-01"), ["report.html"])  # nothing there yet
+    (tmp_path / "sub-01_report.html").write_text("old")
+    with pytest.raises(OutputExistsError, match="sub-01_report.html"):
+        expect_extra(OutputWriter(tmp_path, "sub-01"), ["report.html"])
+    expect_extra(OutputWriter(tmp_path, "sub-01", overwrite=True), ["report.html"])

@@ -38,7 +38,13 @@ from gpuperf.errors import GpuperfError, InputError
 from gpuperf.io.nifti import gather, load_mask, nifti_stem, scatter, sidecar_path
 from gpuperf.io.outputs import OutputWriter
 from gpuperf.io.qc import pick_voxels, stage_extra
-from gpuperf.io.stages import PreparedRun, batch_groups, batch_note, staged_pipeline
+from gpuperf.io.stages import (
+    PreparedRun,
+    batch_groups,
+    batch_note,
+    expect_extra,
+    staged_pipeline,
+)
 from gpuperf.progress import ensure_reporter
 from gpuperf.provenance import provenance
 
@@ -319,7 +325,7 @@ def prepare_asl(
             out_dir, prefix, reference=image, overwrite=overwrite, inputs=[series.path]
         )
         writer.expect(["cbf"])
-        _expect_extra(writer, extra_outputs)
+        expect_extra(writer, extra_outputs)
         return PreparedASL(writer=writer, names=["cbf"], sources=[series.path], **common)
     if m0_for_fit is None:
         raise InputError(
@@ -397,7 +403,7 @@ def prepare_asl(
     writer.expect(names)
     if METHODS[asl_model.method].fits or notes:
         writer.expect(["qc"], ext=".npz")
-    _expect_extra(writer, extra_outputs)
+    expect_extra(writer, extra_outputs)
     warns = check_asl_samples(samples, series.is_pasl, js, asl_path)
     publish_warnings(warns, rep, writer if extra_outputs else None)
     constants = {
@@ -448,14 +454,6 @@ def prepare_asl(
         notes=notes,
         **common,
     )
-
-
-def _expect_extra(writer: OutputWriter, extra_outputs: Sequence[str]) -> None:
-    """Check the caller's extra files (``"report.html"`` -> ``<prefix>_report.html``) against
-    the overwrite policy before any work, like the maps."""
-    for fname in extra_outputs:
-        stem, _, ext = str(fname).partition(".")
-        writer.expect([stem], ext=f".{ext}" if ext else "")
 
 
 def compute_asl_batch(prepared: Sequence[PreparedASL], reporter: Any = None) -> None:

@@ -49,7 +49,13 @@ from gpuperf.io.nifti import (
 )
 from gpuperf.io.outputs import OutputWriter
 from gpuperf.io.qc import pick_voxels, stage_extra
-from gpuperf.io.stages import PreparedRun, batch_groups, batch_note, staged_pipeline
+from gpuperf.io.stages import (
+    PreparedRun,
+    batch_groups,
+    batch_note,
+    expect_extra,
+    staged_pipeline,
+)
 from gpuperf.progress import Reporter, ensure_reporter
 from gpuperf.provenance import provenance
 from gpuperf.status import INPUT_FLAGS, Status, sidecar_entry
@@ -147,14 +153,6 @@ class DSCRunResult:
     mask_path: str | PathLike | None = None
 
 
-def _split_name(name: str) -> tuple[str, str]:
-    """``"report.html"`` -> ``("report", ".html")``."""
-    stem, dot, ext = str(name).partition(".")
-    if not stem or not dot:
-        raise GpuperfError(f"extra output {name!r}: expected a name with an extension")
-    return stem, "." + ext
-
-
 def prepare_dsc(
     series_path: str | PathLike,
     out_dir: str | PathLike,
@@ -242,9 +240,7 @@ def prepare_dsc(
     writer.expect(names)
     writer.expect(["aif"], ext=".tsv")
     writer.expect(["aif"], ext=".json")
-    for name in extra_outputs:
-        stem, ext = _split_name(name)
-        writer.expect([stem], ext=ext)
+    expect_extra(writer, extra_outputs)
     qc = bool(extra_outputs)
     if qc:
         writer.expect(["qc"], ext=".npz")

@@ -176,6 +176,19 @@ def run_and_publish(
     return result
 
 
+def expect_extra(writer: OutputWriter, extra_outputs: Iterable[str]) -> None:
+    """Check the caller's extra files (``"report.html"`` -> ``<prefix>_report.html``) against
+    the overwrite policy before any work, like the maps (``GpuperfError`` for a name without
+    an extension)."""
+    from gpuperf.errors import GpuperfError
+
+    for name in extra_outputs:
+        stem, dot, ext = str(name).partition(".")
+        if not stem or not dot:
+            raise GpuperfError(f"extra output {name!r}: expected a name with an extension")
+        writer.expect([stem], ext="." + ext)
+
+
 def batch_groups(prepared: Iterable[B]) -> list[list[B]]:
     """The subjects that can be computed in one call, grouped by ``batch_key`` in first-seen
     order (subjects whose key is None are left out)."""
