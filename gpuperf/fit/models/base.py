@@ -78,6 +78,27 @@ class Model:
         """
         raise NotImplementedError
 
+    def evaluate_samples(self, xp: Any, p: Any, x: Any, c: Any) -> tuple[Any, Any]:
+        """:meth:`evaluate` in the sample-major layout of the NumPy fitter (voxels last).
+
+        Parameters
+        ----------
+        p : array (P, V)
+            Parameters, one column per voxel.
+        x, c : as :meth:`evaluate`.
+
+        Returns
+        -------
+        f : array (N, V)
+        J : array (P, N, V)
+            The values of :meth:`evaluate`, transposed. This default transposes
+            :meth:`evaluate`'s result; models whose arithmetic broadcasts either way
+            (``gpuperf.fit.models.buxton``) evaluate in this layout directly, element by
+            element the same operations, so the values are identical and no copy is made.
+        """
+        f, jac = self.evaluate(xp, p.T, x, c)
+        return xp.ascontiguousarray(f.T), xp.ascontiguousarray(jac.transpose(2, 1, 0))
+
     def initial_guess(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         """Starting parameters (V, P) estimated from the data ``y`` (V, N) at ``x`` (N, NX)."""
         raise NotImplementedError(f"model {self.name!r} has no initial_guess; pass p0")

@@ -62,14 +62,32 @@ def _phi(xp: Any, z: Any) -> tuple[Any, Any]:
     return xp.where(small, phi_series, phi_direct), xp.where(small, dphi_series, dphi_direct)
 
 
-def _by_phase(xp: Any, during: Any, after: Any, first: tuple, second: tuple) -> tuple[Any, Any]:
+def _by_phase(
+    xp: Any, during: Any, after: Any, first: tuple, second: tuple, axis: int = -1
+) -> tuple[Any, Any]:
     """Model value and Jacobian (CBF, ATT) from their expressions while the bolus arrives
     (``first``) and after it has passed (``second``), each ``(value, d/df, d/dATT)``; 0 before
-    ATT. d/df becomes d/dCBF (CBF in ml/100 g/min)."""
+    ATT. d/df becomes d/dCBF (CBF in ml/100 g/min). The Jacobian's parameter axis is ``axis``
+    (-1: voxel-major (V, N, 2); 0: sample-major (2, N, V))."""
     val, j_f, j_att = (
         xp.where(during, a, xp.where(after, b, 0.0)) for a, b in zip(first, second, strict=True)
     )
-    return val, xp.stack([j_f / _PER_MIN_100G, j_att], axis=-1)
+    return val, xp.stack([j_f / _PER_MIN_100G, j_att], axis=axis)
+
+
+def _columns(p: Any, n: int, axis: int) -> list[Any]:
+    """The first ``n`` parameters as per-voxel arrays that broadcast against the samples:
+    columns (V, 1) of p (V, P) for ``axis=-1`` (:meth:`Model.evaluate`), rows (1, V) of
+    p (P, V) for ``axis=0`` (:meth:`Model.evaluate_samples`)."""
+    return [p[:, k : k + 1] if axis == -1 else p[k : k + 1] for k in range(n)]
+
+
+def _sample_times(x: Any, axis: int) -> tuple[Any, Any]:
+    """Columns ``t`` and ``tau`` of ``x`` (N, 2) as (1, N) rows (``axis=-1``) or (N, 1)
+    columns (``axis=0``)."""
+    if axis == -1:
+        return x[:, 0][None, :], x[:, 1][None, :]
+    return x[:, 0:1], x[:, 1:2]
 
 
 class _BuxtonBase(Model):
@@ -81,6 +99,16 @@ class _BuxtonBase(Model):
     const_names: tuple[str, ...] = ("t1_tissue_s", "t1_blood_s", "lambda_ml_g", "alpha")
     default_lower: tuple[float, ...] | None = (0.0, 0.0)
     default_upper: tuple[float, ...] | None = (300.0, 5.0)
+
+    def evaluate_at(
+        self, xp: Any, p: Any, t: Any, tau: Any, c: Any, axis: int = -1
+    ) -> tuple[Any, Any]:
+        raise NotImplementedError
+
+    def evaluate_samples(self, xp: Any, p: Any, x: Any, c: Any) -> tuple[Any, Any]:
+        """:meth:`evaluate` sample-major (p (P, V) -> (N, V), (P, N, V)): the same arithmetic
+        broadcast the other way round, hence the same values, without a transposed copy."""
+        return self.evaluate_at(xp, p, *_sample_times(x, 0), c, axis=0)
 
 
 class BuxtonPCASL(_BuxtonBase):
@@ -119,21 +147,29 @@ class BuxtonPCASL(_BuxtonBase):
         J : array (V, N, 2)
             Derivatives with respect to CBF and ATT.
         """
-        return self.evaluate_at(xp, p, x[:, 0][None, :], x[:, 1][None, :], c)
+        return self.evaluate_at(xp, p, *_sample_times(x, -1), c)
 
-    def evaluate_at(self, xp: Any, p: Any, t: Any, tau: Any, c: Any) -> tuple[Any, Any]:
+    def evaluate_at(
+        self, xp: Any, p: Any, t: Any, tau: Any, c: Any, axis: int = -1
+    ) -> tuple[Any, Any]:
         """:meth:`evaluate` at sample times ``t`` and durations ``tau`` broadcastable to (V, N)
-        (per-voxel times: :class:`SliceTimed`)."""
-        return _pcasl_tissue(xp, p[:, 0:1], p[:, 1:2], t, tau, c)
+        (per-voxel times: :class:`SliceTimed`); with ``axis=0``, p (P, V) and ``t``, ``tau``
+        broadcastable to (N, V): :meth:`evaluate_samples`' layout."""
+        return _pcasl_tissue(xp, *_columns(p, 2, axis), t, tau, c, axis)
 
 
-def _pcasl_tissue(xp: Any, cbf: Any, att: Any, t: Any, tau: Any, c: Any):
-    """Value (V, N) and Jacobian (V, N, 2) of the (p)CASL tissue term (``BuxtonPCASL``).
+def _pcasl_tissue(xp: Any, cbf: Any, att: Any, t: Any, tau: Any, c: Any, axis: int = -1):
+    """Value (V, N) and Jacobian (V, N, 2) of the (p)CASL tissue term (``BuxtonPCASL``);
+    with ``axis=0`` (per-voxel ``cbf``, ``att`` as (1, V) rows) (N, V) and (2, N, V).
 
     Each element takes exactly one branch of the kernel's ``if``; the exponential of that
-    branch (``u`` during the bolus, ``v`` after it) is computed once as ``e``.
+    branch (``u`` during the bolus, ``v`` after it) is computed once as ``e``. Shared
+    subexpressions are computed once (``q = z / T1app``, ``1 - w``; ``w = e^{-tau/T1app}``
+    per voxel when every sample has the same ``tau``): the same operations on the same
+    values as the kernel, fewer of them.
     """
     t1t, t1b, lam, alpha = (float(v) for v in c[:4])
+    tau = _uniform(xp, tau)
     f = cbf / _PER_MIN_100G
     s = 2.0 * alpha / lam
     tapp = 1.0 / (1.0 / t1t + f / lam)
@@ -144,7 +180,8 @@ def _pcasl_tissue(xp: Any, cbf: Any, att: Any, t: Any, tau: Any, c: Any):
     during = (d >= 0) & ~after
     # time since arrival (during) or since the end of the bolus (after); 0 before arrival
     z = xp.where(after, d - tau, xp.where(during, d, 0.0))
-    e = xp.exp(-z / tapp)
+    q = z / tapp
+    e = xp.exp(-q)  # (-z) / T1app is -(z / T1app) exactly: IEEE division rounds symmetrically
     one_e = 1.0 - e
     # during the bolus (u = e)
     g1 = s * f * tapp * e_att * one_e
@@ -152,12 +189,22 @@ def _pcasl_tissue(xp: Any, cbf: Any, att: Any, t: Any, tau: Any, c: Any):
     g1_f = s * e_att * (tapp * one_e + f * dtapp_df * (one_e - e * z / tapp))
     # after the bolus has passed (v = e)
     w = xp.exp(-tau / tapp)
-    h = tapp * e * (1.0 - w)
+    one_w = 1.0 - w
+    h = tapp * e * one_w
     g2 = s * f * e_att * h
     g2_att = g2 * (1.0 / tapp - 1.0 / t1b)
-    dh_dtapp = e * (1.0 - w) * (1.0 + z / tapp) - e * w * tau / tapp
+    dh_dtapp = e * one_w * (1.0 + q) - e * w * tau / tapp
     g2_f = s * e_att * (h + f * dtapp_df * dh_dtapp)
-    return _by_phase(xp, during, after, (g1, g1_f, g1_att), (g2, g2_f, g2_att))
+    return _by_phase(xp, during, after, (g1, g1_f, g1_att), (g2, g2_f, g2_att), axis)
+
+
+def _uniform(xp: Any, a: Any) -> Any:
+    """``a`` reduced to one broadcastable element when all its elements are equal (one
+    labelling duration for every sample): operations on it then run once per voxel rather
+    than once per sample, on the same values."""
+    if a.size > 1 and bool((a == a.ravel()[0]).all()):
+        return a.ravel()[:1].reshape((1,) * a.ndim)
+    return a
 
 
 class BuxtonPASL(_BuxtonBase):
@@ -180,12 +227,15 @@ class BuxtonPASL(_BuxtonBase):
     def evaluate(self, xp: Any, p: Any, x: Any, c: Any) -> tuple[Any, Any]:
         """Model value (V, N) and Jacobian (V, N, 2); arguments as :meth:`BuxtonPCASL.evaluate`
         with ``x = (TI, TI1)``."""
-        return self.evaluate_at(xp, p, x[:, 0][None, :], x[:, 1][None, :], c)
+        return self.evaluate_at(xp, p, *_sample_times(x, -1), c)
 
-    def evaluate_at(self, xp: Any, p: Any, t: Any, tau: Any, c: Any) -> tuple[Any, Any]:
-        """:meth:`evaluate` at ``t`` (TI) and ``tau`` (TI1) broadcastable to (V, N)."""
+    def evaluate_at(
+        self, xp: Any, p: Any, t: Any, tau: Any, c: Any, axis: int = -1
+    ) -> tuple[Any, Any]:
+        """:meth:`evaluate` at ``t`` (TI) and ``tau`` (TI1) broadcastable to (V, N) (``axis``
+        as :meth:`BuxtonPCASL.evaluate_at`)."""
         t1t, t1b, lam, alpha = (float(v) for v in c[:4])
-        cbf, att = p[:, 0:1], p[:, 1:2]
+        cbf, att = _columns(p, 2, axis)
         f = cbf / _PER_MIN_100G
         s = 2.0 * alpha / lam
         k = (1.0 / t1b - 1.0 / t1t) - f / lam
@@ -209,7 +259,7 @@ class BuxtonPASL(_BuxtonBase):
         g2 = s * f * b * ek * f_tau
         g2_att = -k * g2
         g2_f = s * b * (ek * f_tau - (f / lam) * (da * ek * f_tau + ek * tau * tau * dphi))
-        return _by_phase(xp, during, after, (g1, g1_f, g1_att), (g2, g2_f, g2_att))
+        return _by_phase(xp, during, after, (g1, g1_f, g1_att), (g2, g2_f, g2_att), axis)
 
 
 class BuxtonPCASLArterial(_BuxtonBase):
@@ -235,20 +285,24 @@ class BuxtonPCASLArterial(_BuxtonBase):
 
     def evaluate(self, xp: Any, p: Any, x: Any, c: Any) -> tuple[Any, Any]:
         """Model value (V, N) and Jacobian (V, N, 4); p = (CBF, ATT, aBV %, aBAT s)."""
-        return self.evaluate_at(xp, p, x[:, 0][None, :], x[:, 1][None, :], c)
+        return self.evaluate_at(xp, p, *_sample_times(x, -1), c)
 
-    def evaluate_at(self, xp: Any, p: Any, t: Any, tau: Any, c: Any) -> tuple[Any, Any]:
-        """:meth:`evaluate` at ``t`` and ``tau`` broadcastable to (V, N)."""
+    def evaluate_at(
+        self, xp: Any, p: Any, t: Any, tau: Any, c: Any, axis: int = -1
+    ) -> tuple[Any, Any]:
+        """:meth:`evaluate` at ``t`` and ``tau`` broadcastable to (V, N) (``axis`` as
+        :meth:`BuxtonPCASL.evaluate_at`)."""
         t1t, t1b, lam, alpha = (float(v) for v in c[:4])
-        val, jac = _pcasl_tissue(xp, p[:, 0:1], p[:, 1:2], t, tau, c)
-        abv = p[:, 2:3] / 100.0
-        abat = p[:, 3:4]
+        cbf, att, abv, abat = _columns(p, 4, axis)
+        val, jac = _pcasl_tissue(xp, cbf, att, t, tau, c, axis)
+        abv = abv / 100.0
         inside = (t >= abat) & (t < abat + tau)
         art_unit = xp.where(inside, 2.0 * alpha / lam * xp.exp(-abat / t1b), 0.0)
         val = val + abv * art_unit
         j_abv = art_unit / 100.0
         j_abat = -abv * art_unit / t1b
-        return val, xp.concatenate([jac, j_abv[..., None], j_abat[..., None]], axis=-1)
+        extra = [xp.expand_dims(j, axis) for j in (j_abv, j_abat)]
+        return val, xp.concatenate([jac, *extra], axis=axis)
 
 
 class SliceTimed(Model):
@@ -281,6 +335,12 @@ class SliceTimed(Model):
         t = x[:, 0][None, :] + p[:, -1:]
         f, jac = self.base.evaluate_at(xp, p[:, :-1], t, x[:, 1][None, :], c)
         return f, xp.concatenate([jac, xp.zeros_like(jac[..., :1])], axis=-1)
+
+    def evaluate_samples(self, xp: Any, p: Any, x: Any, c: Any) -> tuple[Any, Any]:
+        """:meth:`evaluate` sample-major: p (P + 1, V) -> (N, V), (P + 1, N, V)."""
+        t = x[:, 0:1] + p[-1:]
+        f, jac = self.base.evaluate_at(xp, p[:-1], t, x[:, 1:2], c, axis=0)
+        return f, xp.concatenate([jac, xp.zeros_like(jac[:1])], axis=0)
 
     def __repr__(self) -> str:
         return f"SliceTimed({self.base!r})"
