@@ -310,11 +310,16 @@ class ASLModel:
         mask = np.asarray(mask, dtype=bool)
         if mask.shape != spatial:
             raise InputError(None, "mask", f"shape {mask.shape} does not match data {spatial}")
-        y_all = gather(data, mask)
-        m0_all = gather(m0, mask)
+        everything = bool(mask.all())  # the pipeline's voxel block: no gathering copy
+        y_all = data.reshape(-1, data.shape[-1]) if everything else gather(data, mask)
+        m0_all = m0.reshape(-1) if everything else gather(m0, mask)
         flags = input_flags(y_all, m0_all)
         valid = flags == 0
-        y = np.ascontiguousarray(y_all[valid] / m0_all[valid, None], dtype=self.dtype)
+        if valid.all():
+            y = y_all / m0_all[:, None]
+        else:
+            y = y_all[valid] / m0_all[valid, None]
+        y = np.ascontiguousarray(y, dtype=self.dtype)
         offset = None
         if time_offset_s is not None:
             off = np.broadcast_to(np.asarray(time_offset_s, dtype=np.float64), spatial)
