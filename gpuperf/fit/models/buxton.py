@@ -68,11 +68,24 @@ def _by_phase(
     """Model value and Jacobian (CBF, ATT) from their expressions while the bolus arrives
     (``first``) and after it has passed (``second``), each ``(value, d/df, d/dATT)``; 0 before
     ATT. d/df becomes d/dCBF (CBF in ml/100 g/min). The Jacobian's parameter axis is ``axis``
-    (-1: voxel-major (V, N, 2); 0: sample-major (2, N, V))."""
-    val, j_f, j_att = (
-        xp.where(during, a, xp.where(after, b, 0.0)) for a, b in zip(first, second, strict=True)
-    )
-    return val, xp.stack([j_f / _PER_MIN_100G, j_att], axis=axis)
+    (-1: voxel-major (V, N, 2); 0: sample-major (2, N, V)).
+
+    Each element is selected into place (the ``second`` value, then ``first`` during the bolus,
+    then 0 before arrival), the Jacobian straight into its stacked array: no temporaries.
+    """
+    before = ~(during | after)
+    val = xp.array(second[0], copy=True)
+    xp.copyto(val, first[0], where=during)
+    xp.copyto(val, 0.0, where=before)
+    jac = xp.empty((2, *val.shape) if axis == 0 else (*val.shape, 2), dtype=val.dtype)
+    for k, (a, b) in enumerate(((first[1], second[1]), (first[2], second[2]))):
+        out = jac[k] if axis == 0 else jac[..., k]
+        xp.copyto(out, b)
+        xp.copyto(out, a, where=during)
+        xp.copyto(out, 0.0, where=before)
+    j_f = jac[0] if axis == 0 else jac[..., 0]
+    xp.divide(j_f, _PER_MIN_100G, out=j_f)
+    return val, jac
 
 
 def _columns(p: Any, n: int, axis: int) -> list[Any]:
