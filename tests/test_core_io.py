@@ -44,9 +44,13 @@ def test_load_gather_scatter_roundtrip(series, tmp_path):
 @pytest.mark.parametrize("layout", ["F", "C", "strided"])
 def test_gather_is_boolean_indexing_for_every_layout(layout):
     """gather's frame-wise path for Fortran-ordered series gives data[mask], voxels in C
-    order, for F-ordered, C-ordered and non-contiguous series and empty and full masks."""
+    order, for F-ordered, C-ordered and non-contiguous series and empty and full masks; 37
+    frames (19 strided) span several of its frame blocks (``GATHER_FRAMES``) and a partial one."""
+    from gpuperf.io.nifti import GATHER_FRAMES
+
     rng = np.random.default_rng(1)
-    base = rng.random((5, 4, 3, 6)).astype(np.float32)
+    base = rng.random((5, 4, 3, 37)).astype(np.float32)
+    assert 37 % GATHER_FRAMES and 19 > GATHER_FRAMES
     data = {"F": np.asfortranarray(base), "C": base, "strided": base[:, :, :, ::2]}[layout]
     for mask in (rng.random(data.shape[:3]) > 0.5, np.zeros(data.shape[:3], bool),
                  np.ones(data.shape[:3], bool)):  # fmt: skip
