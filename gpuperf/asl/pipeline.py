@@ -125,8 +125,9 @@ class PreparedASL(PreparedRun):
     m0 : float or ndarray (V,)
         M0 for the fit (tissue-equivalent, short-TR corrected), scalar for a reference region
         or ``M0Estimate``.
-    data : ndarray (V, N)
-        The series' voxels in the mask (used for precomputed ``cbf`` volumes).
+    data : ndarray (V, N) or None
+        The series' voxels in the mask (precomputed ``cbf`` volumes; None otherwise: the
+        difference samples are gathered from whole volumes, :attr:`deltam`).
     mask : ndarray of bool (X, Y, Z)
     fit : ASLFit or None
         Set by :func:`compute_asl_batch`.
@@ -135,7 +136,7 @@ class PreparedASL(PreparedRun):
     asl_path: Path
     series: ASLSeries
     mask: np.ndarray
-    data: np.ndarray
+    data: np.ndarray | None
     names: list[str]
     sources: list[Path]
     model: ASLModel | None = None
@@ -302,8 +303,10 @@ def prepare_asl(
     check_asl_signal(image.data, asl_path)  # all-zero / all-NaN: nothing to quantify
     types = series.volume_types
     has_diff = any(t in ("control", "label", "deltam") for t in types)
-    with rep.status("gathering voxels"):
-        data = gather(image.data, mask)
+    data = None  # the series' voxels: only a series of cbf volumes uses them
+    if not has_diff:
+        with rep.status("gathering voxels"):
+            data = gather(image.data, mask)
     common = {
         "asl_path": asl_path,
         "series": series,
@@ -333,7 +336,10 @@ def prepare_asl(
             "M0Type",
             f"is {series.m0_type}: there is no M0 to calibrate with; pass --m0 or --m0-ref-mask",
         )
-    samples = difference_samples(data, types, series.pld_s, series.tau_s, series.path)
+    with rep.status("gathering voxels"):  # the K difference volumes, not the T of the series
+        samples = difference_samples(
+            image.data, types, series.pld_s, series.tau_s, series.path, mask=mask
+        )
     if np.any(~np.isfinite(samples.tau_s)):
         raise InputError(js, "LabelingDuration", "missing for some control/label volumes")
 

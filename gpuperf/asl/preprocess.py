@@ -21,6 +21,7 @@ import numpy as np
 
 from gpuperf.asl.constants import REFERENCE_TISSUES, T2_BLOOD_S, T2STAR_BLOOD_S
 from gpuperf.errors import InputError
+from gpuperf.io.nifti import gather
 
 
 def readout_relaxation(
@@ -136,18 +137,24 @@ def difference_samples(
     pld_s: np.ndarray,
     tau_s: np.ndarray,
     path: str | PathLike | None = None,
+    mask: np.ndarray | None = None,
 ) -> DifferenceSamples:
     """Control - label differences and deltam volumes of gathered voxels.
 
     Parameters
     ----------
-    data : ndarray (V, T)
-        Gathered series (one row per voxel).
+    data : ndarray (V, T), or (X, Y, Z, T) with ``mask``
+        Gathered series (one row per voxel), or the whole series.
     volume_types : list of str (T,)
     pld_s, tau_s : ndarray (T,)
         Per-volume PLD (TI for PASL) and labelling/bolus duration, s.
     path : path-like, optional
         Named in errors.
+    mask : ndarray of bool (X, Y, Z), optional
+        With the whole series: the differences are taken between whole volumes (contiguous
+        in a Fortran-ordered series, as NIfTI data are read) and only the K sample volumes
+        are gathered (:func:`gpuperf.io.nifti.gather`), not the T of the series. The same
+        subtractions of the same values: the samples are identical to gathering first.
 
     Returns
     -------
@@ -165,6 +172,20 @@ def difference_samples(
     src = [vols for _, vols in entries]
     first = [vols[0] for vols in src]
     paired = [k for k, vols in enumerate(src) if len(vols) == 2]
+    if mask is not None:
+        out_dtype = np.result_type(data.dtype, np.float32)
+        volumes = np.empty((*mask.shape, len(src)), dtype=out_dtype, order="F")
+        for k, vols in enumerate(src):
+            if len(vols) == 2:
+                np.subtract(data[..., vols[0]], data[..., vols[1]], out=volumes[..., k])
+            else:
+                volumes[..., k] = data[..., vols[0]]
+        return DifferenceSamples(
+            np.ascontiguousarray(gather(volumes, mask), dtype=np.float32),
+            np.asarray(pld_s, dtype=np.float64)[first],
+            np.asarray(tau_s, dtype=np.float64)[first],
+            src,
+        )
     # one take of the first volumes, one subtraction of the second (not a column at a time)
     deltam = np.take(data, first, axis=1)
     second = np.take(data, [src[k][1] for k in paired], axis=1)
