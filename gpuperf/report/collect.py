@@ -141,9 +141,9 @@ def detect_modality(out_dir: str | PathLike, prefix: str) -> str:
 
 
 def _load_nifti(path: Path) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
-    import nibabel as nib
+    from gpuperf.io.nifti import open_nifti  # .nii.gz inflated in one ISA-L call
 
-    img = nib.load(str(path))
+    img = open_nifti(Path(path))
     data = np.asarray(img.get_fdata(dtype=np.float32))
     while data.ndim > 3 and data.shape[-1] == 1:
         data = data[..., 0]
