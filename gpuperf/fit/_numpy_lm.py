@@ -213,27 +213,30 @@ def lm_numpy(model: Any, x, y, w, c, p0, lower, upper, fixed, settings: LMSettin
     fixed_v = np.asarray(fixed, dtype=bool)
     fixed_b = np.broadcast_to(fixed_v, (n_vox, n_par))
     p = np.where(fixed_b, p0, _clamp(p0, lower, upper))
-    ok = np.isfinite(p0).all(axis=1) & np.isfinite(y).all(axis=1)
-    ok &= (np.isfinite(w) & (w >= 0)).all(axis=1)
-    live = np.nonzero(ok)[0]
     # live state, compacted and voxels-last: (P, V), (N, V), (P, P, V); shared rows (K, 1)
     lo_t, hi_t, w_t = _voxels_last(lower), _voxels_last(upper), _voxels_last(w)
     lo_shared, hi_shared, w_shared = (a.shape[1] == 1 < n_vox for a in (lo_t, hi_t, w_t))
-    lp = np.ascontiguousarray(p[live].T)
-    ly = np.ascontiguousarray(y[live].T)
-    llo = lo_t if lo_shared else lo_t[:, live]
-    lhi = hi_t if hi_shared else hi_t[:, live]
-    lw = w_t if w_shared else w_t[:, live]
+    y_t = np.ascontiguousarray(y.T)
+    ok = np.isfinite(p0).all(axis=1) & np.isfinite(y_t).all(axis=0)
+    ok &= (np.isfinite(w_t) & (w_t >= 0)).all(axis=0)
+    live = np.nonzero(ok)[0]
+    every = live.size == n_vox  # nothing to compact (the usual case)
+    lp = np.ascontiguousarray(p.T) if every else np.ascontiguousarray(p[live].T)
+    ly = y_t if every else _keep(y_t, live)
+    llo = lo_t if lo_shared or every else lo_t[:, live]
+    lhi = hi_t if hi_shared or every else hi_t[:, live]
+    lw = w_t if w_shared or every else w_t[:, live]
     lay = np.abs(ly)
     lfix = fixed_v[:, None]
     with np.errstate(all="ignore"):
         chi2, noise, A, g, fin = _accumulate(model, lp, ly, lay, lw, x, c)
     bad = np.ones(n_vox, dtype=bool)
-    live, chi2, noise, A, g = live[fin], chi2[fin], noise[fin], A[..., fin], g[:, fin]
-    lp, ly, lay = lp[:, fin], ly[:, fin], lay[:, fin]
-    llo = llo if lo_shared else llo[:, fin]
-    lhi = lhi if hi_shared else lhi[:, fin]
-    lw = lw if w_shared else lw[:, fin]
+    if not fin.all():
+        live, chi2, noise, A, g = live[fin], chi2[fin], noise[fin], A[..., fin], g[:, fin]
+        lp, ly, lay = lp[:, fin], ly[:, fin], lay[:, fin]
+        llo = llo if lo_shared else llo[:, fin]
+        lhi = lhi if hi_shared else lhi[:, fin]
+        lw = lw if w_shared else lw[:, fin]
     bad[live] = False
     lam = np.full(live.size, settings.lambda0, dtype=dt)
     it = 0
