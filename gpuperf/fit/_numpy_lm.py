@@ -15,7 +15,6 @@ scalar.
 
 from __future__ import annotations
 
-import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -43,9 +42,11 @@ class LMSettings:
 #: arrays on 200 000 voxels x 7 samples). Each voxel's numbers do not depend on the block.
 BLOCK = 8192
 
-#: Worker threads of :func:`lm_numpy` (at most; 1: none). The LM is memory-bound NumPy, so two
-#: threads are what a two-core machine gains from; set 1 for one thread.
-WORKERS = min(2, os.cpu_count() or 1)
+#: Worker threads of :func:`lm_numpy` over the voxel blocks (1: none). Results do not depend on
+#: it. Default 1: on the busy 2-core test machine two threads measured slower (whole ASL run
+#: 3.4 s -> 4.2 s at load 3; alone on one core they cost nothing), so two pay only where a core
+#: is free: to be decided on a quiet machine (``bench/``).
+WORKERS = 1
 
 
 def _accumulate(model: Any, p, y, ay, w, x, c):
