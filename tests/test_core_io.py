@@ -310,3 +310,32 @@ def test_expect_extra_checks_the_extra_files_like_the_maps(tmp_path):
     with pytest.raises(OutputExistsError, match="sub-01_report.html"):
         expect_extra(OutputWriter(tmp_path, "sub-01"), ["report.html"])
     expect_extra(OutputWriter(tmp_path, "sub-01", overwrite=True), ["report.html"])
+
+
+@pytest.mark.parametrize(
+    "kind", ["float32", "float32-big-endian", "int16-scaled", "float64", "float32-nii"]
+)
+def test_readonly_load_is_the_same_image(tmp_path, kind):
+    """``load_image(readonly=True)`` gives the values of the plain load: a read-only view of the
+    inflated bytes for native unscaled float32 ``.nii.gz``, the converted copy otherwise."""
+    rng = np.random.default_rng(2)
+    vals = rng.normal(0, 100, (4, 5, 3, 7))
+    vals[1, 2, 0, 3] = np.nan
+    dtype = {"int16-scaled": np.int16, "float64": np.float64}.get(kind, np.float32)
+    arr = np.asarray(np.nan_to_num(vals) if dtype == np.int16 else vals, dtype=dtype)
+    header = nib.Nifti1Header(endianness=">" if kind == "float32-big-endian" else "<")
+    header.set_data_dtype(dtype)
+    img = nib.Nifti1Image(arr, np.diag([2.0, 2.0, 2.0, 1.0]), header=header)
+    if kind == "int16-scaled":
+        img.header.set_slope_inter(0.5, 3.0)
+    path = tmp_path / ("x.nii" if kind.endswith("-nii") else "x.nii.gz")
+    nib.save(img, str(path))
+    plain = load_image(path)
+    ro = load_image(path, readonly=True)
+    assert ro.data.dtype == np.float32 and ro.data.shape == plain.data.shape
+    np.testing.assert_array_equal(ro.data, plain.data)
+    assert ro.data.flags.writeable == (kind != "float32")
+    assert ro.data.flags.f_contiguous
+    stored = nib.load(str(path)).get_data_dtype()  # each case stores what it says
+    assert stored.kind == np.dtype(dtype).kind and stored.itemsize == np.dtype(dtype).itemsize
+    assert (stored.byteorder == ">") == (kind == "float32-big-endian")

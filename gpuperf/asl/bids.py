@@ -243,7 +243,8 @@ def read_asl_series(asl_path: str | PathLike, m0_path: str | PathLike | None = N
         Missing or inconsistent files or fields (named in the message).
     """
     asl_path = Path(asl_path)
-    image = load_image(asl_path, ndim=(3, 4), role="ASL series")
+    # read-only: the pipeline only reads the series (differences, M0 volumes, checks)
+    image = load_image(asl_path, ndim=(3, 4), role="ASL series", readonly=True)
     meta = read_sidecar(asl_path, required=True)
     js = sidecar_path(asl_path)
     ctx_path = aslcontext_path(asl_path)

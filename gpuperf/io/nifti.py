@@ -100,7 +100,10 @@ class LoadedImage:
 
 
 def load_image(
-    path: str | PathLike, ndim: tuple[int, ...] = (3, 4), role: str = "image"
+    path: str | PathLike,
+    ndim: tuple[int, ...] = (3, 4),
+    role: str = "image",
+    readonly: bool = False,
 ) -> LoadedImage:
     """Load a 3D or 4D NIfTI file as float32.
 
@@ -112,13 +115,17 @@ def load_image(
         Accepted dimensionalities; trailing singleton dimensions beyond 3 are dropped first.
     role : str
         What the file is for ("series", "mask", ...), used in error messages.
+    readonly : bool
+        The caller never writes into the data: a ``.nii.gz`` holding native float32 without
+        scaling is then returned as a read-only view of the inflated bytes (the values
+        ``get_fdata`` gives, without copying a whole-brain series once more).
     """
 
     p = require_file(path, role)
     if not is_nifti(p):
         raise InputError(p, "format", f"expected a NIfTI file (.nii or .nii.gz) for the {role}")
     try:
-        img = open_nifti(p)
+        img, raw = _open_nifti(p)
         stored = np.dtype(img.get_data_dtype())
     except Exception as exc:  # nibabel raises many types for corrupt files
         raise InputError(p, "format", f"cannot read {role} as NIfTI: {exc}") from exc
@@ -131,7 +138,8 @@ def load_image(
             "(take the magnitude, e.g. abs(), before fitting)",
         )
     try:
-        data = np.asarray(img.get_fdata(dtype=np.float32))
+        view = _float32_view(img, raw) if readonly and raw is not None else None
+        data = np.asarray(img.get_fdata(dtype=np.float32)) if view is None else view
     except Exception as exc:
         raise InputError(p, "format", f"cannot read {role} as NIfTI: {exc}") from exc
     while data.ndim > 3 and data.shape[-1] == 1:
@@ -142,8 +150,37 @@ def load_image(
     return LoadedImage(p, data, np.asarray(img.affine, dtype=np.float64), img.header.copy())
 
 
+def _float32_view(img: Any, raw: bytes) -> np.ndarray | None:
+    """The data of ``img`` (read from ``raw``) as a read-only array over those bytes when they
+    are stored as native float32 without scaling; None otherwise (``get_fdata`` converts).
+
+    Where the data start, their type, scaling, shape and order are those nibabel's own array
+    proxy reads them with (the header's ``vox_offset`` can be 0 in a single file).
+    """
+    proxy = img.dataobj
+    try:
+        offset, stored, order = int(proxy.offset), np.dtype(proxy.dtype), proxy.order
+        slope, inter = float(proxy.slope), float(proxy.inter)
+        shape = tuple(int(n) for n in proxy.shape)
+    except (AttributeError, TypeError, ValueError):
+        return None
+    if stored != np.dtype(np.float32) or not stored.isnative or (slope, inter) != (1.0, 0.0):
+        return None
+    count = int(np.prod(shape))
+    if offset + count * stored.itemsize > len(raw):
+        return None  # truncated: nibabel's reader reports it
+    return np.frombuffer(raw, dtype=stored, count=count, offset=offset).reshape(shape, order=order)
+
+
 def open_nifti(path: Path) -> Any:
-    """``nibabel.load``, with ``.nii.gz`` inflated in one call rather than through ``gzip.open``.
+    """``nibabel.load``, with ``.nii.gz`` inflated in one call rather than through ``gzip.open``
+    (:func:`_open_nifti` without the bytes)."""
+    return _open_nifti(path)[0]
+
+
+def _open_nifti(path: Path) -> tuple[Any, bytes | None]:
+    """``nibabel.load``, with ``.nii.gz`` inflated in one call rather than through ``gzip.open``;
+    also the inflated bytes (None for ``.nii``).
 
     Why: inflating dominates reading a compressed whole-brain series (0.35 s of a 1 s DSC run
     for 62 MB); one ISA-L call halves it. The bytes are the same, so is the image.
@@ -151,14 +188,14 @@ def open_nifti(path: Path) -> Any:
     import nibabel as nib
 
     if not path.name.endswith(".nii.gz"):
-        return nib.load(str(path))
+        return nib.load(str(path)), None
     raw = take_read_ahead(path)
     if raw is None:
         raw = gunzip_bytes(path.read_bytes())
     img = nib.Nifti1Image.from_bytes(raw)
     if int(img.header["sizeof_hdr"]) != 348:  # NIfTI-2 inside the gzip
         img = nib.Nifti2Image.from_bytes(raw)
-    return img
+    return img, raw
 
 
 def check_same_grid(a: LoadedImage, b: LoadedImage) -> None:
