@@ -87,9 +87,10 @@ def check_asl_samples(
     with np.errstate(invalid="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN voxels
         for a in range(0, dm.shape[0], block):
-            per_voxel[a : a + block] = np.nanmean(
-                np.asarray(dm[a : a + block], dtype=np.float64), axis=1
-            )
+            blk = np.asarray(dm[a : a + block], dtype=np.float64)
+            # nanmean only where there is a NaN (it copies and counts; the same sums otherwise)
+            mean = np.nanmean if np.isnan(blk).any() else np.mean
+            per_voxel[a : a + block] = mean(blk, axis=1)
     per_voxel = per_voxel[np.isfinite(per_voxel)]
     if per_voxel.size == 0 or np.median(per_voxel) >= 0:
         return []
