@@ -239,10 +239,10 @@ def test_rising_edge_weights_stop_where_the_curve_reaches_the_fraction():
     from gpuperf.dsc.parametric import first_pass_weights, rising_edge_weights
 
     y = np.array([[0.0, 0.0, 1.0, 4.0, 8.0, 10.0, 8.0, 5.0, 2.0, 1.0, 0.0, 0.0]])
-    # 3-frame means: 0, 1/3, 5/3, 13/3, 22/3, 26/3, 26/3, 5, 8/3, 1, 1/3, 0 (peak 26/3)
+    # 3-frame means: 0, 1/3, 5/3, 13/3, 22/3, 26/3, 23/3, 5, 8/3, 1, 1/3, 0 (peak 26/3)
     assert rising_edge_weights(y, 0.45).tolist() == [[1.0] * 4 + [0.0] * 8]
     assert rising_edge_weights(y, 0.15).tolist() == [[1.0] * 3 + [0.0] * 9]
-    assert first_pass_weights(y, 0.5).tolist() == [[1.0] * 8 + [0.0] * 4]
+    assert first_pass_weights(y, 0.5).tolist() == [[1.0] * 9 + [0.0] * 3]
     assert rising_edge_weights(y, None) is None
 
 
