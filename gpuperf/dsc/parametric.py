@@ -21,7 +21,11 @@ the CPU.
 
 Start values come from an oSVD pass (CBF from the residue maximum, MTT from CBV/CBF, delay
 from Tmax, circularly unwrapped); the fit is bounded and started from several shapes
-(:data:`START_SHAPES`), keeping per voxel the start with the lowest chi2.
+(:data:`START_SHAPES`), keeping per voxel the start with the lowest chi2. The bolus delay is
+the arrival fitted on the rising edge of the first pass (:data:`ARRIVAL_FRACTION`), where every
+residue is close to R(0) = 1, and is held while flow, MTT and shape are fitted: at short MTT the
+four-parameter fit is flat along a shape/delay ridge and noise moves the flow along it
+(docs/dsc.md). An F-test frees the delay again where the data reject the held one.
 """
 
 from __future__ import annotations
