@@ -21,7 +21,11 @@ the CPU.
 
 Start values come from an oSVD pass (CBF from the residue maximum, MTT from CBV/CBF, delay
 from Tmax, circularly unwrapped); the fit is bounded and started from several shapes
-(:data:`START_SHAPES`), keeping per voxel the start with the lowest chi2.
+(:data:`START_SHAPES`), keeping per voxel the start with the lowest chi2. The bolus delay is
+the arrival fitted on the rising edge of the first pass (:data:`ARRIVAL_FRACTION`), where every
+residue is close to R(0) = 1, and is held while flow, MTT and shape are fitted: at short MTT the
+four-parameter fit is flat along a shape/delay ridge and noise moves the flow along it
+(docs/dsc.md). An F-test frees the delay again where the data reject the held one.
 """
 
 from __future__ import annotations
@@ -57,6 +61,13 @@ FIRST_PASS_FRACTION = 0.3
 #: and leakage dominate, and fitting it biases the flow of such shapes (docs/dsc.md: lognormal
 #: +24 % at MTT 4 s on the whole curve, +9 % with this window). None: the whole curve.
 TISSUE_WINDOW_FRACTION: float | None = 0.5
+#: Bolus arrival from the rising edge: frames until the (3-frame smoothed) curve first reaches
+#: this fraction of its peak. There every residue is close to R(0) = 1 whatever its shape, so
+#: the delay fitted there (flow and delay free, R = 1, then once more with the fitted residue)
+#: does not ride the shape/delay ridge of the whole fit; the flow, MTT and shape are then
+#: fitted with that delay held (docs/dsc.md, "Bolus arrival from the rising edge"). None: the
+#: delay is fitted with the other three parameters.
+ARRIVAL_FRACTION: float | None = 0.5
 
 
 def _gamma_first_pass(aif: np.ndarray, t: np.ndarray) -> tuple[float, float, float, float] | None:
@@ -110,20 +121,36 @@ def continuous_aif(
     )
 
 
+def _smoothed(conc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """3-frame running mean of curves (V, N) (edges repeated) and its per-curve peak index."""
+    y = np.asarray(conc, np.float64)
+    pad = np.pad(y, ((0, 0), (1, 1)), mode="edge")
+    sm = (pad[:, :-2] + pad[:, 1:-1] + pad[:, 2:]) / 3.0
+    return sm, np.argmax(sm, axis=1)[:, None]
+
+
 def first_pass_weights(conc: np.ndarray, fraction: float | None) -> np.ndarray | None:
     """0/1 weights (V, N): 1 up to the first frame after the peak where the 3-frame running
     mean of the curve is below ``fraction`` of its maximum (every frame when it never is)."""
     if fraction is None:
         return None
-    y = np.asarray(conc, np.float64)
-    pad = np.pad(y, ((0, 0), (1, 1)), mode="edge")
-    sm = (pad[:, :-2] + pad[:, 1:-1] + pad[:, 2:]) / 3.0
-    n = y.shape[1]
+    sm, pk = _smoothed(conc)
+    n = sm.shape[1]
     idx = np.arange(n)[None, :]
-    pk = np.argmax(sm, axis=1)[:, None]
     low = (idx > pk) & (sm < fraction * np.take_along_axis(sm, pk, axis=1))
     stop = np.where(low.any(axis=1), np.argmax(low, axis=1), n - 1)
-    return (idx <= stop[:, None]).astype(y.dtype)
+    return (idx <= stop[:, None]).astype(sm.dtype)
+
+
+def rising_edge_weights(conc: np.ndarray, fraction: float | None) -> np.ndarray | None:
+    """0/1 weights (V, N): 1 up to the first frame where the 3-frame running mean of the curve
+    reaches ``fraction`` of its maximum (the rising edge of the first pass, baseline included)."""
+    if fraction is None:
+        return None
+    sm, pk = _smoothed(conc)
+    idx = np.arange(sm.shape[1])[None, :]
+    stop = np.argmax(sm >= fraction * np.take_along_axis(sm, pk, axis=1), axis=1)
+    return (idx <= stop[:, None]).astype(sm.dtype)
 
 
 def start_values(
@@ -141,6 +168,49 @@ def start_values(
     return np.stack([flow, mtt, delay], axis=1)
 
 
+#: Significance level of the F-test that frees the delay again (:func:`arrival_rejected`).
+ARRIVAL_TEST_LEVEL = 0.05
+
+
+def arrival_rejected(
+    chi2_held: np.ndarray,
+    chi2_free: np.ndarray,
+    n_used: np.ndarray,
+    level: float = ARRIVAL_TEST_LEVEL,
+) -> np.ndarray:
+    """Whether freeing the delay improves chi2 significantly (extra-sum-of-squares F-test).
+
+    ``F = (chi2_held - chi2_free) / (chi2_free / (n - 4))`` against F(1, n - 4) at ``level``
+    (n: frames in the fit window). Noise-free curves always reject (chi2_free ~ 0).
+    """
+    dof = np.maximum(np.asarray(n_used, np.float64) - 4.0, 1.0)
+    gain = np.asarray(chi2_held, np.float64) - np.asarray(chi2_free, np.float64)
+    scale = np.asarray(chi2_free, np.float64) / dof
+    from scipy.stats import f as f_dist
+
+    with np.errstate(divide="ignore", invalid="ignore"):
+        stat = np.where(scale > 0, gain / scale, np.where(gain > 0, np.inf, 0.0))
+    return np.isfinite(chi2_free) & (stat > f_dist.ppf(1.0 - level, 1.0, dof))
+
+
+def _masked(res: Any, keep: np.ndarray) -> Any:
+    """``res`` with chi2 set to +inf where not ``keep`` (so :func:`_best_of` never picks it)."""
+    res.chi2 = np.where(keep, res.chi2, np.inf)
+    return res
+
+
+def _best_of(results: list[Any]) -> Any:
+    """Per voxel, the fit with the lowest finite chi2 (the first one on ties)."""
+    best = results[0]
+    for res in results[1:]:
+        better = np.isfinite(res.chi2) & ~(res.chi2 >= best.chi2)
+        for name in ("params", "stderr", "chi2", "status", "n_iter"):
+            old, new = getattr(best, name), getattr(res, name)
+            sel = better.reshape((-1,) + (1,) * (old.ndim - 1))
+            setattr(best, name, np.where(sel, new, old))
+    return best
+
+
 def fit_parametric(
     conc: np.ndarray,
     aif: np.ndarray,
@@ -152,6 +222,7 @@ def fit_parametric(
     memory_budget: int | None = None,
     start_shapes: tuple[float, ...] = START_SHAPES,
     weights: np.ndarray | None = None,
+    arrival_weights: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """Fit the gamma-residue model to curves (host arrays), best of several starts.
 
@@ -164,6 +235,11 @@ def fit_parametric(
     device : 'cpu', 'gpu' or 'host' (as :func:`gpuperf.fit.fit_lm`).
     weights : (V, N), optional
         Weights of chi2 (e.g. :func:`first_pass_weights`); default every frame.
+    arrival_weights : (V, N), optional
+        The rising edge (:func:`rising_edge_weights`). When given, the delay is the bolus
+        arrival fitted there, first with R = 1 (flow and delay free), then once more with the
+        residue fitted with that delay held; flow, MTT and shape are fitted with the final delay
+        held (its stderr is the rising-edge fit's). Default: all four parameters free.
 
     Returns
     -------
@@ -199,33 +275,43 @@ def fit_parametric(
         ],
         axis=1,
     )
-    best = None
-    for a0 in start_shapes:
-        p0 = np.stack([flow0, mtt0, np.full(v, a0), delay0], axis=1)
-        res = fit_lm(
-            "dsc_gamma_residue",
-            t,
-            y,
-            p0,
-            lower=lower,
-            upper=upper,
-            consts=consts,
-            weights=weights,
-            max_iter=MAX_ITER,
-            dtype=dtype,
-            device=device,
-            memory_budget=memory_budget,
-        )
-        if best is None:
-            best = res
-            continue
-        better = np.isfinite(res.chi2) & ~(res.chi2 >= best.chi2)
-        for name in ("params", "stderr", "chi2", "status", "n_iter"):
-            old, new = getattr(best, name), getattr(res, name)
-            sel = better.reshape((-1,) + (1,) * (old.ndim - 1))
-            setattr(best, name, np.where(sel, new, old))
-    assert best is not None
+
+    def run(p0: np.ndarray, w: np.ndarray | None, fixed: tuple[bool, ...]) -> Any:
+        return fit_lm("dsc_gamma_residue", t, y, p0, lower=lower, upper=upper, consts=consts,
+                      weights=w, fixed=np.array(fixed), max_iter=MAX_ITER, dtype=dtype,
+                      device=device, memory_budget=memory_budget)  # fmt: skip
+
+    def starts(flow: np.ndarray, mtt: np.ndarray, delay: np.ndarray) -> list[np.ndarray]:
+        return [np.stack([flow, mtt, np.full(v, a0), delay], axis=1) for a0 in start_shapes]
+
+    free = (False, False, False, False)
+    arrival = None
+    if arrival_weights is None:
+        best = _best_of([run(p0, weights, free) for p0 in starts(flow0, mtt0, delay0)])
+    else:
+        # rising edge with R = 1 (a plug flow of the longest MTT): flow and delay free
+        flat = np.stack([flow0, upper[:, 1], upper[:, 2], delay0], axis=1)
+        edge = (False, True, True, False)
+        held = (False, False, False, True)
+        arrival = run(flat, arrival_weights, edge)
+        d1 = arrival.params[:, 3]
+        first = _best_of([run(p0, weights, held) for p0 in starts(flow0, mtt0, d1)])
+        # the same rising edge with the residue just fitted, then the final fit
+        arrival = run(first.params, arrival_weights, edge)
+        p1 = first.params.astype(np.float64)
+        best = _best_of([run(p0, weights, held)
+                         for p0 in starts(p1[:, 0], p1[:, 1], arrival.params[:, 3])])  # fmt: skip
+        # the delay freed again from there; kept only where the data reject the held arrival
+        loose = run(best.params, weights, free)
+        n_used = np.count_nonzero(weights, axis=1) if weights is not None else np.full(v, n)
+        rejects = arrival_rejected(best.chi2, loose.chi2, n_used)
+        best = _best_of([best, _masked(loose, rejects)])
+        arrival_kept = ~rejects
     p, se = best.params.astype(np.float64), best.stderr.astype(np.float64)
+    status = best.status.astype(np.int32)
+    if arrival is not None:
+        se[:, 3] = np.where(arrival_kept, arrival.stderr[:, 3], se[:, 3])
+        status |= arrival.status.astype(np.int32) & int(Status.FIT_FAILED)
     flow, mtt, a, delay = p.T
     out = {
         "flow": flow,
@@ -238,7 +324,7 @@ def fit_parametric(
         "shape_stderr": se[:, 2],
         "delay_stderr": se[:, 3],
         "chi2": best.chi2.astype(np.float64),
-        "status": best.status.astype(np.int32),
+        "status": status,
     }
     return out
 
@@ -315,6 +401,7 @@ class Parametric(Deconvolution):
                 device=device,
                 memory_budget=memory_budget,
                 weights=first_pass_weights(curves, TISSUE_WINDOW_FRACTION),
+                arrival_weights=rising_edge_weights(curves, ARRIVAL_FRACTION),
             )
             flow = fit["flow"]
             sub.rmax = xp.asarray(flow.astype(dt))
