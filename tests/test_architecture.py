@@ -26,6 +26,7 @@ LAYERS = {
     "options": 0,
     "status": 0,
     "maps": 0,
+    "svg": 0,
     "backend": 0,
     "progress": 0,
     "provenance": 0,

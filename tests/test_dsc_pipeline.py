@@ -200,13 +200,25 @@ def test_demo_summary(tmp_path):
     assert s["k2_true_+0.01_median"] > 0 > s["k2_true_-0.01_median"]
 
 
-def test_without_matplotlib_the_plot_is_skipped(phantom, tmp_path, monkeypatch):
+def test_the_aif_figure_is_an_svg_of_the_aif_curve_drawn_without_matplotlib(
+    phantom, tmp_path, monkeypatch
+):
+    """``<prefix>_aif.svg`` plots the curve of ``<prefix>_aif.tsv`` (one marker a frame, the
+    axes from the data) and the run needs no plotting library (matplotlib's import fails)."""
     import sys
+    import xml.etree.ElementTree as ET
 
-    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)  # import now fails
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # any matplotlib import now fails
     res = run_dsc(phantom["series"], tmp_path, method="csvd", device="cpu")
     names = {p.name for p in res.outputs}
-    assert "phantom_dsc_aif.tsv" in names and "phantom_dsc_aif.png" not in names
+    assert {"phantom_dsc_aif.tsv", "phantom_dsc_aif.svg"} <= names
+    assert not any(n.endswith("_aif.png") for n in names)
+    root = ET.parse(tmp_path / "phantom_dsc_aif.svg").getroot()
+    ns = "{http://www.w3.org/2000/svg}"
+    tsv = np.loadtxt(tmp_path / "phantom_dsc_aif.tsv", skiprows=1)
+    assert len(root.findall(f".//{ns}circle")) == tsv.shape[0]  # a marker per frame
+    text = " ".join(t.text or "" for t in root.iter(f"{ns}text"))
+    assert "AIF" in text and "time (s)" in text and "dR2* (1/s)" in text
 
 
 def test_cli_threshold_parsing():

@@ -544,7 +544,7 @@ def test_montage_orientation_and_outline():
 def test_svg_ticks_and_document():
     from xml.etree import ElementTree as ET
 
-    from gpuperf.report import svg
+    from gpuperf import svg
 
     assert svg.nice_ticks(0.0, 100.0) == [0.0, 20.0, 40.0, 60.0, 80.0, 100.0]
     assert svg.nice_ticks(0.013, 0.049) == [0.02, 0.03, 0.04]

@@ -19,11 +19,8 @@ QC extras the report reads (``<prefix>_qc.npz``, :mod:`gpuperf.io.qc`) are writt
 
 from __future__ import annotations
 
-import functools
-import io
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from os import PathLike
 from pathlib import Path
@@ -31,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from gpuperf import maps
+from gpuperf import maps, svg
 from gpuperf.backend import get_backend
 from gpuperf.dsc.aif import read_aif_curve
 from gpuperf.dsc.model import MAP_NAMES, DSCFit, DSCModel, PreparedDSC
@@ -101,7 +98,6 @@ class PreparedDSCRun(PreparedRun):
     aif_source: str
     qc: bool = False
     fit: DSCFit | None = None
-    aif_png: Any = None  # Future of the AIF plot's PNG bytes, drawn while the fit runs
     curves: dict | None = None  # a few voxels' curves for the QC report (``<prefix>_qc.npz``)
     _n_voxels: int = field(init=False, repr=False)
     _key: tuple = field(init=False, repr=False)
@@ -240,6 +236,7 @@ def prepare_dsc(
     writer.expect(names)
     writer.expect(["aif"], ext=".tsv")
     writer.expect(["aif"], ext=".json")
+    writer.expect(["aif"], ext=".svg")
     expect_extra(writer, extra_outputs)
     qc = bool(extra_outputs)
     if qc:
@@ -253,10 +250,7 @@ def prepare_dsc(
             img.data, aif=aif_arg, mask=mask, ref_mask=ref, slice_times_s=slice_times
         )
         publish_warnings(check_dsc(data, series_path), rep, writer if qc else None)
-    # the AIF is final now: draw its plot on a side thread while the deconvolution runs
-    aif_png = _plot_pool().submit(_aif_png, np.arange(data.aif.size) * tr, np.array(data.aif))
     return PreparedDSCRun(
-        aif_png=aif_png,
         series_path=series_path,
         shape3d=img.shape3d,
         backend=backend,
@@ -413,7 +407,8 @@ def write_dsc(prep: PreparedDSCRun) -> DSCRunResult:
             },
             with_provenance=True,
         )
-        _add_aif_plot(writer, prep.aif_png, time_s, fit.aif, rep)
+        plot = aif_svg(time_s, fit.aif)
+        writer.add_file("aif", lambda path: path.write_bytes(plot), ".svg")
         if prep.curves is not None:
             stage_extra(writer, {"curves": prep.curves})
         elapsed = time.perf_counter() - prep.t_start
@@ -463,7 +458,7 @@ run_dsc = staged_pipeline(
         Output folder: ``<prefix>_{cbf,cbv,mtt,tmax,ttp,threshold,oi,status}.nii.gz`` (+ ``k2``
         with leakage correction, ``kep`` with bidirectional leakage correction, ``rcbf``,
         ``rcbv``, ``rmtt`` with a reference mask), each with a JSON sidecar;
-        ``<prefix>_aif.tsv`` (time_s, dr2s_per_s), ``<prefix>_aif.png``, and
+        ``<prefix>_aif.tsv`` (time_s, dr2s_per_s), ``<prefix>_aif.svg``, and
         ``<prefix>_aifmask.nii.gz`` for ``aif='auto'``.
     options : DSCOptions, optional
         The method options (:class:`gpuperf.dsc.options.DSCOptions`); keywords override it.
@@ -533,39 +528,14 @@ def _report_curves(p: PreparedDSCRun) -> dict | None:
     return curves
 
 
-@functools.lru_cache(maxsize=1)
-def _plot_pool() -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(1, thread_name_prefix="gpuperf-aif-plot")
-
-
-def _aif_png(time_s: np.ndarray, curve: np.ndarray) -> bytes | None:
-    """PNG of the AIF curve, or None without matplotlib (object API: no pyplot, thread-safe)."""
-    try:
-        from matplotlib.figure import Figure
-    except ImportError:
-        return None
-    fig = Figure(figsize=(5, 3))
-    ax = fig.add_subplot()
-    ax.plot(time_s, curve, "o-", ms=3)
-    ax.set_xlabel("time (s)")
-    ax.set_ylabel("dR2* (1/s)")
-    ax.set_title("AIF")
-    fig.subplots_adjust(left=0.16, bottom=0.16, right=0.97)  # cheaper than tight_layout
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    return buf.getvalue()
-
-
-def _add_aif_plot(
-    writer: OutputWriter,
-    png: Any,
-    time_s: np.ndarray,
-    curve: np.ndarray,
-    rep: Reporter,
-) -> None:
-    """Stage ``<prefix>_aif.png``: the plot drawn during the fit, or drawn now."""
-    data = png.result() if png is not None else _aif_png(time_s, curve)
-    if data is None:
-        rep.log("matplotlib not installed: AIF plot skipped")
-        return
-    writer.add_file("aif", lambda path: path.write_bytes(data), ".png")
+def aif_svg(time_s: np.ndarray, curve: np.ndarray) -> bytes:
+    """``<prefix>_aif.svg``: the AIF's dR2* against time, markers joined by a line
+    (:mod:`gpuperf.svg`: no plotting library to import on the run's critical path)."""
+    panel = svg.Panel(
+        [svg.Series(np.asarray(time_s, float), np.asarray(curve, float), svg.BLUE, "both")],
+        title="AIF",
+        xlabel="time (s)",
+        ylabel="dR2* (1/s)",
+        legend=False,
+    )
+    return svg.figure([panel], 1, 500, 300)

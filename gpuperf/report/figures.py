@@ -17,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from gpuperf.report import raster, svg
+from gpuperf import svg
+from gpuperf.report import raster
 from gpuperf.report.display import display_range
 
 #: Colour of in-mask voxels whose value is missing (NaN): failed fits stand out.
