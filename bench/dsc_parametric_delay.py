@@ -33,74 +33,31 @@ from __future__ import annotations
 import sys
 
 import numpy as np
+from dsc_parametric_spread import (  # bench/: the same grid and fits
+    KSCALE,
+    MTT_S,
+    SNR,
+    best_of_starts,
+    fit_inputs,
+    four_parameter_fit,
+    noisy_cells,
+)
 
 from gpuperf.benchmarks import accuracy as acc
-from gpuperf.dsc import DSCModel
 from gpuperf.dsc import parametric as par
-from gpuperf.dsc.simulate import aif_curve, tissue_curve
-from gpuperf.fit import fit_lm
-from gpuperf.fit.models.dsc_gamma_residue import aif_table
 
-MTT_S = 4.0
-SNR = 100.0
 CBFS = (20.0, 40.0)
-#: flow (1/s) per CBF (ml/100g/min) with the default kH and rho
-KSCALE = 1.04 / 0.733 / 6000.0
 PROFILE_STEP_S = 0.2
 PROFILE_HALF_WIDTH = 4  # grid points either side of the group median
 
 
-def _fit(t, conc, consts, w, start, fixed, shapes=par.START_SHAPES):
-    """Best-of-starts fit with per-voxel start ``(flow, mtt, delay)`` and a fixed-mask."""
-    v = conc.shape[0]
-    lower = [0.0, par.MTT_BOUNDS_S[0], par.SHAPE_BOUNDS[0], par.DELAY_BOUNDS_S[0]]
-    upper = [20 * start[:, 0].max(), par.MTT_BOUNDS_S[1], par.SHAPE_BOUNDS[1],
-             par.DELAY_BOUNDS_S[1]]  # fmt: skip
-    best = None
-    for a0 in shapes:
-        p0 = np.stack([start[:, 0], start[:, 1], np.full(v, a0), start[:, 2]], axis=1)
-        res = fit_lm("dsc_gamma_residue", t, conc, p0, consts=consts, weights=w, lower=lower,
-                     upper=upper, fixed=np.array(fixed), max_iter=par.MAX_ITER,
-                     dtype=np.float32, device="cpu")  # fmt: skip
-        if best is None:
-            best = res
-        else:
-            better = res.chi2 < best.chi2
-            best.params[better] = res.params[better]
-            best.chi2[better] = res.chi2[better]
-    assert best is not None
-    return best.params.astype(np.float64), best.chi2.astype(np.float64)
-
-
 def main(reps: int, seed: int) -> None:
-    t = np.arange(acc.DSC_FRAMES) * acc.DSC_TR_S
-    te = acc.dsc_te_s()
-    conds = [(sh, f, d) for sh in acc.PHYSIO_SHAPES for f in CBFS for d in acc.PHYSIO_DELAYS_S]
-    rng = np.random.default_rng(seed)
-    clean = np.array([acc.DSC_S0 * np.exp(-te * tissue_curve(t, f, MTT_S, d, residue=sh,
-                      **acc.PHYSIO_AIF)) for sh, f, d in conds])  # fmt: skip
-    signal = np.abs(np.repeat(clean, reps, axis=0) + rng.normal(0, acc.DSC_S0 / SNR,
-                    (clean.shape[0] * reps, t.size)))  # fmt: skip
-    aif = aif_curve(t, **acc.PHYSIO_AIF)
-    shape = np.repeat([c[0] for c in conds], reps)
-    cbf = np.repeat([c[1] for c in conds], reps)
-    delay = np.repeat([c[2] for c in conds], reps)
-    group = np.arange(delay.size) // reps
-    n_groups = len(conds)
-
-    model = DSCModel(te_s=te, tr_s=acc.DSC_TR_S, method="parametric",
-                     baseline=acc.DSC_BASELINE, device="cpu")  # fmt: skip
-    default = model.fit(signal.astype(np.float32), aif=aif)
-    saved, par.ARRIVAL_FRACTION = par.ARRIVAL_FRACTION, None
-    try:
-        fit = model.fit(signal.astype(np.float32), aif=aif)
-    finally:
-        par.ARRIVAL_FRACTION = saved
-    s0 = signal[:, : acc.DSC_BASELINE].mean(axis=1, keepdims=True)
-    conc = (-np.log(signal / s0) / te).astype(np.float32)
-    w = par.first_pass_weights(conc, par.TISSUE_WINDOW_FRACTION)
-    tf, cf, _ = par.continuous_aif(aif, acc.DSC_TR_S)
-    consts = aif_table(0.0, float(tf[1] - tf[0]), cf)
+    g = noisy_cells(reps, seed, CBFS)
+    t, shape, cbf, delay, group = g["t"], g["shape"], g["cbf"], g["delay"], g["group"]
+    n_groups = g["n_groups"]
+    default = g["model"].fit(g["signal"], aif=g["aif"])
+    fit = four_parameter_fit(g["model"], g["signal"], g["aif"])
+    conc, w, consts = fit_inputs(g["signal"], g["aif"], g["te"])
     d_free = np.asarray(fit.maps["delay"], np.float64)
     chi_free = np.asarray(fit.maps["chi2"], np.float64)
     flow0 = np.asarray(fit.cbf, np.float64) * KSCALE
@@ -108,7 +65,7 @@ def main(reps: int, seed: int) -> None:
     held = [False, False, False, True]
 
     def held_fit(d):
-        return _fit(t, conc, consts, w, np.stack([flow0, mtt0, d], axis=1), held)
+        return best_of_starts(t, conc, consts, w, np.stack([flow0, mtt0, d], axis=1), held)
 
     est = {"free": (d_free, np.asarray(fit.cbf, np.float64))}
     est["rising edge"] = (np.asarray(default.maps["delay"], np.float64),
@@ -117,9 +74,10 @@ def main(reps: int, seed: int) -> None:
     # rising edge: R = 1 (a box of the longest MTT), frames until 50 % of the peak
     w_up = par.rising_edge_weights(conc, 0.5)
     start_up = np.stack([flow0, np.full(delay.size, par.MTT_BOUNDS_S[1]), d_free], axis=1)
-    d_up = _fit(t, conc, consts, w_up, start_up, [False, True, True, False], (50.0,))[0][:, 3]
+    up = best_of_starts(t, conc, consts, w_up, start_up, [False, True, True, False], (50.0,))
+    d_up = up[0][:, 3]
     est["upslope"] = (d_up, held_fit(d_up)[0][:, 0] / KSCALE)
-    p3 = _fit(t, conc, consts, w, np.stack([flow0, mtt0, d_free], axis=1),
+    p3 = best_of_starts(t, conc, consts, w, np.stack([flow0, mtt0, d_free], axis=1),
               [False, False, True, False], (3.0,))[0]  # fmt: skip
     est["a=3"] = (p3[:, 3], held_fit(p3[:, 3])[0][:, 0] / KSCALE)
     d_med = np.array([np.median(d_free[group == g]) for g in range(n_groups)])[group]
