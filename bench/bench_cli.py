@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import Any
 
 import numpy as np
 import pytest
@@ -157,20 +158,31 @@ def _startup_extra(benchmark) -> dict:
     }
 
 
+def _record_startup(benchmark: Any, method: str, variant: str, note: str) -> None:
+    """One ``cli.startup`` row: the median of the fresh processes, min and median in the
+    details, the load average beside it."""
+    record(
+        benchmark,
+        stage="cli.startup",
+        method=method,
+        voxels=1,
+        backend="numpy",
+        variant=variant,
+        loadavg_1m=_load(),
+        **_startup_extra(benchmark),
+        note=note,
+    )
+
+
 def test_cli_cold_start(benchmark):
     """``gpuperf --help`` as a fresh process: interpreter start + the command line's imports
     (no NumPy, matplotlib, dask, cupy, scipy; tests/test_benchmarks_startup.py)."""
     _timed(benchmark, gpuperf_command("--help"), rounds=STARTUP_ROUNDS)
-    record(
+    _record_startup(
         benchmark,
-        stage="cli.startup",
-        method="help",
-        voxels=1,
-        backend="numpy",
-        variant="cold start",
-        loadavg_1m=_load(),
-        **_startup_extra(benchmark),
-        note=f"`gpuperf --help`, {STARTUP_ROUNDS} fresh processes: median shown, min_s and "
+        "help",
+        "cold start",
+        f"`gpuperf --help`, {STARTUP_ROUNDS} fresh processes: median shown, min_s and "
         "median_s in the details (target <= 0.3 s); voxels/s is meaningless here",
     )
 
@@ -197,15 +209,10 @@ def test_cli_import_chain(benchmark, tmp_path, command):
         command, str(tmp_path / f"missing_{command}.nii.gz"), "--out", str(tmp_path / "o")
     )
     benchmark.pedantic(_until_work_starts, args=(args,), rounds=STARTUP_ROUNDS, iterations=1)
-    record(
+    _record_startup(
         benchmark,
-        stage="cli.startup",
-        method=command,
-        voxels=1,
-        backend="numpy",
-        variant="until work starts",
-        loadavg_1m=_load(),
-        **_startup_extra(benchmark),
-        note=f"`gpuperf {command} MISSING --out O`, {STARTUP_ROUNDS} fresh processes up to the "
+        command,
+        "until work starts",
+        f"`gpuperf {command} MISSING --out O`, {STARTUP_ROUNDS} fresh processes up to the "
         "missing-input error: median shown (target <= 0.3 s)",
     )

@@ -257,28 +257,28 @@ def test_read_ahead_gives_the_same_image_and_sees_a_changed_file(tmp_path):
     but missing by then is still reported by load_image."""
     import time
 
-    from gpuperf.io import readahead as nifti
+    from gpuperf.io import readahead
 
     rng = np.random.default_rng(2)
     a = rng.random((4, 3, 2, 5)).astype(np.float32)
     path = _save(tmp_path / "s.nii.gz", a)
-    nifti.read_ahead(path)
+    readahead.read_ahead(path)
     np.testing.assert_array_equal(load_image(path).data, a)
-    assert not nifti._READ_AHEAD  # taken
-    nifti.read_ahead(path)
+    assert not readahead._READ_AHEAD  # taken
+    readahead.read_ahead(path)
     time.sleep(0.01)
     b = a[:, :, :, :3] * 2
     _save(path, b)
     os.utime(path, ns=(time.time_ns(), time.time_ns() + 10**9))
     np.testing.assert_array_equal(load_image(path).data, b)
-    nifti._READ_AHEAD.clear()
-    nifti.read_ahead(path)
+    readahead._READ_AHEAD.clear()
+    readahead.read_ahead(path)
     path.unlink()
     with pytest.raises(InputError, match="does not exist"):
         load_image(path)
-    nifti._READ_AHEAD.clear()
-    nifti.read_ahead(tmp_path / "missing.nii.gz")  # nothing to read: nothing started
-    assert not nifti._READ_AHEAD
+    readahead._READ_AHEAD.clear()
+    readahead.read_ahead(tmp_path / "missing.nii.gz")  # nothing to read: nothing started
+    assert not readahead._READ_AHEAD
 
 
 def test_start_reading_names_a_missing_input_and_reads_ahead(tmp_path):

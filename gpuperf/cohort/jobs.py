@@ -49,8 +49,8 @@ from typing import Any
 from gpuperf._version import __version__
 from gpuperf.cohort.bids import Job, inherited_sidecars, merged_sidecar, strip_nifti
 from gpuperf.errors import GpuperfError, OutputExistsError
-from gpuperf.io.nifti import gunzip_bytes
 from gpuperf.io.outputs import TMP_PREFIX, atomic_write_bytes, discard_journals
+from gpuperf.io.readahead import gunzip_bytes
 from gpuperf.io.stages import REPORT_OUTPUTS
 from gpuperf.progress import Reporter
 from gpuperf.provenance import jsonable

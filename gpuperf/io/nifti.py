@@ -15,12 +15,7 @@ from typing import Any
 import numpy as np
 
 from gpuperf.errors import InputError
-from gpuperf.io.readahead import (  # noqa: F401 - gunzip_bytes, read_ahead re-exported
-    gunzip_bytes,
-    read_ahead,
-    require_file,
-    take_read_ahead,
-)
+from gpuperf.io.readahead import gunzip_bytes, require_file, take_read_ahead
 
 #: Largest affine difference (mm) still treated as the same grid.
 AFFINE_ATOL_MM = 1e-3
