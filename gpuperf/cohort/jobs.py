@@ -82,6 +82,10 @@ class JobResult:
         Output files, relative to the output folder.
     error_type, error : str or None
         Exception class name and message of a failed job.
+    cohort_row : dict
+        With a report: the subject's numbers and thumbnail for the cohort page, computed with
+        the report (``precomputed`` of :data:`gpuperf.report.cohort.ROW_FORMAT`), so that the
+        page need not read every subject's maps again at the end of the run.
     """
 
     job_id: str
@@ -100,9 +104,12 @@ class JobResult:
     error: str | None = None
     log: str | None = None
     summary: dict[str, Any] = field(default_factory=dict)
+    cohort_row: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        d.pop("cohort_row")  # the cohort page's numbers and thumbnail (PNG bytes), not a column
+        return d
 
 
 def resolve_pipeline(spec: str | Pipeline) -> Pipeline:
@@ -340,6 +347,14 @@ class FileReporter(Reporter):
     def close(self) -> None:
         self._fh.close()
 
+    # picklable (an open job travels to the report worker process): the file is reopened there,
+    # in append mode, so both processes' lines land whole in the one log
+    def __getstate__(self) -> dict[str, Any]:
+        return {"path": self.path}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["path"])  # type: ignore[misc]
+
 
 #: Option of a modality's configuration section that the runner, not the pipeline, acts on:
 #: whether to write each subject's QC report (default on, as for ``gpuperf dsc``/``asl``).
@@ -531,14 +546,18 @@ def open_job(job: Job, settings: JobSettings, staged: Staged | None = None) -> O
             return _failed(job, exc, log_path, reporter, staged, stage_s)
 
 
-def _write_report(oj: OpenJob, res: Any) -> None:
+def _write_report(oj: OpenJob, res: Any) -> dict[str, Any]:
     """The subject's QC report, written into the scratch folder so that it is published with
-    the maps (the pipelines return what the report needs; they do not draw it)."""
+    the maps (the pipelines return what the report needs; they do not draw it). Returns the
+    subject's row of the cohort page (numbers and thumbnail), computed here, beside the
+    report, rather than by reading every subject's maps again when the page is written."""
     if not wants_report(oj.options) or not hasattr(res, "report_extra"):
-        return
+        return {}
     from gpuperf.report import publish_result
+    from gpuperf.report.cohort import precompute_row
 
     publish_result(res, overwrite=True, reporter=oj.reporter)
+    return precompute_row(res.out_dir, res.prefix)
 
 
 def finish_job(oj: OpenJob, res: Any) -> JobResult:
@@ -547,7 +566,7 @@ def finish_job(oj: OpenJob, res: Any) -> JobResult:
     publishing fails."""
     try:
         t_report = time.perf_counter()
-        _write_report(oj, res)
+        cohort_row = _write_report(oj, res)
         report_s = time.perf_counter() - t_report
         t0 = time.perf_counter()
         outputs = _publish(oj, res)
@@ -566,6 +585,7 @@ def finish_job(oj: OpenJob, res: Any) -> JobResult:
             outputs=outputs,
             log=str(oj.log_path),
             summary=jsonable(summary, strict=True),
+            cohort_row=cohort_row,
         )
     except Exception as exc:
         return fail_job(oj, exc)

@@ -167,9 +167,10 @@ def _local_results(
     if settings.batch_voxels and settings.batch_voxels > 1:
         yield from run_batched(staged, tasks, settings.batch_voxels)
     elif any(wants_report(tasks[j.modality].options) for j in todo):
-        from gpuperf.cohort.reporting import run_overlapped  # reports overlap the next compute
+        from gpuperf.cohort.reporting import run_overlapped, worker_kind
 
-        yield from run_overlapped(staged, tasks)
+        # reports overlap the next compute, in a worker process when there are enough subjects
+        yield from run_overlapped(staged, tasks, worker=worker_kind(tasks, len(todo)))
     else:
         for job, inputs in staged:
             yield run_job(job, tasks[job.modality], inputs)

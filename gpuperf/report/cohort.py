@@ -46,6 +46,8 @@ rows = [
         "prefix":  "sub-01_dsc",        # ... and run prefix: thumbnail, numbers, report link
         "report":  "path/to/report.html",  # optional (default <out_dir>/<prefix>_report.html)
         "values":  {"GM CBF": 52.1},    # optional key numbers (override computed ones)
+        "precomputed": {...},           # optional: precompute_row(out_dir, prefix), made
+                                        # earlier (the maps are then not read again)
         "message": "why it failed",     # optional
     },
     ...
@@ -106,6 +108,18 @@ def _summary(run: Any) -> dict[str, float]:
         out["flagged %"] = 100.0 * flagged / total
     out["mask ml"] = checks.mask_volume_ml(run)
     return out
+
+
+def precompute_row(out_dir: str | PathLike, prefix: str) -> dict[str, Any]:
+    """A subject's numbers and thumbnail for the cohort page, from its maps, computed when its
+    report is written (``gpuperf run`` does, in its report worker) instead of when the page is:
+    ``{"values": {...}, "thumbnail": PNG bytes or None}``, or ``{"error": message}`` when the
+    maps cannot be read. Pass it as a row's ``precomputed`` (:data:`ROW_FORMAT`)."""
+    try:
+        run = load_run(out_dir, prefix)  # once for the numbers and the thumbnail
+        return {"values": _summary(run), "thumbnail": _thumbnail(run)}
+    except Exception as exc:  # one unreadable subject must not hide the others
+        return {"error": str(exc)}
 
 
 def _thumbnail(run: Any) -> bytes | None:
@@ -239,7 +253,8 @@ def rows_from_jobs(out_dir: str | PathLike, results: Sequence[Any]) -> list[dict
 
     Each result needs ``job_id``, ``status`` ("done", "skipped" or "failed"), ``outputs``
     (paths relative to ``out_dir``) and ``error``. A job's run is found from its
-    ``*_cbf.nii.gz`` output; "done" and "skipped" jobs are "ok".
+    ``*_cbf.nii.gz`` output; "done" and "skipped" jobs are "ok". A result's ``cohort_row``
+    (:func:`precompute_row`, made with its report) becomes the row's ``precomputed``.
     """
     out_dir = Path(out_dir)
     rows: list[dict[str, Any]] = []
@@ -256,6 +271,8 @@ def rows_from_jobs(out_dir: str | PathLike, results: Sequence[Any]) -> list[dict
                 row["out_dir"] = (out_dir / str(rel)).parent
                 row["prefix"] = name[: -len("_cbf.nii.gz")]
                 break
+        if row.get("prefix") and getattr(r, "cohort_row", None):  # made with the report
+            row["precomputed"] = r.cohort_row
         rows.append(row)
     return rows
 
@@ -283,12 +300,12 @@ def _entry(page_dir: Path, row: Mapping[str, Any]) -> dict[str, Any]:
         sub_dir, prefix = Path(row["out_dir"]), str(row["prefix"])
         if report is None:
             report = report_path(sub_dir, prefix)
-        try:
-            run = load_run(sub_dir, prefix)  # once for the numbers and the thumbnail
-            e["values"].update(_summary(run))
-            e["thumb"] = _thumbnail(run)
-        except Exception as exc:  # one unreadable subject must not hide the others
-            e["notes"].append(f"outputs unreadable: {exc}")
+        pre = row.get("precomputed") or precompute_row(sub_dir, prefix)
+        if "error" in pre:
+            e["notes"].append(f"outputs unreadable: {pre['error']}")
+        else:
+            e["values"].update(pre["values"])
+            e["thumb"] = pre["thumbnail"]
     e["values"].update(dict(row.get("values", {}) or {}))
     if report is not None:
         if report.exists():

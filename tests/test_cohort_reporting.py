@@ -1,0 +1,182 @@
+"""The report worker of a cohort run (:mod:`gpuperf.cohort.reporting`): a process beside the
+compute, equal to a thread file for file, robust to its own death and to scripts without a
+main guard; the cohort page takes its numbers and thumbnails from the worker."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from test_cohort_support import make_real_bids, published_files
+
+from gpuperf.cohort import reporting, run_participants
+
+#: Fields that hold wall-clock times or durations: they differ between any two runs.
+TIMED = ("ElapsedSeconds", "DateTime", "Finished")
+
+
+def _untimed(obj):
+    if isinstance(obj, dict):
+        return {k: _untimed(v) for k, v in obj.items() if k not in TIMED}
+    if isinstance(obj, list):
+        return [_untimed(v) for v in obj]
+    return obj
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("rw")
+    return make_real_bids(tmp, subjects=("01", "02", "03"), masks_for=())
+
+
+def _run(ds, out, kind, monkeypatch, work):
+    # PROCESS_MIN_JOBS decides thread or process for a run (worker_kind); 6 jobs here
+    monkeypatch.setattr(reporting, "PROCESS_MIN_JOBS", 1 if kind == "process" else 10**6)
+    run = run_participants(ds["bids"], out, device="cpu", work_dir=work)
+    assert run.exit_code == 0, [r.error for r in run.failed]
+    return run
+
+
+def test_process_worker_equals_thread_file_for_file(cohort, tmp_path, monkeypatch):
+    """Maps bit for bit, sidecars and done-markers equal but for their times, the same reports
+    and cohort page (timestamps aside), logs of whole lines, no scratch left behind."""
+    runs = {}
+    for kind in ("thread", "process"):
+        runs[kind] = _run(cohort, tmp_path / kind, kind, monkeypatch, tmp_path / f"w-{kind}")
+        assert not list((tmp_path / f"w-{kind}").iterdir()), "scratch left behind"
+    a, b = tmp_path / "thread", tmp_path / "process"
+    fa = [p.relative_to(a) for p in published_files(a)]
+    assert fa == [p.relative_to(b) for p in published_files(b)] and len(fa) > 20
+    n_reports = 0
+    for rel in fa:
+        x, y = a / rel, b / rel
+        if rel.name.endswith(".nii.gz"):
+            np.testing.assert_array_equal(
+                np.asarray(nib.load(x).dataobj), np.asarray(nib.load(y).dataobj), str(rel)
+            )
+        elif rel.suffix == ".json":
+            assert _untimed(json.loads(x.read_text())) == _untimed(json.loads(y.read_text()))
+        elif rel.suffix == ".html":
+            n_reports += 1
+            assert x.stat().st_size > 10_000 and y.stat().st_size > 10_000
+    assert n_reports == 6
+    markers = sorted(p.relative_to(b) for p in b.glob("sub-*/**/.gpuperf-done_*.json"))
+    assert markers == sorted(p.relative_to(a) for p in a.glob("sub-*/**/.gpuperf-done_*.json"))
+    assert len(markers) == 6
+    for rel in markers:  # the same outputs (sizes aside: the reports print their timings)
+        x, y = (json.loads((d / rel).read_text()) for d in (a, b))
+        assert set(x.pop("Outputs")) == set(y.pop("Outputs")) and _untimed(x) == _untimed(y)
+    for log in (b / "logs").glob("sub-*.log"):  # both processes appended; lines are whole
+        lines = log.read_text().splitlines()
+        assert lines and all(line[:4] == "2026" or line[:2] == "20" for line in lines if line)
+        assert any("published" in line for line in lines), log
+
+    def page(out):
+        text = (out / "cohort_report.html").read_text()
+        return text[text.index("<table>") :]
+
+    assert page(a) == page(b)
+    assert "outputs unreadable" not in page(b) and page(b).count("data:image/png") == 6
+
+
+def test_cohort_page_reads_no_map_after_a_process_run(cohort, tmp_path, monkeypatch):
+    """The page's numbers and thumbnails come from the report worker (``precompute_row``):
+    with every map read refused in this process, the page still has all of them, equal to a
+    page that reads the maps itself."""
+    import gpuperf.report.cohort as page
+
+    def refuse(*a, **k):
+        raise AssertionError("the cohort page read a map again")
+
+    monkeypatch.setattr(page, "load_run", refuse)
+    _run(cohort, tmp_path / "p", "process", monkeypatch, tmp_path / "w")
+    text = (tmp_path / "p" / "cohort_report.html").read_text()
+    assert "outputs unreadable" not in text and text.count("data:image/png") == 6
+    monkeypatch.undo()
+    rows = page.rows_from_jobs(tmp_path / "p", run_participants_results(tmp_path / "p"))
+    assert all("precomputed" not in r for r in rows)  # from the files: the same numbers
+    again = page.write_cohort_report(tmp_path / "p", rows, filename="again.html")
+    body = again.read_text()
+    assert body[body.index("<table>") :] == text[text.index("<table>") :]
+
+
+def run_participants_results(out):
+    """Job results as the page needs them, rebuilt from the done-markers (no precomputed row)."""
+    from types import SimpleNamespace
+
+    res = []
+    for m in sorted(out.glob("sub-*/**/.gpuperf-done_*.json")):
+        d = json.loads(m.read_text())
+        res.append(
+            SimpleNamespace(
+                job_id=d["JobId"], status="done", outputs=list(d["Outputs"]), error=None
+            )
+        )
+    return res
+
+
+def test_worker_death_fails_only_what_it_held_and_a_rerun_completes(cohort, tmp_path, monkeypatch):
+    """A worker that dies after reading its first job: that job fails (no done-marker, named
+    error), the thread finishes the others, and the same command again completes the run."""
+    monkeypatch.setattr(
+        reporting.ReportProcess,
+        "COMMAND",
+        ("-c", "import sys; sys.stdin.buffer.read(8); sys.exit(3)"),
+    )
+    monkeypatch.setattr(reporting, "PROCESS_MIN_JOBS", 1)
+    out = tmp_path / "o"
+    run = run_participants(cohort["bids"], out, device="cpu", work_dir=tmp_path / "w")
+    assert {r.status for r in run.results} <= {"done", "failed"}
+    assert sum(r.status == "done" for r in run.results) >= len(run.results) - 1
+    done = {json.loads(m.read_text())["JobId"] for m in out.glob("sub-*/**/.gpuperf-done_*")}
+    for r in run.failed:
+        assert "report worker process" in r.error and r.job_id not in done
+    monkeypatch.undo()
+    again = run_participants(cohort["bids"], out, device="cpu", work_dir=tmp_path / "w")
+    assert again.exit_code == 0 and {r.status for r in again.results} <= {"done", "skipped"}
+    assert sum(r.status == "done" for r in again.results) == len(run.failed)
+    assert len(list(out.glob("sub-*/perf/*_report.html"))) == 6
+
+
+def test_script_without_main_guard(cohort, tmp_path):
+    """A user's script with no ``if __name__ == "__main__"`` guard runs once, with the report
+    worker a process (``multiprocessing``'s spawn would import the script again)."""
+    script = tmp_path / "myscript.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            from gpuperf.cohort import reporting, run_participants
+            print("script body ran")
+            reporting.PROCESS_MIN_JOBS = 1
+            r = run_participants({str(cohort["bids"])!r}, {str(tmp_path / "out")!r},
+                                 modality=["asl"], device="cpu")
+            print("exit", r.exit_code, r.mode)
+            """
+        )
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(reporting.__file__).parents[2])}
+    p = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=300, env=env
+    )
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert p.stdout.count("script body ran") == 1 and "exit 0 local" in p.stdout
+    assert len(list((tmp_path / "out").glob("sub-*/perf/*_report.html"))) == 3
+
+
+def test_worker_kind():
+    from gpuperf.cohort.jobs import JobSettings
+
+    named = {"dsc": JobSettings(Path("."), {}, "gpuperf.dsc.pipeline:run_dsc")}
+    given = {"dsc": JobSettings(Path("."), {}, lambda *a, **k: None)}
+    n = reporting.PROCESS_MIN_JOBS
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    assert reporting.worker_kind(named, n) == ("process" if cores >= 2 else "thread")
+    assert reporting.worker_kind(named, n - 1) == "thread"
+    assert reporting.worker_kind(given, n) == "thread"  # a callable may not pickle
