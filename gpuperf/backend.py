@@ -52,6 +52,11 @@ class Backend:
     def is_gpu(self) -> bool:
         return self.name == "cupy"
 
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        # pickled by name (a module does not pickle): a prepared run travels to the cohort's
+        # report worker process, which gets the same backend back
+        return get_backend, ("gpu" if self.is_gpu else "cpu",)
+
     def is_device_array(self, a: Any) -> bool:
         """Whether ``a`` is an array in this backend's device memory (always False on NumPy)."""
         return self.is_gpu and isinstance(a, self.xp.ndarray)

@@ -44,6 +44,7 @@ from gpuperf.cohort.jobs import (
     Staged,
     fail_job,
     finish_job,
+    has_stages,
     open_job,
     pipeline_name,
     resolve_pipeline,
@@ -63,7 +64,7 @@ def is_batchable(pipeline: str | Pipeline) -> bool:
         fn = resolve_pipeline(pipeline)
     except Exception:
         return False
-    return all(callable(getattr(fn, stage, None)) for stage in ("prepare", "compute", "write"))
+    return has_stages(fn)
 
 
 def auto_batch_voxels(

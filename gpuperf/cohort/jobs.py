@@ -562,9 +562,10 @@ def _write_report(oj: OpenJob, res: Any) -> dict[str, Any]:
 
 def finish_job(oj: OpenJob, res: Any) -> JobResult:
     """Write the QC report, then publish what the pipeline wrote into ``oj.tmp_out`` (step 5);
-    ``res`` is the pipeline's return value. Returns the ``done`` result, or ``failed`` if
-    publishing fails."""
+    ``res`` is the pipeline's return value (or :class:`Computed`: its maps are written first).
+    Returns the ``done`` result, or ``failed`` if writing or publishing fails."""
     try:
+        res = write_computed(oj, res)
         t_report = time.perf_counter()
         cohort_row = _write_report(oj, res)
         report_s = time.perf_counter() - t_report
@@ -591,13 +592,56 @@ def finish_job(oj: OpenJob, res: Any) -> JobResult:
         return fail_job(oj, exc)
 
 
-def compute_job(oj: OpenJob) -> Any:
+def has_stages(fn: Any) -> bool:
+    """Whether a pipeline exposes its ``prepare``, ``compute`` and ``write`` stages
+    (:func:`gpuperf.io.stages.staged_pipeline`: ``run_dsc`` and ``run_asl`` do)."""
+    return all(callable(getattr(fn, stage, None)) for stage in ("prepare", "compute", "write"))
+
+
+@dataclass
+class Computed:
+    """A subject of a staged pipeline, prepared and computed on the NumPy backend, its maps
+    not yet written: what :func:`compute_job` returns with ``write=False``, for
+    :func:`finish_job` (in the cohort's report worker process) to write, report and publish.
+    """
+
+    prepared: Any
+
+
+def compute_job(oj: OpenJob, *, write: bool = True) -> Any:
     """Step 4: call the pipeline on the staged inputs into the scratch folder (timed, logged);
-    returns what the pipeline returns."""
+    returns what the pipeline returns.
+
+    With ``write=False`` a staged pipeline (:func:`has_stages`) on the NumPy backend stops
+    before writing its maps and returns them :class:`Computed`; :func:`finish_job` writes
+    them (its time is added to ``compute_s`` there). A GPU run writes here: its results are
+    on the device, and a second process should not open the device.
+    """
     args, kwargs = oj.call_args()
     t0 = time.perf_counter()
-    res = oj.fn(*args, **kwargs)
+    if write or not has_stages(oj.fn):
+        res = oj.fn(*args, **kwargs)
+    else:
+        prepared = oj.fn.prepare(*args, **kwargs)
+        oj.fn.compute([prepared])
+        backend = getattr(prepared, "backend", None)
+        res = Computed(prepared) if backend is not None and not backend.is_gpu else None
+        if res is None:
+            res = oj.fn.write(prepared)
     oj.compute_s = time.perf_counter() - t0
+    if not isinstance(res, Computed):
+        oj.reporter.log(f"pipeline finished in {oj.compute_s:.3f} s")
+    return res
+
+
+def write_computed(oj: OpenJob, res: Any) -> Any:
+    """The pipeline's result of an open job: ``res`` itself, or, for :class:`Computed`, its
+    maps written (timed into ``compute_s``, logged)."""
+    if not isinstance(res, Computed):
+        return res
+    t0 = time.perf_counter()
+    res = oj.fn.write(res.prepared)
+    oj.compute_s += time.perf_counter() - t0
     oj.reporter.log(f"pipeline finished in {oj.compute_s:.3f} s")
     return res
 

@@ -8,14 +8,17 @@ so memory stays bounded; results come back in job order. A failure in the backgr
 job's failure (:func:`gpuperf.cohort.jobs.finish_job` never raises; a worker process that dies
 fails the job it held).
 
-The worker is a **process** (one, started once per run with ``spawn``, safe beside CUDA) when
-the run has at least :data:`PROCESS_MIN_JOBS` subjects to compute, the machine has a spare
-core and the pipelines are named by ``"module:function"`` (the defaults): a thread would share
-the interpreter lock with the next subject's compute, and on two cores the reports then set
-the pace. The report worker also computes the subject's numbers and thumbnail for the cohort
-page (:func:`gpuperf.report.cohort.precompute_row`), so the page at the end of the run reads no
-map again. Otherwise (few subjects, one core, pipelines given as callables, as tests inject
-them) the worker is a thread.
+The worker is a **process** (:class:`ReportProcess`: one per run, started at once, its imports
+overlapping the first compute; it opens no GPU) when the run has at least
+:data:`PROCESS_MIN_JOBS` subjects to compute, the machine has a spare core and the pipelines
+are named by ``"module:function"`` (the defaults): a thread would share the interpreter lock
+with the next subject's compute, and on two cores the reports then set the pace. The process
+also writes the subject's maps (a staged pipeline on the NumPy backend stops after its compute
+stage, :func:`gpuperf.cohort.jobs.compute_job`) and computes the subject's numbers and
+thumbnail for the cohort page (:func:`gpuperf.report.cohort.precompute_row`), so the page at
+the end of the run reads no map again: the computing process reads, prepares and fits.
+Otherwise (few subjects, one core, pipelines given as callables, as tests inject them) the
+worker is a thread.
 
 The done-marker is still written last, after the report is published with the maps: a run
 killed while a report is drawn leaves that subject incomplete, and the next run redoes it.
@@ -233,8 +236,9 @@ def run_overlapped(
                 yield from drain()  # keep job order
                 yield oj
                 continue
+            remote = proc is not None and proc.alive and wants_report(oj.options)
             try:
-                res = compute_job(oj)
+                res = compute_job(oj, write=not remote)  # the worker process writes the maps
             except Exception as exc:
                 failed = fail_job(oj, exc)
                 oj.close()

@@ -93,6 +93,32 @@ class LoadedImage:
     def zooms(self) -> tuple[float, ...]:
         return tuple(float(z) for z in self.header.get_zooms())
 
+    def grid(self) -> ImageGrid:
+        """The image without its voxels: what an output writer needs of a reference."""
+        return ImageGrid(self.path, tuple(self.data.shape), self.affine, self.header)
+
+
+@dataclass(frozen=True)
+class ImageGrid:
+    """The grid of a :class:`LoadedImage` (path, shape, affine, header) without its voxels:
+    the reference an :class:`~gpuperf.io.outputs.OutputWriter` carries to another process."""
+
+    path: Path
+    shape: tuple[int, ...]
+    affine: np.ndarray
+    header: Any
+
+    @property
+    def shape3d(self) -> tuple[int, int, int]:
+        return tuple(self.shape[:3])  # type: ignore[return-value]
+
+    @property
+    def n_frames(self) -> int:
+        return 1 if len(self.shape) == 3 else int(self.shape[3])
+
+    def zooms(self) -> tuple[float, ...]:
+        return tuple(float(z) for z in self.header.get_zooms())
+
 
 def load_image(
     path: str | PathLike,

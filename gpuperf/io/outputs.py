@@ -435,6 +435,14 @@ class OutputWriter:
         self._resolved_dir: Path | None = None  # out_dir.resolve(), once it exists
         check_prefix(prefix)
 
+    def __getstate__(self) -> dict[str, Any]:
+        # pickled (a computed run travels to the cohort's report worker, which writes its
+        # maps): the reference goes without its voxels, only the grid the maps are written on
+        state = dict(vars(self))
+        if isinstance(self.reference, LoadedImage):
+            state["reference"] = self.reference.grid()
+        return state
+
     # -- the output folder -------------------------------------------------------------------
     @property
     def journal(self) -> Path:
