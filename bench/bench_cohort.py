@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 
 import pytest
 
@@ -335,9 +336,10 @@ def _read_only(root) -> float:
 
 @pytest.mark.parametrize("modality", ["dsc", "asl"])
 def test_cohort_default_run(benchmark, backend, cohort, asl_cohort, modality, tmp_path):
-    """``gpuperf run ... participant`` as users run it: reports on (drawn in a background
-    thread while the next subject computes, :mod:`gpuperf.cohort.reporting`), two subjects read
-    ahead. ``extra_info``: subjects per hour; the sums over subjects of staging (decompression
+    """``gpuperf run ... participant`` as users run it: reports on (maps written and reports
+    drawn by a worker process while the next subject computes, :mod:`gpuperf.cohort.reporting`),
+    two subjects read ahead. ``wall_s`` is the whole call (the cohort page and logs/*.tsv included).
+    ``extra_info``: subjects per hour; the sums over subjects of staging (decompression
     into the work folder + merged sidecars, in the read-ahead threads), pipeline time, of which
     the fit, report and publish seconds (logs/jobs.tsv); ``read_s``: the time to only read the
     same inputs (:func:`_read_only`, one pass before the run); ``not_kernel_over_read`` = (wall
@@ -351,15 +353,19 @@ def test_cohort_default_run(benchmark, backend, cohort, asl_cohort, modality, tm
     runs = []
     setup = _fresh_outputs(tmp_path)
 
+    walls = []
+
     def run(out):
+        t0 = time.perf_counter()
         r = run_participants(
             root, out, modality=[modality], device=device, prefetch=2, work_dir=tmp_path / "w"
         )
+        walls.append(time.perf_counter() - t0)  # the whole call: the cohort page and logs too
         assert r.exit_code == 0, [x.error for x in r.failed]
         runs.append(r)
 
     benchmark.pedantic(run, setup=setup, rounds=1, iterations=1, warmup_rounds=0)
-    last = runs[-1]
+    last, wall = runs[-1], walls[-1]
     sums = {k: sum(getattr(r, k) for r in last.results) for k in
             ("stage_s", "compute_s", "fit_s", "report_s", "publish_s")}  # fmt: skip
     record(
@@ -372,11 +378,11 @@ def test_cohort_default_run(benchmark, backend, cohort, asl_cohort, modality, tm
         note=f"{DEFAULT_SUBJECTS} {modality.upper()} subjects, reports on (background), "
         "prefetch 2; voxels = subjects",
         subjects=DEFAULT_SUBJECTS,
-        subjects_per_hour=round(3600 * DEFAULT_SUBJECTS / last.wall_s, 1),
-        wall_s=round(last.wall_s, 3),
+        subjects_per_hour=round(3600 * DEFAULT_SUBJECTS / wall, 1),
+        wall_s=round(wall, 3),
         **{f"sum_{k}": round(v, 3) for k, v in sums.items()},
         read_s=round(read_s, 3),
-        not_kernel_over_read=round((last.wall_s - sums["fit_s"]) / max(read_s, 1e-9), 2),
-        not_kernel_over_stage=round((last.wall_s - sums["fit_s"]) / max(sums["stage_s"], 1e-9), 2),
+        not_kernel_over_read=round((wall - sums["fit_s"]) / max(read_s, 1e-9), 2),
+        not_kernel_over_stage=round((wall - sums["fit_s"]) / max(sums["stage_s"], 1e-9), 2),
         loadavg_1m=round(__import__("os").getloadavg()[0], 2),
     )

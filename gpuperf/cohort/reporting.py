@@ -13,8 +13,10 @@ overlapping the first compute; it opens no GPU) when the run has at least
 :data:`PROCESS_MIN_JOBS` subjects to compute, the machine has a spare core and the pipelines
 are named by ``"module:function"`` (the defaults): a thread would share the interpreter lock
 with the next subject's compute, and on two cores the reports then set the pace. The process
-also writes the subject's maps (a staged pipeline on the NumPy backend stops after its compute
-stage, :func:`gpuperf.cohort.jobs.compute_job`) and computes the subject's numbers and
+also writes the subject's maps when it is idle by the time the subject is computed (a staged
+pipeline on the NumPy backend stops after its compute stage,
+:func:`gpuperf.cohort.jobs.compute_job`; otherwise they are written here: the two processes
+share the work as their loads allow), and it computes the subject's numbers and
 thumbnail for the cohort page (:func:`gpuperf.report.cohort.precompute_row`), so the page at
 the end of the run reads no map again: the computing process reads, prepares and fits.
 Otherwise (few subjects, one core, pipelines given as callables, as tests inject them) the
@@ -47,6 +49,7 @@ from gpuperf.cohort.jobs import (
     finish_job,
     open_job,
     wants_report,
+    write_computed,
 )
 from gpuperf.errors import GpuperfError
 
@@ -238,7 +241,9 @@ def run_overlapped(
                 continue
             remote = proc is not None and proc.alive and wants_report(oj.options)
             try:
-                res = compute_job(oj, write=not remote)  # the worker process writes the maps
+                res = compute_job(oj, write=not remote)
+                if remote and any(r and not f.done() for _oj, f, r in waiting):
+                    res = write_computed(oj, res)  # the worker is still busy: write here
             except Exception as exc:
                 failed = fail_job(oj, exc)
                 oj.close()
