@@ -17,6 +17,7 @@ import pytest
 from test_cohort_support import make_real_bids, published_files
 
 from gpuperf.cohort import reporting, run_participants
+from gpuperf.io import outputs
 
 #: Fields that hold wall-clock times or durations: they differ between any two runs.
 TIMED = ("ElapsedSeconds", "DateTime", "Finished")
@@ -51,6 +52,7 @@ def test_process_worker_equals_thread_file_for_file(cohort, tmp_path, monkeypatc
     for kind in ("thread", "process"):
         runs[kind] = _run(cohort, tmp_path / kind, kind, monkeypatch, tmp_path / f"w-{kind}")
         assert not list((tmp_path / f"w-{kind}").iterdir()), "scratch left behind"
+        assert not outputs._OPEN, "journals (file descriptors) left open in this process"
     a, b = tmp_path / "thread", tmp_path / "process"
     fa = [p.relative_to(a) for p in published_files(a)]
     assert fa == [p.relative_to(b) for p in published_files(b)] and len(fa) > 20
@@ -158,6 +160,7 @@ def test_script_without_main_guard(cohort, tmp_path):
         textwrap.dedent(
             f"""
             from gpuperf.cohort import reporting, run_participants
+from gpuperf.io import outputs
             print("script body ran")
             reporting.PROCESS_MIN_JOBS = 1
             r = run_participants({str(cohort["bids"])!r}, {str(tmp_path / "out")!r},

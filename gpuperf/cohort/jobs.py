@@ -465,6 +465,9 @@ class OpenJob:
         }
 
     def close(self) -> None:
+        # journals this process opened there (its maps were written here and the report by
+        # the worker process, which publishes): the set's marker, not the journal, guards it
+        discard_journals(self.tmp_out)
         shutil.rmtree(self.tmp_out, ignore_errors=True)
         self.staged.cleanup()
         self.reporter.close()
