@@ -160,7 +160,6 @@ def test_script_without_main_guard(cohort, tmp_path):
         textwrap.dedent(
             f"""
             from gpuperf.cohort import reporting, run_participants
-from gpuperf.io import outputs
             print("script body ran")
             reporting.PROCESS_MIN_JOBS = 1
             r = run_participants({str(cohort["bids"])!r}, {str(tmp_path / "out")!r},
