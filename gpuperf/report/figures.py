@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import io
 from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -41,13 +43,28 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
+@lru_cache(maxsize=16)
+def _orientation(affine_bytes: bytes) -> np.ndarray:
+    import nibabel.orientations as nio
+
+    ornt = nio.io_orientation(np.frombuffer(affine_bytes, dtype=np.float64).reshape(4, 4))
+    ornt.setflags(write=False)
+    return ornt
+
+
+def orientation(affine: np.ndarray) -> np.ndarray:
+    """nibabel's ``io_orientation`` of ``affine`` (``(3, 2)``: RAS axis and flip of each voxel
+    axis), computed once per affine: every map of a run shares it."""
+    return _orientation(np.ascontiguousarray(affine, dtype=np.float64).tobytes())
+
+
 def to_ras(
     data: np.ndarray, affine: np.ndarray, zooms_mm: tuple[float, ...]
 ) -> tuple[np.ndarray, tuple[float, float, float]]:
     """Reorient a 3D array to the closest RAS+ voxel axes; returns (data, zooms in RAS order)."""
     import nibabel.orientations as nio
 
-    ornt = nio.io_orientation(affine)
+    ornt = orientation(affine)
     out = nio.apply_orientation(data, ornt)
     zooms = [1.0, 1.0, 1.0]
     for axis_in, (axis_out, _flip) in enumerate(ornt):
@@ -70,6 +87,108 @@ def pick_slices(mask_ras: np.ndarray, max_slices: int) -> list[int]:
     return [int(i) for i in idx[np.unique(pos)]]
 
 
+@dataclass(frozen=True)
+class MontageLayout:
+    """What the montages of all maps of a run share (:func:`montage_layout`, once per run).
+
+    The maps of a run share their grid, orientation and mask, hence the slices shown, the
+    panels' size and place and the mask outline. A map's montage is then one colour per voxel
+    of those slices, gathered into the image's distinct pixel rows (:attr:`columns`), each
+    copied to the rows that repeat it (:attr:`rows`: the vertical up-scaling), and the outline
+    drawn over them (:attr:`edge`).
+
+    Attributes
+    ----------
+    shape : tuple of int
+        Grid of the maps as stored (a map of another grid is refused).
+    ornt : ndarray (3, 2)
+        Reorientation to RAS+ (:func:`orientation`).
+    slices : list of int
+        Axial slices shown (:func:`pick_slices`), in RAS+ voxel indices.
+    ncols, nrows : int
+    inside : ndarray of bool (X, Y, S)
+        The mask on the slices shown, in RAS+.
+    columns : ndarray of intp (D, W) or None
+        The distinct pixel rows: for each pixel, the voxel of the ``(X, Y, S)`` slices it shows
+        (C-order index) or ``X * Y * S + 1`` (between panels); the last row lies between
+        panels. None when no slice is shown (the image is then one black panel).
+    column_bytes : ndarray of intp (D, 3 W) or None
+        :attr:`columns` as byte offsets into an ``(X * Y * S + 2, 3)`` RGB table.
+    rows : ndarray of intp (H,)
+        The row of :attr:`columns` each pixel row of the image repeats.
+    edge : (ndarray of intp, ndarray of intp)
+        Rows and columns of the mask outline's pixels.
+    panel : (int, int)
+        Height and width of one panel in pixels.
+    """
+
+    shape: tuple[int, ...]
+    ornt: np.ndarray
+    slices: list[int]
+    ncols: int
+    nrows: int
+    inside: np.ndarray
+    columns: np.ndarray | None
+    column_bytes: np.ndarray | None
+    rows: np.ndarray
+    edge: tuple[np.ndarray, np.ndarray]
+    panel: tuple[int, int]
+
+
+def montage_layout(
+    mask: np.ndarray,
+    affine: np.ndarray,
+    zooms_mm: tuple[float, ...],
+    max_slices: int = 12,
+    ncols: int = 6,
+    panel_px: int = raster.PANEL_PX,
+) -> MontageLayout:
+    """The layout of the montages over ``mask`` (arguments as :func:`montage`): the slices,
+    the integer up-scaling (voxel aspect kept, :func:`gpuperf.report.raster.scale_factors`),
+    the one-pixel mask outline of each panel (:func:`gpuperf.report.raster.outline`, drawn
+    on slices the mask neither misses nor fills) and the panels' grid (``raster.GAP_PX`` apart,
+    ``ncols`` to a row).
+    """
+    m, (zx, zy, _) = to_ras(np.asarray(mask, dtype=bool), affine, zooms_mm)
+    slices = pick_slices(m, max_slices)
+    ncols = max(1, min(ncols, len(slices)))
+    nrows = -(-len(slices) // ncols)
+    nx, ny, ns = m.shape[0], m.shape[1], len(slices)
+    sx, sy = raster.scale_factors(nx, ny, zy / zx, panel_px)
+    inside = m[:, :, slices]
+    gap, h, w = raster.GAP_PX, ny * sy, nx * sx
+    between = inside.size + 1
+    columns = np.full((nrows * ny + 1, ncols * w + (ncols - 1) * gap), between)
+    rows = np.full(nrows * h + (nrows - 1) * gap, nrows * ny)
+    edge = np.zeros((rows.size, columns.shape[1]), bool)
+    # pixel (r, c) of the panel of slice j shows voxel (c // sx, ny - 1 - r // sy, j): anterior
+    # at the top, the subject's right on the right (neurological convention)
+    voxel = (np.arange(w) // sx)[None, :] * (ny * ns) + (ny - 1 - np.arange(ny))[:, None] * ns
+    for j in range(ns):
+        r, q = divmod(j, ncols)
+        columns[r * ny : (r + 1) * ny, q * (w + gap) : q * (w + gap) + w] = voxel + j
+        mk = inside[:, :, j]
+        if mk.any() and not mk.all():
+            at = np.s_[r * (h + gap) : r * (h + gap) + h, q * (w + gap) : q * (w + gap) + w]
+            edge[at] = raster.outline(raster.upscale(mk[:, ::-1].T, sx, sy))
+    for r in range(nrows):
+        rows[r * (h + gap) : r * (h + gap) + h] = r * ny + np.arange(h) // sy
+    column_bytes = (columns[:, :, None] * 3 + np.arange(3)).reshape(columns.shape[0], -1)
+    return MontageLayout(
+        tuple(mask.shape),
+        orientation(affine),
+        slices,
+        ncols,
+        nrows,
+        inside,
+        columns if ns else None,
+        column_bytes if ns else None,
+        rows,
+        np.nonzero(edge),
+        (sy, sx),
+    )
+
+
 def montage(
     data: np.ndarray,
     mask: np.ndarray | None,
@@ -80,6 +199,7 @@ def montage(
     max_slices: int = 12,
     ncols: int = 6,
     panel_px: int = raster.PANEL_PX,
+    layout: MontageLayout | None = None,
 ) -> tuple[bytes, dict[str, Any]]:
     """Axial montage of one map: colour-mapped slices with the mask outline, as one PNG.
 
@@ -99,6 +219,9 @@ def montage(
         Slices shown (:func:`pick_slices`; 1: the slice with most mask voxels) and columns.
     panel_px : int
         Approximate width of one slice in pixels (96 for the cohort page's thumbnails).
+    layout : MontageLayout, optional
+        :func:`montage_layout` of this ``mask``, ``affine``, ``zooms_mm``, ``max_slices``,
+        ``ncols`` and ``panel_px``, shared by the maps of a run (made here when not given).
 
     Returns
     -------
@@ -112,11 +235,16 @@ def montage(
     """
     if mask is None:
         mask = np.isfinite(data)
-    d, (zx, zy, _) = to_ras(np.asarray(data, dtype=np.float64), affine, zooms_mm)
-    m, _ = to_ras(mask.astype(bool), affine, zooms_mm)
-    inside = d[m]
+    if layout is None:
+        layout = montage_layout(mask, affine, zooms_mm, max_slices, ncols, panel_px)
+    elif tuple(np.shape(data)) != layout.shape:
+        raise ValueError(f"montage layout of a {layout.shape} grid for a {np.shape(data)} map")
+    import nibabel.orientations as nio
+
+    values = np.asarray(data)
+    inside = values[np.asarray(mask, dtype=bool)].astype(np.float64)  # statistics: any order
     finite = inside[np.isfinite(inside)]
-    vmin, vmax, fixed, spec = display_range(name, units, inside)
+    vmin, vmax, fixed, spec = display_range(name, units, finite)
     info: dict[str, Any] = {
         "vmin": vmin,
         "vmax": vmax,
@@ -126,15 +254,12 @@ def montage(
         "above": float((finite > vmax).mean()) if finite.size else 0.0,
         "nan": int(inside.size - finite.size),
     }
-    slices = pick_slices(m, max_slices)
-    info["slices"] = slices
-    ncols = max(1, min(ncols, len(slices)))
-    info["ncols"], info["nrows"] = ncols, -(-len(slices) // ncols)
+    info["slices"] = list(layout.slices)
+    info["ncols"], info["nrows"] = layout.ncols, layout.nrows
     info["extend"] = {(False, False): "neither", (True, False): "min", (False, True): "max"}.get(
         (info["below"] > 0, info["above"] > 0), "both"
     )
-    sub = d[:, :, slices]
-    ms = m[:, :, slices]
+    sub = np.asarray(nio.apply_orientation(values, layout.ornt)[:, :, layout.slices], np.float64)
     fin = np.isfinite(sub)
     if spec.categorical:
         codes = np.unique(finite.astype(np.int64)) if finite.size else np.array([0])
@@ -154,24 +279,19 @@ def montage(
         idx = np.clip(np.round(scaled), 0, table.shape[0] - 1).astype(np.intp)
         info["colours"] = [raster.hex_colour(c) for c in table[:: max(1, table.shape[0] // 32)]]
         info["colours"].append(raster.hex_colour(table[-1]))
-    rgb = table[idx]  # (X, Y, S, 3)
-    rgb[~ms] = 0  # outside the mask: black
-    rgb[ms & ~fin] = NAN_RGB  # in the mask without a value: magenta
-    aspect = zy / zx
-    sx, sy = raster.scale_factors(d.shape[0], d.shape[1], aspect, panel_px)
-    cyan = np.array(MASK_RGB, np.uint8)
-    panels = []
-    for j in range(len(slices)):
-        # (X, Y) -> rows = y from the top (anterior up), columns = x (subject right on the right)
-        p = raster.upscale(rgb[:, ::-1, j].transpose(1, 0, 2), sx, sy)
-        mk = ms[:, :, j]
-        if mk.any() and not mk.all():
-            edge = raster.outline(raster.upscale(mk[:, ::-1].T, sx, sy))
-            p[edge] = cyan
-        panels.append(p)
-    if not panels:
-        panels = [np.zeros((sy, sx, 3), np.uint8)]
-    return raster.png_bytes(raster.tile(panels, ncols)), info
+    if layout.columns is None:
+        return raster.png_bytes(np.zeros((*layout.panel, 3), np.uint8)), info
+    # the colour of each voxel of the slices shown, then of the outline and between panels
+    colours = np.empty((sub.size + 2, 3), np.uint8)
+    colours[:-2] = np.take(table, idx.ravel(), axis=0)
+    colours[:-2][~layout.inside.ravel()] = 0  # outside the mask: black
+    colours[:-2][(layout.inside & ~fin).ravel()] = NAN_RGB  # in the mask without a value
+    colours[-2], colours[-1] = MASK_RGB, (255, 255, 255)
+    distinct = colours.reshape(-1)[layout.column_bytes]
+    scan = raster.scanlines(layout.rows.size, layout.columns.shape[1])
+    np.take(distinct, layout.rows, axis=0, out=scan[:, 1:])
+    scan[:, 1:].view("V3")[layout.edge] = colours.view("V3")[-2, 0]
+    return raster.encode_png(scan, layout.columns.shape[1]), info
 
 
 def aif_plot(

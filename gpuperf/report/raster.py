@@ -25,23 +25,36 @@ GAP_PX = 3
 def png_bytes(rgb: np.ndarray, level: int = 1) -> bytes:
     """Encode an ``(H, W, 3)`` or ``(H, W, 4)`` uint8 image as PNG (8-bit RGB or RGBA); zlib
     ``level`` 1: five times faster than 6 on montages, about 7 % larger."""
-    a = np.ascontiguousarray(rgb, dtype=np.uint8)
+    a = np.asarray(rgb)
     if a.ndim != 3 or a.shape[2] not in (3, 4):
         raise ValueError(f"expected (H, W, 3|4) uint8, got {a.shape}")
     h, w, c = a.shape
-    rows = np.empty((h, 1 + w * c), np.uint8)
-    rows[:, 0] = 0  # filter type 0 (None) per scan line
+    rows = scanlines(h, w, c)
     rows[:, 1:] = a.reshape(h, w * c)
+    return encode_png(rows, w, c, level)
+
+
+def scanlines(h: int, w: int, c: int = 3) -> np.ndarray:
+    """An ``(h, 1 + w * c)`` uint8 buffer of PNG scan lines, each starting with its filter
+    type 0 (None); the caller writes the pixels into ``[:, 1:]`` (:func:`encode_png`)."""
+    rows = np.empty((h, 1 + w * c), np.uint8)
+    rows[:, 0] = 0
+    return rows
+
+
+def encode_png(rows: np.ndarray, w: int, c: int = 3, level: int = 1) -> bytes:
+    """PNG (RFC 2083: IHDR, one IDAT, IEND) of the scan lines ``rows`` (:func:`scanlines`) of a
+    ``w`` pixels wide 8-bit RGB (``c`` 3) or RGBA (4) image."""
 
     def chunk(kind: bytes, data: bytes) -> bytes:
         body = kind + data
         return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
 
-    ihdr = struct.pack(">IIBBBBB", w, h, 8, 6 if c == 4 else 2, 0, 0, 0)
+    ihdr = struct.pack(">IIBBBBB", w, rows.shape[0], 8, 6 if c == 4 else 2, 0, 0, 0)
     return (
         b"\x89PNG\r\n\x1a\n"
         + chunk(b"IHDR", ihdr)
-        + chunk(b"IDAT", zlib.compress(rows.tobytes(), level))
+        + chunk(b"IDAT", zlib.compress(np.ascontiguousarray(rows, dtype=np.uint8), level))
         + chunk(b"IEND", b"")
     )
 
