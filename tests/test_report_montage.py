@@ -174,3 +174,28 @@ def test_layout_of_another_grid_is_refused():
     layout = figures.montage_layout(mask, np.eye(4), (1, 1, 1))
     with pytest.raises(ValueError, match="layout"):
         figures.montage(np.zeros((8, 8, 4)), None, np.eye(4), (1, 1, 1), "x", "", layout=layout)
+
+
+def test_indexed_when_256_colours_suffice_else_rgb():
+    """A montage is an indexed-colour PNG when its colours (map, black, magenta, outline, gaps)
+    fit a 256-entry palette, RGB otherwise; the pixels are the reference's either way."""
+    shape = (40, 36, 6)
+    data, mask = _phantom(shape, seed=5)
+    ramp = np.linspace(-10.0, 110.0, data.size).reshape(shape).astype(np.float32)
+    ramp[~np.isfinite(data)] = np.nan  # every level of the colour map, NaN, outline, gaps
+    for values, colour_type in ((ramp, 2), (np.round(ramp / 10) * 10, 3)):
+        want_img, want_info = _reference_montage(values, mask, np.eye(4), (1, 1, 1), "cbf",
+                                                 "ml/100g/min")  # fmt: skip
+        png, info = figures.montage(values, mask, np.eye(4), (1, 1, 1), "cbf", "ml/100g/min")
+        assert png[25] == colour_type  # IHDR colour type: 2 RGB, 3 indexed
+        assert info == want_info
+        np.testing.assert_array_equal(_decode(png), want_img)
+
+
+def test_palette_shares_equal_colours_and_refuses_more_than_256():
+    colours = np.array([(0, 0, 0), (9, 9, 9), (0, 0, 0), (255, 0, 255)], np.uint8)
+    index, table = raster.palette(colours, np.array([True, False, True, True]))
+    assert table.tolist() == [[0, 0, 0], [255, 0, 255]] and index[[0, 2, 3]].tolist() == [0, 0, 1]
+    many = np.stack([np.arange(300) % 256, np.arange(300) // 256, np.zeros(300)], 1)
+    assert raster.palette(many.astype(np.uint8), np.ones(300, bool)) is None
+    assert raster.palette(many.astype(np.uint8), np.arange(300) < 256) is not None

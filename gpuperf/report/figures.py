@@ -14,7 +14,7 @@ from __future__ import annotations
 import io
 from collections.abc import Mapping
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from typing import Any
 
 import numpy as np
@@ -112,14 +112,14 @@ class MontageLayout:
         The distinct pixel rows: for each pixel, the voxel of the ``(X, Y, S)`` slices it shows
         (C-order index) or ``X * Y * S + 1`` (between panels); the last row lies between
         panels. None when no slice is shown (the image is then one black panel).
-    column_bytes : ndarray of intp (D, 3 W) or None
-        :attr:`columns` as byte offsets into an ``(X * Y * S + 2, 3)`` RGB table.
     rows : ndarray of intp (H,)
         The row of :attr:`columns` each pixel row of the image repeats.
     edge : (ndarray of intp, ndarray of intp)
         Rows and columns of the mask outline's pixels.
     panel : (int, int)
         Height and width of one panel in pixels.
+    gaps : bool
+        Whether the image has pixels between (or in place of missing) panels.
     """
 
     shape: tuple[int, ...]
@@ -129,10 +129,16 @@ class MontageLayout:
     nrows: int
     inside: np.ndarray
     columns: np.ndarray | None
-    column_bytes: np.ndarray | None
     rows: np.ndarray
     edge: tuple[np.ndarray, np.ndarray]
     panel: tuple[int, int]
+    gaps: bool
+
+    @cached_property
+    def column_bytes(self) -> np.ndarray:
+        """:attr:`columns` as byte offsets into an ``(X * Y * S + 2, 3)`` RGB table."""
+        assert self.columns is not None
+        return (self.columns[:, :, None] * 3 + np.arange(3)).reshape(self.columns.shape[0], -1)
 
 
 def montage_layout(
@@ -173,7 +179,6 @@ def montage_layout(
             edge[at] = raster.outline(raster.upscale(mk[:, ::-1].T, sx, sy))
     for r in range(nrows):
         rows[r * (h + gap) : r * (h + gap) + h] = r * ny + np.arange(h) // sy
-    column_bytes = (columns[:, :, None] * 3 + np.arange(3)).reshape(columns.shape[0], -1)
     return MontageLayout(
         tuple(mask.shape),
         orientation(affine),
@@ -182,10 +187,10 @@ def montage_layout(
         nrows,
         inside,
         columns if ns else None,
-        column_bytes if ns else None,
         rows,
         np.nonzero(edge),
         (sy, sx),
+        ns > 1 and (gap > 0 or ns < ncols * nrows),
     )
 
 
@@ -281,17 +286,36 @@ def montage(
         info["colours"].append(raster.hex_colour(table[-1]))
     if layout.columns is None:
         return raster.png_bytes(np.zeros((*layout.panel, 3), np.uint8)), info
-    # the colour of each voxel of the slices shown, then of the outline and between panels
-    colours = np.empty((sub.size + 2, 3), np.uint8)
-    colours[:-2] = np.take(table, idx.ravel(), axis=0)
-    colours[:-2][~layout.inside.ravel()] = 0  # outside the mask: black
-    colours[:-2][(layout.inside & ~fin).ravel()] = NAN_RGB  # in the mask without a value
-    colours[-2], colours[-1] = MASK_RGB, (255, 255, 255)
-    distinct = colours.reshape(-1)[layout.column_bytes]
-    scan = raster.scanlines(layout.rows.size, layout.columns.shape[1])
-    np.take(distinct, layout.rows, axis=0, out=scan[:, 1:])
-    scan[:, 1:].view("V3")[layout.edge] = colours.view("V3")[-2, 0]
-    return raster.encode_png(scan, layout.columns.shape[1]), info
+    # a colour code per voxel of the slices shown, then the codes of the outline and gaps
+    k, n = table.shape[0], sub.size
+    code = np.empty(n + 2, np.intp)
+    code[:n] = idx.ravel()
+    code[:n][~layout.inside.ravel()] = k  # outside the mask: black
+    code[:n][(layout.inside & ~fin).ravel()] = k + 1  # in the mask without a value: magenta
+    code[n:] = (k + 2, k + 3)
+    colours = np.concatenate([table, [(0, 0, 0), NAN_RGB, MASK_RGB, (255, 255, 255)]])
+    return _draw(layout, colours.astype(np.uint8), code), info
+
+
+def _draw(layout: MontageLayout, colours: np.ndarray, code: np.ndarray) -> bytes:
+    """The montage PNG of the voxel colour codes ``code`` (``colours[code]``; the last two
+    are the outline's and the gaps'): indexed colours when 256 entries suffice, else RGB."""
+    n, (h, w) = code.size - 2, (layout.rows.size, layout.columns.shape[1])
+    used = np.bincount(code[:n], minlength=colours.shape[0]) > 0
+    used[code[n]] = layout.edge[0].size > 0
+    used[code[n + 1]] = layout.gaps
+    pal = raster.palette(colours, used)
+    if pal is not None:
+        small = pal[0][code]
+        scan = raster.scanlines(h, w, 1)
+        np.take(small[layout.columns], layout.rows, axis=0, out=scan[:, 1:])
+        scan[:, 1:][layout.edge] = small[n]
+        return raster.encode_png(scan, w, 1, palette=pal[1])
+    rgb = np.take(colours, code, axis=0)
+    scan = raster.scanlines(h, w)
+    np.take(rgb.reshape(-1)[layout.column_bytes], layout.rows, axis=0, out=scan[:, 1:])
+    scan[:, 1:].view("V3")[layout.edge] = rgb.view("V3")[n, 0]
+    return raster.encode_png(scan, w)
 
 
 def aif_plot(
