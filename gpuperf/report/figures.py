@@ -14,7 +14,7 @@ from __future__ import annotations
 import io
 from collections.abc import Mapping
 from dataclasses import dataclass
-from functools import cached_property, lru_cache
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -133,12 +133,6 @@ class MontageLayout:
     edge: tuple[np.ndarray, np.ndarray]
     panel: tuple[int, int]
     gaps: bool
-
-    @cached_property
-    def column_bytes(self) -> np.ndarray:
-        """:attr:`columns` as byte offsets into an ``(X * Y * S + 2, 3)`` RGB table."""
-        assert self.columns is not None
-        return (self.columns[:, :, None] * 3 + np.arange(3)).reshape(self.columns.shape[0], -1)
 
 
 def montage_layout(
@@ -311,10 +305,11 @@ def _draw(layout: MontageLayout, colours: np.ndarray, code: np.ndarray) -> bytes
         np.take(small[layout.columns], layout.rows, axis=0, out=scan[:, 1:])
         scan[:, 1:][layout.edge] = small[n]
         return raster.encode_png(scan, w, 1, palette=pal[1])
-    rgb = np.take(colours, code, axis=0)
+    rgb = np.take(colours, code, axis=0).view("V3")[:, 0]  # one 3-byte item per code
     scan = raster.scanlines(h, w)
-    np.take(rgb.reshape(-1)[layout.column_bytes], layout.rows, axis=0, out=scan[:, 1:])
-    scan[:, 1:].view("V3")[layout.edge] = rgb.view("V3")[n, 0]
+    pixels = scan[:, 1:].view("V3")
+    np.take(rgb[layout.columns], layout.rows, axis=0, out=pixels)
+    pixels[layout.edge] = rgb[n]
     return raster.encode_png(scan, w)
 
 
