@@ -199,3 +199,50 @@ def test_palette_shares_equal_colours_and_refuses_more_than_256():
     many = np.stack([np.arange(300) % 256, np.arange(300) // 256, np.zeros(300)], 1)
     assert raster.palette(many.astype(np.uint8), np.ones(300, bool)) is None
     assert raster.palette(many.astype(np.uint8), np.arange(300) < 256) is not None
+
+
+def _reference_voxels_on_slice(background, chosen, affine, zooms_mm):
+    """The AIF voxels' figure as an RGB image, drawn as the report first drew it."""
+    ornt = nio.io_orientation(affine)
+    b = nio.apply_orientation(np.asarray(background, dtype=np.float64), ornt)
+    c = nio.apply_orientation(chosen.astype(bool), ornt)
+    zooms = [1.0, 1.0, 1.0]
+    for axis_in, (axis_out, _flip) in enumerate(ornt):
+        zooms[int(axis_out)] = float(zooms_mm[axis_in])
+    k = int(np.argmax(c.reshape(-1, c.shape[2]).sum(axis=0)))
+    sl = b[:, ::-1, k].T
+    fin = sl[np.isfinite(sl)]
+    lo, hi = np.percentile(fin, [2, 98]) if fin.size else (0.0, 1.0)
+    hi = hi if hi > lo else lo + 1
+    grey = np.clip(np.where(np.isfinite(sl), (sl - lo) / (hi - lo), 0.0) * 255, 0, 255)
+    sx, sy = raster.scale_factors(b.shape[0], b.shape[1], zooms[1] / zooms[0], panel_px=288)
+    img = np.repeat(grey.astype(np.uint8)[..., None], 3, axis=2)
+    img = np.repeat(np.repeat(img, sy, axis=0), sx, axis=1)
+    sel = c[:, ::-1, k].T
+    grown = np.zeros_like(sel)
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            grown |= np.roll(np.roll(sel, dy, axis=0), dx, axis=1)
+    big = np.repeat(np.repeat(grown, sy, axis=0), sx, axis=1)
+    ring = raster.outline(big)
+    ring |= raster.outline(big & ~ring)
+    img[ring] = (255, 0, 0)
+    return img
+
+
+@pytest.mark.parametrize("levels", [None, 40])
+def test_aif_voxels_figure_matches_reference(levels):
+    """Indexed (few grey levels) or RGB (every level and red): the same pixels."""
+    data, _ = _phantom((30, 26, 7), seed=11)
+    if levels:
+        data = np.round(data / levels) * levels
+    else:  # every grey level on every slice
+        data[np.isfinite(data)] = np.arange(data.size)[np.isfinite(data).ravel()] % 780
+    chosen = np.zeros(data.shape, bool)
+    chosen[[3, 4, 20, 25], [5, 5, 12, 0], [2, 2, 2, 4]] = True  # one at the border
+    for affine, zooms in ((np.eye(4), (1, 1, 1)), (_oblique_affine(), (1.5, 2.5, 3.0))):
+        want = _reference_voxels_on_slice(data, chosen, affine, zooms)
+        png = figures.voxels_on_slice(data, chosen, affine, zooms, "AIF voxels")
+        if zooms == (1, 1, 1):  # 30 x 26 voxels a slice: all 256 grey levels when not rounded
+            assert png[25] == (3 if levels else 2)
+        np.testing.assert_array_equal(_decode(png), want)

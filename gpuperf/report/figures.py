@@ -276,8 +276,7 @@ def montage(
         span = vmax - vmin if vmax > vmin else 1.0
         scaled = np.where(fin, (sub - vmin) / span, 0.0) * (table.shape[0] - 1)
         idx = np.clip(np.round(scaled), 0, table.shape[0] - 1).astype(np.intp)
-        info["colours"] = [raster.hex_colour(c) for c in table[:: max(1, table.shape[0] // 32)]]
-        info["colours"].append(raster.hex_colour(table[-1]))
+        info["colours"] = list(_colour_stops(spec.cmap))
     if layout.columns is None:
         return raster.png_bytes(np.zeros((*layout.panel, 3), np.uint8)), info
     # a colour code per voxel of the slices shown, then the codes of the outline and gaps
@@ -289,6 +288,14 @@ def montage(
     code[n:] = (k + 2, k + 3)
     colours = np.concatenate([table, [(0, 0, 0), NAN_RGB, MASK_RGB, (255, 255, 255)]])
     return _draw(layout, colours.astype(np.uint8), code), info
+
+
+@lru_cache(maxsize=32)
+def _colour_stops(cmap: str) -> tuple[str, ...]:
+    """About 33 colours of colour map ``cmap`` (``#rrggbb``), first to last: a colour bar."""
+    table = raster.lut(cmap)
+    stops = [raster.hex_colour(c) for c in table[:: max(1, table.shape[0] // 32)]]
+    return (*stops, raster.hex_colour(table[-1]))
 
 
 def _draw(layout: MontageLayout, colours: np.ndarray, code: np.ndarray) -> bytes:
@@ -357,7 +364,7 @@ def voxels_on_slice(
     hi = hi if hi > lo else lo + 1
     grey = np.clip(np.where(np.isfinite(sl), (sl - lo) / (hi - lo), 0.0) * 255, 0, 255)
     sx, sy = raster.scale_factors(b.shape[0], b.shape[1], zy / zx, panel_px=288)
-    img = raster.upscale(np.repeat(grey.astype(np.uint8)[..., None], 3, axis=2), sx, sy)
+    code = raster.upscale(grey.astype(np.uint8).astype(np.intp), sx, sy)  # grey level 0-255
     # a red square around each chosen voxel (one voxel of margin, two pixels thick), as the
     # scatter markers of the matplotlib figure were: a single voxel stays visible
     sel = c[:, ::-1, k].T
@@ -368,8 +375,9 @@ def voxels_on_slice(
     big = raster.upscale(grown, sx, sy)
     ring = raster.outline(big)
     ring |= raster.outline(big & ~ring)
-    img[ring] = (255, 0, 0)
-    return raster.png_bytes(img)
+    code[ring] = 256  # red
+    levels = np.repeat(np.arange(256, dtype=np.uint8)[:, None], 3, axis=1)
+    return raster.png_of_codes(np.concatenate([levels, [(255, 0, 0)]]), code)
 
 
 def voxels_slice(chosen: np.ndarray, affine: np.ndarray, zooms_mm: tuple[float, ...]) -> str:

@@ -65,6 +65,20 @@ def encode_png(
     )
 
 
+def png_of_codes(colours: np.ndarray, codes: np.ndarray) -> bytes:
+    """PNG of the image ``colours[codes]`` (``colours`` ``(k, 3)`` uint8, ``codes`` ``(H, W)``
+    integers): indexed colours when 256 palette entries suffice (:func:`palette`), else RGB."""
+    h, w = codes.shape
+    pal = palette(colours, np.bincount(codes.ravel(), minlength=len(colours)) > 0)
+    if pal is None:
+        rows = scanlines(h, w)
+        rows[:, 1:] = np.take(colours, codes, axis=0).reshape(h, -1)
+        return encode_png(rows, w)
+    rows = scanlines(h, w, 1)
+    rows[:, 1:] = pal[0][codes]
+    return encode_png(rows, w, 1, palette=pal[1])
+
+
 def palette(colours: np.ndarray, used: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     """An indexed-colour palette of the ``used`` entries of ``colours`` (``(k, 3)`` uint8;
     ``used``: bool ``(k,)``): ``(index of each entry in the palette as uint8, palette)``, equal
