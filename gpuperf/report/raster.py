@@ -4,8 +4,10 @@ A montage used to be a matplotlib figure with one axes per slice, titles, a cont
 and a colour bar; drawing and laying those out was most of a report's time. Here a slice is a
 colour lookup (a 256-entry table sampled once per colour map), an integer up-scaling (nearest
 neighbour, the voxel aspect kept), the mask outline as the in-mask pixels next to an outside
-pixel, and a PNG written with :mod:`zlib` (RFC 2083: IHDR, one IDAT, IEND; filter 0). Labels,
-colour bars and legends are HTML around the image (:mod:`gpuperf.report.sections`).
+pixel, and a PNG written directly (RFC 2083: IHDR, PLTE, one IDAT, IEND; filter 0), with
+indexed colours when 256 palette entries hold the image's colours (:func:`palette`), RGB
+otherwise, deflated by ISA-L or zlib (:func:`deflate`). Labels, colour bars and legends are HTML
+around the image (:mod:`gpuperf.report.sections`).
 """
 
 from __future__ import annotations
@@ -60,7 +62,7 @@ def encode_png(
         b"\x89PNG\r\n\x1a\n"
         + chunk(b"IHDR", ihdr)
         + plte
-        + chunk(b"IDAT", zlib.compress(np.ascontiguousarray(rows, dtype=np.uint8), level))
+        + chunk(b"IDAT", deflate(np.ascontiguousarray(rows, dtype=np.uint8), level))
         + chunk(b"IEND", b"")
     )
 
@@ -77,6 +79,19 @@ def png_of_codes(colours: np.ndarray, codes: np.ndarray) -> bytes:
     rows = scanlines(h, w, 1)
     rows[:, 1:] = pal[0][codes]
     return encode_png(rows, w, 1, palette=pal[1])
+
+
+def deflate(data: bytes | np.ndarray, level: int = 1) -> bytes:
+    """A zlib stream (RFC 1950) of ``data``: ISA-L when installed (as the maps' ``.nii.gz``,
+    :func:`gpuperf.io.outputs.gzip_bytes`), five times faster than zlib at level 1 on montages
+    and about 10 % larger; zlib otherwise. Either decodes to the same pixels."""
+    try:
+        from isal import isal_zlib
+    except ImportError:
+        isal_zlib = None
+    if isal_zlib is None or level > 3:  # ISA-L's levels are 0-3
+        return zlib.compress(data, level)
+    return isal_zlib.compress(data, level)
 
 
 def palette(colours: np.ndarray, used: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
