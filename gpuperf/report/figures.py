@@ -164,13 +164,13 @@ def montage_layout(
     # pixel (r, c) of the panel of slice j shows voxel (c // sx, ny - 1 - r // sy, j): anterior
     # at the top, the subject's right on the right (neurological convention)
     voxel = (np.arange(w) // sx)[None, :] * (ny * ns) + (ny - 1 - np.arange(ny))[:, None] * ns
+    # the outline of each panel (none on a slice the mask fills or misses)
+    panels = np.repeat(np.repeat(inside[:, ::-1].transpose(2, 1, 0), sy, axis=1), sx, axis=2)
+    outlines = raster.outline(panels)
     for j in range(ns):
         r, q = divmod(j, ncols)
         columns[r * ny : (r + 1) * ny, q * (w + gap) : q * (w + gap) + w] = voxel + j
-        mk = inside[:, :, j]
-        if mk.any() and not mk.all():
-            at = np.s_[r * (h + gap) : r * (h + gap) + h, q * (w + gap) : q * (w + gap) + w]
-            edge[at] = raster.outline(raster.upscale(mk[:, ::-1].T, sx, sy))
+        edge[r * (h + gap) : r * (h + gap) + h, q * (w + gap) : q * (w + gap) + w] = outlines[j]
     for r in range(nrows):
         rows[r * (h + gap) : r * (h + gap) + h] = r * ny + np.arange(h) // sy
     return MontageLayout(

@@ -153,10 +153,11 @@ def upscale(a: np.ndarray, sx: int, sy: int) -> np.ndarray:
 
 def outline(mask: np.ndarray) -> np.ndarray:
     """Pixels of ``mask`` with a 4-neighbour outside it (the image border counts as outside
-    only where the mask touches it): a one-pixel mask outline."""
+    only where the mask touches it): a one-pixel mask outline. A stack of images (``mask`` with
+    more than two axes) gets the outline of each image (the last two axes)."""
     m = np.asarray(mask, dtype=bool)
-    p = np.pad(m, 1, mode="edge")
-    interior = p[:-2, 1:-1] & p[2:, 1:-1] & p[1:-1, :-2] & p[1:-1, 2:]
+    p = np.pad(m, [(0, 0)] * (m.ndim - 2) + [(1, 1), (1, 1)], mode="edge")
+    interior = p[..., :-2, 1:-1] & p[..., 2:, 1:-1] & p[..., 1:-1, :-2] & p[..., 1:-1, 2:]
     return m & ~interior
 
 
