@@ -101,13 +101,14 @@ class MontageLayout:
     ----------
     shape : tuple of int
         Grid of the maps as stored (a map of another grid is refused).
-    ornt : ndarray (3, 2)
-        Reorientation to RAS+ (:func:`orientation`).
     slices : list of int
         Axial slices shown (:func:`pick_slices`), in RAS+ voxel indices.
     ncols, nrows : int
-    inside : ndarray of bool (X, Y, S)
-        The mask on the slices shown, in RAS+.
+    voxels : ndarray of intp (X * Y * S,)
+        The voxels of the slices shown, ``(X, Y, S)`` in RAS+ (C order), as flat (C-order)
+        indices into a map of :attr:`shape`.
+    outside : ndarray of intp
+        Which of :attr:`voxels` lie outside the mask.
     columns : ndarray of intp (D, W) or None
         The distinct pixel rows: for each pixel, the voxel of the ``(X, Y, S)`` slices it shows
         (C-order index) or ``X * Y * S + 1`` (between panels); the last row lies between
@@ -123,11 +124,11 @@ class MontageLayout:
     """
 
     shape: tuple[int, ...]
-    ornt: np.ndarray
     slices: list[int]
     ncols: int
     nrows: int
-    inside: np.ndarray
+    voxels: np.ndarray
+    outside: np.ndarray
     columns: np.ndarray | None
     rows: np.ndarray
     edge: tuple[np.ndarray, np.ndarray]
@@ -149,6 +150,8 @@ def montage_layout(
     on slices the mask neither misses nor fills) and the panels' grid (``raster.GAP_PX`` apart,
     ``ncols`` to a row).
     """
+    import nibabel.orientations as nio
+
     m, (zx, zy, _) = to_ras(np.asarray(mask, dtype=bool), affine, zooms_mm)
     slices = pick_slices(m, max_slices)
     ncols = max(1, min(ncols, len(slices)))
@@ -156,6 +159,7 @@ def montage_layout(
     nx, ny, ns = m.shape[0], m.shape[1], len(slices)
     sx, sy = raster.scale_factors(nx, ny, zy / zx, panel_px)
     inside = m[:, :, slices]
+    grid = nio.apply_orientation(np.arange(m.size).reshape(np.shape(mask)), orientation(affine))
     gap, h, w = raster.GAP_PX, ny * sy, nx * sx
     between = inside.size + 1
     columns = np.full((nrows * ny + 1, ncols * w + (ncols - 1) * gap), between)
@@ -175,11 +179,11 @@ def montage_layout(
         rows[r * (h + gap) : r * (h + gap) + h] = r * ny + np.arange(h) // sy
     return MontageLayout(
         tuple(mask.shape),
-        orientation(affine),
         slices,
         ncols,
         nrows,
-        inside,
+        grid[:, :, slices].ravel(),
+        np.flatnonzero(~inside),
         columns if ns else None,
         rows,
         np.nonzero(edge),
@@ -238,8 +242,6 @@ def montage(
         layout = montage_layout(mask, affine, zooms_mm, max_slices, ncols, panel_px)
     elif tuple(np.shape(data)) != layout.shape:
         raise ValueError(f"montage layout of a {layout.shape} grid for a {np.shape(data)} map")
-    import nibabel.orientations as nio
-
     values = np.asarray(data)
     inside = values[np.asarray(mask, dtype=bool)].astype(np.float64)  # statistics: any order
     finite = inside[np.isfinite(inside)]
@@ -258,7 +260,7 @@ def montage(
     info["extend"] = {(False, False): "neither", (True, False): "min", (False, True): "max"}.get(
         (info["below"] > 0, info["above"] > 0), "both"
     )
-    sub = np.asarray(nio.apply_orientation(values, layout.ornt)[:, :, layout.slices], np.float64)
+    sub = values.reshape(-1)[layout.voxels].astype(np.float64)  # the slices shown, RAS+
     fin = np.isfinite(sub)
     if spec.categorical:
         codes = np.unique(finite.astype(np.int64)) if finite.size else np.array([0])
@@ -282,9 +284,9 @@ def montage(
     # a colour code per voxel of the slices shown, then the codes of the outline and gaps
     k, n = table.shape[0], sub.size
     code = np.empty(n + 2, np.intp)
-    code[:n] = idx.ravel()
-    code[:n][~layout.inside.ravel()] = k  # outside the mask: black
-    code[:n][(layout.inside & ~fin).ravel()] = k + 1  # in the mask without a value: magenta
+    code[:n] = idx
+    code[:n][~fin] = k + 1  # in the mask without a value: magenta
+    code[layout.outside] = k  # outside the mask: black
     code[n:] = (k + 2, k + 3)
     colours = np.concatenate([table, [(0, 0, 0), NAN_RGB, MASK_RGB, (255, 255, 255)]])
     return _draw(layout, colours.astype(np.uint8), code), info
