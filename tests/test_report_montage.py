@@ -192,13 +192,21 @@ def test_indexed_when_256_colours_suffice_else_rgb():
         np.testing.assert_array_equal(_decode(png), want_img)
 
 
-def test_palette_shares_equal_colours_and_refuses_more_than_256():
+def test_palette_shares_equal_colours_only_to_fit_and_refuses_more_than_256():
     colours = np.array([(0, 0, 0), (9, 9, 9), (0, 0, 0), (255, 0, 255)], np.uint8)
     index, table = raster.palette(colours, np.array([True, False, True, True]))
-    assert table.tolist() == [[0, 0, 0], [255, 0, 255]] and index[[0, 2, 3]].tolist() == [0, 0, 1]
+    assert table[index[[0, 2, 3]]].tolist() == [[0, 0, 0], [0, 0, 0], [255, 0, 255]]
+    assert len(table) == 3  # three used entries fit: no need to share
     many = np.stack([np.arange(300) % 256, np.arange(300) // 256, np.zeros(300)], 1)
-    assert raster.palette(many.astype(np.uint8), np.ones(300, bool)) is None
-    assert raster.palette(many.astype(np.uint8), np.arange(300) < 256) is not None
+    many = many.astype(np.uint8)
+    assert raster.palette(many, np.ones(300, bool)) is None  # 300 distinct colours
+    used = np.arange(300) < 256
+    index, table = raster.palette(many, used)
+    np.testing.assert_array_equal(table[index[used]], many[used])
+    many[256:] = many[:44]  # 300 entries, 256 distinct colours: equal ones share an entry
+    index, table = raster.palette(many, np.ones(300, bool))
+    assert len(table) == 256
+    np.testing.assert_array_equal(table[index], many)
 
 
 def _reference_voxels_on_slice(background, chosen, affine, zooms_mm):

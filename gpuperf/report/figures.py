@@ -311,13 +311,13 @@ def _draw(layout: MontageLayout, colours: np.ndarray, code: np.ndarray) -> bytes
     if pal is not None:
         small = pal[0][code]
         scan = raster.scanlines(h, w, 1)
-        np.take(small[layout.columns], layout.rows, axis=0, out=scan[:, 1:])
-        scan[:, 1:][layout.edge] = small[n]
+        np.take(np.take(small, layout.columns), layout.rows, axis=0, out=scan[:, 1:])
+        scan.reshape(-1)[layout.edge[0] * (w + 1) + 1 + layout.edge[1]] = small[n]
         return raster.encode_png(scan, w, 1, palette=pal[1])
     rgb = np.take(colours, code, axis=0).view("V3")[:, 0]  # one 3-byte item per code
     scan = raster.scanlines(h, w)
     pixels = scan[:, 1:].view("V3")
-    np.take(rgb[layout.columns], layout.rows, axis=0, out=pixels)
+    np.take(np.take(rgb, layout.columns), layout.rows, axis=0, out=pixels)
     pixels[layout.edge] = rgb[n]
     return raster.encode_png(scan, w)
 

@@ -96,19 +96,25 @@ def deflate(data: bytes | np.ndarray, level: int = 1) -> bytes:
 
 def palette(colours: np.ndarray, used: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     """An indexed-colour palette of the ``used`` entries of ``colours`` (``(k, 3)`` uint8;
-    ``used``: bool ``(k,)``): ``(index of each entry in the palette as uint8, palette)``, equal
-    colours sharing one entry; None when more than 256 distinct colours are used.
+    ``used``: bool ``(k,)``): ``(index of each entry in the palette as uint8, palette)``; when
+    more than 256 entries are used, equal colours share one; None when more than 256 distinct
+    colours are used.
 
     An indexed PNG holds one byte per pixel instead of three: a third of the data to deflate
     and about two thirds of the file, the same pixels."""
-    rgb = np.asarray(colours, np.uint8).astype(np.uint32)
+    colours = np.asarray(colours, np.uint8)
+    entries = np.flatnonzero(used)
+    index = np.zeros(colours.shape[0], np.uint8)
+    if entries.size <= 256:
+        index[entries] = np.arange(entries.size)
+        return index, colours[entries]
+    rgb = colours.astype(np.uint32)
     key = (rgb[:, 0] << 16) | (rgb[:, 1] << 8) | rgb[:, 2]
-    keys = np.unique(key[used])
+    keys, inverse = np.unique(key[entries], return_inverse=True)
     if keys.size > 256:
         return None
-    index = np.minimum(np.searchsorted(keys, key), keys.size - 1).astype(np.uint8)
-    table = np.stack([keys >> 16, (keys >> 8) & 255, keys & 255], axis=1).astype(np.uint8)
-    return index, table
+    index[entries] = inverse.ravel()
+    return index, np.stack([keys >> 16, (keys >> 8) & 255, keys & 255], axis=1).astype(np.uint8)
 
 
 @lru_cache(maxsize=32)
