@@ -123,12 +123,12 @@ def find_runs(out_dir: str | PathLike) -> list[tuple[str, str]]:
     run has DSC-only outputs (``_aif.tsv``, ``_cbv``, ``_mtt``, ``_tmax``) and ``"asl"``
     otherwise.
     """
-    out_dir = Path(out_dir)
-    runs = []
-    for p in sorted(out_dir.glob("*_cbf.nii*")):
-        prefix = nifti_stem(p)[: -len("_cbf")]
-        runs.append((prefix, detect_modality(out_dir, prefix)))
-    return runs
+    return [(prefix, detect_modality(out_dir, prefix)) for prefix in _run_prefixes(out_dir)]
+
+
+def _run_prefixes(out_dir: str | PathLike) -> list[str]:
+    """Prefixes of the runs in ``out_dir`` (those of their ``<prefix>_cbf.nii.gz``), sorted."""
+    return [nifti_stem(p)[: -len("_cbf")] for p in sorted(Path(out_dir).glob("*_cbf.nii*"))]
 
 
 def detect_modality(out_dir: str | PathLike, prefix: str) -> str:
@@ -185,9 +185,7 @@ def _load_nifti1_gz(path: Path) -> tuple[np.ndarray, np.ndarray, tuple[float, ..
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    if not path.exists():
-        return {}
-    try:
+    try:  # a missing file too: OSError
         obj = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         return {}
@@ -241,7 +239,7 @@ def load_run(
     pat = re.compile(re.escape(prefix) + r"_(.+)$")
     masks: dict[str, tuple[np.ndarray, Path]] = {}
     # another run whose prefix extends this one ("sub-01" and "sub-01_dsc") is not ours
-    longer = [p for p, _ in find_runs(out_dir) if p.startswith(prefix + "_")]
+    longer = [p for p in _run_prefixes(out_dir) if p.startswith(prefix + "_")]
     for p in sorted(out_dir.glob(f"{glob_escape(prefix)}_*.nii*")):
         m = pat.match(nifti_stem(p))
         if not m or p.name.startswith(".") or any(p.name.startswith(o + "_") for o in longer):
