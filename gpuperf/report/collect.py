@@ -123,12 +123,12 @@ def find_runs(out_dir: str | PathLike) -> list[tuple[str, str]]:
     run has DSC-only outputs (``_aif.tsv``, ``_cbv``, ``_mtt``, ``_tmax``) and ``"asl"``
     otherwise.
     """
-    out_dir = Path(out_dir)
-    runs = []
-    for p in sorted(out_dir.glob("*_cbf.nii*")):
-        prefix = nifti_stem(p)[: -len("_cbf")]
-        runs.append((prefix, detect_modality(out_dir, prefix)))
-    return runs
+    return [(prefix, detect_modality(out_dir, prefix)) for prefix in _run_prefixes(out_dir)]
+
+
+def _run_prefixes(out_dir: str | PathLike) -> list[str]:
+    """Prefixes of the runs in ``out_dir`` (those of their ``<prefix>_cbf.nii.gz``), sorted."""
+    return [nifti_stem(p)[: -len("_cbf")] for p in sorted(Path(out_dir).glob("*_cbf.nii*"))]
 
 
 def detect_modality(out_dir: str | PathLike, prefix: str) -> str:
@@ -141,20 +141,51 @@ def detect_modality(out_dir: str | PathLike, prefix: str) -> str:
 
 
 def _load_nifti(path: Path) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
-    from gpuperf.io.nifti import open_nifti  # .nii.gz inflated in one ISA-L call
+    """(data as float32, affine, zooms) of a NIfTI file, as ``nibabel.load`` gives them."""
+    try:
+        loaded = _load_nifti1_gz(Path(path))
+    except Exception:  # noqa: BLE001 - nibabel's full reader says what is wrong with the file
+        loaded = None
+    if loaded is None:
+        from gpuperf.io.nifti import open_nifti  # .nii.gz inflated in one ISA-L call
 
-    img = open_nifti(Path(path))
-    data = np.asarray(img.get_fdata(dtype=np.float32))
+        img = open_nifti(Path(path))
+        data = np.asarray(img.get_fdata(dtype=np.float32))
+        affine, zooms = img.affine, img.header.get_zooms()
+    else:
+        data, affine, zooms = loaded
     while data.ndim > 3 and data.shape[-1] == 1:
         data = data[..., 0]
-    zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
-    return data, np.asarray(img.affine, dtype=np.float64), zooms  # type: ignore[return-value]
+    zooms3 = tuple(float(z) for z in zooms[:3])
+    return data, np.asarray(affine, dtype=np.float64), zooms3  # type: ignore[return-value]
+
+
+def _load_nifti1_gz(path: Path) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]] | None:
+    """A single-file NIfTI-1 ``.nii.gz`` read as :func:`nibabel.load` reads it (the header
+    checked and fixed by nibabel on load, the data through nibabel's array proxy with the
+    header's scaling, the best affine), without building the image object: a report reads
+    every map of a run, and the image's construction (header copies and checks) cost twice
+    the inflation. None for any other file (read by :func:`gpuperf.io.nifti.open_nifti`)."""
+    if not path.name.endswith(".nii.gz"):
+        return None
+    import io
+
+    import nibabel as nib
+    from nibabel.arrayproxy import ArrayProxy
+
+    from gpuperf.io.readahead import gunzip_bytes
+
+    raw = gunzip_bytes(path.read_bytes())
+    sizeof_hdr = raw[:4] in (b"\x5c\x01\x00\x00", b"\x00\x00\x01\x5c")  # 348, either byte order
+    if len(raw) < 352 or not sizeof_hdr or raw[344:348] != b"n+1\x00":
+        return None  # NIfTI-2, a header of a pair, or too short: nibabel's reader
+    hdr = nib.Nifti1Header(raw[:348])
+    data = np.asarray(np.asanyarray(ArrayProxy(io.BytesIO(raw), hdr), dtype=np.float32))
+    return data, hdr.get_best_affine(), hdr.get_zooms()
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    if not path.exists():
-        return {}
-    try:
+    try:  # a missing file too: OSError
         obj = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         return {}
@@ -208,7 +239,7 @@ def load_run(
     pat = re.compile(re.escape(prefix) + r"_(.+)$")
     masks: dict[str, tuple[np.ndarray, Path]] = {}
     # another run whose prefix extends this one ("sub-01" and "sub-01_dsc") is not ours
-    longer = [p for p, _ in find_runs(out_dir) if p.startswith(prefix + "_")]
+    longer = [p for p in _run_prefixes(out_dir) if p.startswith(prefix + "_")]
     for p in sorted(out_dir.glob(f"{glob_escape(prefix)}_*.nii*")):
         m = pat.match(nifti_stem(p))
         if not m or p.name.startswith(".") or any(p.name.startswith(o + "_") for o in longer):

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import io
 from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -41,13 +43,28 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
+@lru_cache(maxsize=16)
+def _orientation(affine_bytes: bytes) -> np.ndarray:
+    import nibabel.orientations as nio
+
+    ornt = nio.io_orientation(np.frombuffer(affine_bytes, dtype=np.float64).reshape(4, 4))
+    ornt.setflags(write=False)
+    return ornt
+
+
+def orientation(affine: np.ndarray) -> np.ndarray:
+    """nibabel's ``io_orientation`` of ``affine`` (``(3, 2)``: RAS axis and flip of each voxel
+    axis), computed once per affine: every map of a run shares it."""
+    return _orientation(np.ascontiguousarray(affine, dtype=np.float64).tobytes())
+
+
 def to_ras(
     data: np.ndarray, affine: np.ndarray, zooms_mm: tuple[float, ...]
 ) -> tuple[np.ndarray, tuple[float, float, float]]:
     """Reorient a 3D array to the closest RAS+ voxel axes; returns (data, zooms in RAS order)."""
     import nibabel.orientations as nio
 
-    ornt = nio.io_orientation(affine)
+    ornt = orientation(affine)
     out = nio.apply_orientation(data, ornt)
     zooms = [1.0, 1.0, 1.0]
     for axis_in, (axis_out, _flip) in enumerate(ornt):
@@ -70,6 +87,111 @@ def pick_slices(mask_ras: np.ndarray, max_slices: int) -> list[int]:
     return [int(i) for i in idx[np.unique(pos)]]
 
 
+@dataclass(frozen=True)
+class MontageLayout:
+    """What the montages of all maps of a run share (:func:`montage_layout`, once per run).
+
+    The maps of a run share their grid, orientation and mask, hence the slices shown, the
+    panels' size and place and the mask outline. A map's montage is then one colour per voxel
+    of those slices, gathered into the image's distinct pixel rows (:attr:`columns`), each
+    copied to the rows that repeat it (:attr:`rows`: the vertical up-scaling), and the outline
+    drawn over them (:attr:`edge`).
+
+    Attributes
+    ----------
+    shape : tuple of int
+        Grid of the maps as stored (a map of another grid is refused).
+    slices : list of int
+        Axial slices shown (:func:`pick_slices`), in RAS+ voxel indices.
+    ncols, nrows : int
+    voxels : ndarray of intp (X * Y * S,)
+        The voxels of the slices shown, ``(X, Y, S)`` in RAS+ (C order), as flat (C-order)
+        indices into a map of :attr:`shape`.
+    outside : ndarray of intp
+        Which of :attr:`voxels` lie outside the mask.
+    columns : ndarray of intp (D, W) or None
+        The distinct pixel rows: for each pixel, the voxel of the ``(X, Y, S)`` slices it shows
+        (C-order index) or ``X * Y * S + 1`` (between panels); the last row lies between
+        panels. None when no slice is shown (the image is then one black panel).
+    rows : ndarray of intp (H,)
+        The row of :attr:`columns` each pixel row of the image repeats.
+    edge : (ndarray of intp, ndarray of intp)
+        Rows and columns of the mask outline's pixels.
+    panel : (int, int)
+        Height and width of one panel in pixels.
+    gaps : bool
+        Whether the image has pixels between (or in place of missing) panels.
+    """
+
+    shape: tuple[int, ...]
+    slices: list[int]
+    ncols: int
+    nrows: int
+    voxels: np.ndarray
+    outside: np.ndarray
+    columns: np.ndarray | None
+    rows: np.ndarray
+    edge: tuple[np.ndarray, np.ndarray]
+    panel: tuple[int, int]
+    gaps: bool
+
+
+def montage_layout(
+    mask: np.ndarray,
+    affine: np.ndarray,
+    zooms_mm: tuple[float, ...],
+    max_slices: int = 12,
+    ncols: int = 6,
+    panel_px: int = raster.PANEL_PX,
+) -> MontageLayout:
+    """The layout of the montages over ``mask`` (arguments as :func:`montage`): the slices,
+    the integer up-scaling (voxel aspect kept, :func:`gpuperf.report.raster.scale_factors`),
+    the one-pixel mask outline of each panel (:func:`gpuperf.report.raster.outline`, drawn
+    on slices the mask neither misses nor fills) and the panels' grid (``raster.GAP_PX`` apart,
+    ``ncols`` to a row).
+    """
+    import nibabel.orientations as nio
+
+    m, (zx, zy, _) = to_ras(np.asarray(mask, dtype=bool), affine, zooms_mm)
+    slices = pick_slices(m, max_slices)
+    ncols = max(1, min(ncols, len(slices)))
+    nrows = -(-len(slices) // ncols)
+    nx, ny, ns = m.shape[0], m.shape[1], len(slices)
+    sx, sy = raster.scale_factors(nx, ny, zy / zx, panel_px)
+    inside = m[:, :, slices]
+    grid = nio.apply_orientation(np.arange(m.size).reshape(np.shape(mask)), orientation(affine))
+    gap, h, w = raster.GAP_PX, ny * sy, nx * sx
+    between = inside.size + 1
+    columns = np.full((nrows * ny + 1, ncols * w + (ncols - 1) * gap), between)
+    rows = np.full(nrows * h + (nrows - 1) * gap, nrows * ny)
+    edge = np.zeros((rows.size, columns.shape[1]), bool)
+    # pixel (r, c) of the panel of slice j shows voxel (c // sx, ny - 1 - r // sy, j): anterior
+    # at the top, the subject's right on the right (neurological convention)
+    voxel = (np.arange(w) // sx)[None, :] * (ny * ns) + (ny - 1 - np.arange(ny))[:, None] * ns
+    # the outline of each panel (none on a slice the mask fills or misses)
+    panels = np.repeat(np.repeat(inside[:, ::-1].transpose(2, 1, 0), sy, axis=1), sx, axis=2)
+    outlines = raster.outline(panels)
+    for j in range(ns):
+        r, q = divmod(j, ncols)
+        columns[r * ny : (r + 1) * ny, q * (w + gap) : q * (w + gap) + w] = voxel + j
+        edge[r * (h + gap) : r * (h + gap) + h, q * (w + gap) : q * (w + gap) + w] = outlines[j]
+    for r in range(nrows):
+        rows[r * (h + gap) : r * (h + gap) + h] = r * ny + np.arange(h) // sy
+    return MontageLayout(
+        tuple(mask.shape),
+        slices,
+        ncols,
+        nrows,
+        grid[:, :, slices].ravel(),
+        np.flatnonzero(~inside),
+        columns if ns else None,
+        rows,
+        np.nonzero(edge),
+        (sy, sx),
+        ns > 1 and (gap > 0 or ns < ncols * nrows),
+    )
+
+
 def montage(
     data: np.ndarray,
     mask: np.ndarray | None,
@@ -80,6 +202,7 @@ def montage(
     max_slices: int = 12,
     ncols: int = 6,
     panel_px: int = raster.PANEL_PX,
+    layout: MontageLayout | None = None,
 ) -> tuple[bytes, dict[str, Any]]:
     """Axial montage of one map: colour-mapped slices with the mask outline, as one PNG.
 
@@ -99,6 +222,9 @@ def montage(
         Slices shown (:func:`pick_slices`; 1: the slice with most mask voxels) and columns.
     panel_px : int
         Approximate width of one slice in pixels (96 for the cohort page's thumbnails).
+    layout : MontageLayout, optional
+        :func:`montage_layout` of this ``mask``, ``affine``, ``zooms_mm``, ``max_slices``,
+        ``ncols`` and ``panel_px``, shared by the maps of a run (made here when not given).
 
     Returns
     -------
@@ -112,11 +238,14 @@ def montage(
     """
     if mask is None:
         mask = np.isfinite(data)
-    d, (zx, zy, _) = to_ras(np.asarray(data, dtype=np.float64), affine, zooms_mm)
-    m, _ = to_ras(mask.astype(bool), affine, zooms_mm)
-    inside = d[m]
+    if layout is None:
+        layout = montage_layout(mask, affine, zooms_mm, max_slices, ncols, panel_px)
+    elif tuple(np.shape(data)) != layout.shape:
+        raise ValueError(f"montage layout of a {layout.shape} grid for a {np.shape(data)} map")
+    values = np.asarray(data)
+    inside = values[np.asarray(mask, dtype=bool)].astype(np.float64)  # statistics: any order
     finite = inside[np.isfinite(inside)]
-    vmin, vmax, fixed, spec = display_range(name, units, inside)
+    vmin, vmax, fixed, spec = display_range(name, units, finite)
     info: dict[str, Any] = {
         "vmin": vmin,
         "vmax": vmax,
@@ -126,15 +255,12 @@ def montage(
         "above": float((finite > vmax).mean()) if finite.size else 0.0,
         "nan": int(inside.size - finite.size),
     }
-    slices = pick_slices(m, max_slices)
-    info["slices"] = slices
-    ncols = max(1, min(ncols, len(slices)))
-    info["ncols"], info["nrows"] = ncols, -(-len(slices) // ncols)
+    info["slices"] = list(layout.slices)
+    info["ncols"], info["nrows"] = layout.ncols, layout.nrows
     info["extend"] = {(False, False): "neither", (True, False): "min", (False, True): "max"}.get(
         (info["below"] > 0, info["above"] > 0), "both"
     )
-    sub = d[:, :, slices]
-    ms = m[:, :, slices]
+    sub = values.reshape(-1)[layout.voxels].astype(np.float64)  # the slices shown, RAS+
     fin = np.isfinite(sub)
     if spec.categorical:
         codes = np.unique(finite.astype(np.int64)) if finite.size else np.array([0])
@@ -152,26 +278,48 @@ def montage(
         span = vmax - vmin if vmax > vmin else 1.0
         scaled = np.where(fin, (sub - vmin) / span, 0.0) * (table.shape[0] - 1)
         idx = np.clip(np.round(scaled), 0, table.shape[0] - 1).astype(np.intp)
-        info["colours"] = [raster.hex_colour(c) for c in table[:: max(1, table.shape[0] // 32)]]
-        info["colours"].append(raster.hex_colour(table[-1]))
-    rgb = table[idx]  # (X, Y, S, 3)
-    rgb[~ms] = 0  # outside the mask: black
-    rgb[ms & ~fin] = NAN_RGB  # in the mask without a value: magenta
-    aspect = zy / zx
-    sx, sy = raster.scale_factors(d.shape[0], d.shape[1], aspect, panel_px)
-    cyan = np.array(MASK_RGB, np.uint8)
-    panels = []
-    for j in range(len(slices)):
-        # (X, Y) -> rows = y from the top (anterior up), columns = x (subject right on the right)
-        p = raster.upscale(rgb[:, ::-1, j].transpose(1, 0, 2), sx, sy)
-        mk = ms[:, :, j]
-        if mk.any() and not mk.all():
-            edge = raster.outline(raster.upscale(mk[:, ::-1].T, sx, sy))
-            p[edge] = cyan
-        panels.append(p)
-    if not panels:
-        panels = [np.zeros((sy, sx, 3), np.uint8)]
-    return raster.png_bytes(raster.tile(panels, ncols)), info
+        info["colours"] = list(_colour_stops(spec.cmap))
+    if layout.columns is None:
+        return raster.png_bytes(np.zeros((*layout.panel, 3), np.uint8)), info
+    # a colour code per voxel of the slices shown, then the codes of the outline and gaps
+    k, n = table.shape[0], sub.size
+    code = np.empty(n + 2, np.intp)
+    code[:n] = idx
+    code[:n][~fin] = k + 1  # in the mask without a value: magenta
+    code[layout.outside] = k  # outside the mask: black
+    code[n:] = (k + 2, k + 3)
+    colours = np.concatenate([table, [(0, 0, 0), NAN_RGB, MASK_RGB, (255, 255, 255)]])
+    return _draw(layout, colours.astype(np.uint8), code), info
+
+
+@lru_cache(maxsize=32)
+def _colour_stops(cmap: str) -> tuple[str, ...]:
+    """About 33 colours of colour map ``cmap`` (``#rrggbb``), first to last: a colour bar."""
+    table = raster.lut(cmap)
+    stops = [raster.hex_colour(c) for c in table[:: max(1, table.shape[0] // 32)]]
+    return (*stops, raster.hex_colour(table[-1]))
+
+
+def _draw(layout: MontageLayout, colours: np.ndarray, code: np.ndarray) -> bytes:
+    """The montage PNG of the voxel colour codes ``code`` (``colours[code]``; the last two
+    are the outline's and the gaps'): indexed colours when 256 entries suffice, else RGB."""
+    n, (h, w) = code.size - 2, (layout.rows.size, layout.columns.shape[1])
+    used = np.bincount(code[:n], minlength=colours.shape[0]) > 0
+    used[code[n]] = layout.edge[0].size > 0
+    used[code[n + 1]] = layout.gaps
+    pal = raster.palette(colours, used)
+    if pal is not None:
+        small = pal[0][code]
+        scan = raster.scanlines(h, w, 1)
+        np.take(np.take(small, layout.columns), layout.rows, axis=0, out=scan[:, 1:])
+        scan.reshape(-1)[layout.edge[0] * (w + 1) + 1 + layout.edge[1]] = small[n]
+        return raster.encode_png(scan, w, 1, palette=pal[1])
+    rgb = np.take(colours, code, axis=0).view("V3")[:, 0]  # one 3-byte item per code
+    scan = raster.scanlines(h, w)
+    pixels = scan[:, 1:].view("V3")
+    np.take(np.take(rgb, layout.columns), layout.rows, axis=0, out=pixels)
+    pixels[layout.edge] = rgb[n]
+    return raster.encode_png(scan, w)
 
 
 def aif_plot(
@@ -218,7 +366,7 @@ def voxels_on_slice(
     hi = hi if hi > lo else lo + 1
     grey = np.clip(np.where(np.isfinite(sl), (sl - lo) / (hi - lo), 0.0) * 255, 0, 255)
     sx, sy = raster.scale_factors(b.shape[0], b.shape[1], zy / zx, panel_px=288)
-    img = raster.upscale(np.repeat(grey.astype(np.uint8)[..., None], 3, axis=2), sx, sy)
+    code = raster.upscale(grey.astype(np.uint8).astype(np.intp), sx, sy)  # grey level 0-255
     # a red square around each chosen voxel (one voxel of margin, two pixels thick), as the
     # scatter markers of the matplotlib figure were: a single voxel stays visible
     sel = c[:, ::-1, k].T
@@ -229,8 +377,9 @@ def voxels_on_slice(
     big = raster.upscale(grown, sx, sy)
     ring = raster.outline(big)
     ring |= raster.outline(big & ~ring)
-    img[ring] = (255, 0, 0)
-    return raster.png_bytes(img)
+    code[ring] = 256  # red
+    levels = np.repeat(np.arange(256, dtype=np.uint8)[:, None], 3, axis=1)
+    return raster.png_of_codes(np.concatenate([levels, [(255, 0, 0)]]), code)
 
 
 def voxels_slice(chosen: np.ndarray, affine: np.ndarray, zooms_mm: tuple[float, ...]) -> str:

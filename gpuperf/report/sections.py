@@ -215,10 +215,15 @@ def montage_section(ctx: ReportContext) -> list[str]:
         "the right). Cyan: mask outline; magenta: mask voxels without a value (NaN); "
         "arrow ends on a colour bar: values beyond the display range.</p>"
     ]
+    mask = run.mask
+    layout = None  # the slices, panels and mask outline every map shares: made once
     for name in ordered_maps(run):
         m = run.maps[name]
+        mk = np.isfinite(m.data) if mask is None else mask
+        if layout is None or mask is None:
+            layout = figures.montage_layout(mk, run.affine, run.zooms_mm, ctx.max_slices)
         png, info = figures.montage(
-            m.data, run.mask, run.affine, run.zooms_mm, name, m.units, max_slices=ctx.max_slices
+            m.data, mk, run.affine, run.zooms_mm, name, m.units, ctx.max_slices, layout=layout
         )
         labels, bar = montage_html(info, m.units)
         head = f"<b>{esc(info['label'])}</b> <code>{esc(m.path.name)}</code> — "
