@@ -393,16 +393,17 @@ def test_map_files_are_the_files_nibabel_writes(tmp_path):
         }
         maps["cbv"].reshape(-1)[: special.size] = special
         maps["cbv"].reshape(-1)[-1] = payload_nan[0]
-        out = tmp_path / f"o{k}"
-        with OutputWriter(out, "p", reference=ref) as w:
+        for order in (list(maps), list(reversed(maps))):  # built from each dtype, derived
+            out = tmp_path / f"o{k}_{order[0]}"
+            with OutputWriter(out, "p", reference=ref) as w:
+                for name in order:
+                    w.add_map(name, maps[name], units="1", description="d", dtype=maps[name].dtype)
+                w.commit()
+            # every kind of map went through a template (the comparison is not vacuous)
+            assert len(w._templates) == 4 and all(t is not None for t in w._templates.values())
             for name, data in maps.items():
-                w.add_map(name, data, units="1", description="d", dtype=data.dtype)
-            w.commit()
-        # every kind of map went through a template (the comparison below is not vacuous)
-        assert len(w._templates) == 4 and all(t is not None for t in w._templates.values())
-        for name, data in maps.items():
-            ours = gzip.decompress((out / f"p_{name}.nii.gz").read_bytes())
-            assert ours == map_image(ref, name, data).to_bytes(), (path.name, name)
+                ours = gzip.decompress((out / f"p_{name}.nii.gz").read_bytes())
+                assert ours == map_image(ref, name, data).to_bytes(), (path.name, name)
 
 
 def test_sidecars_splice_the_provenance_block_as_one_dump():

@@ -460,6 +460,19 @@ class NiftiTemplate:
             return None
         return cls(head, dtype)
 
+    def with_dtype(self, dtype: Any) -> NiftiTemplate:
+        """The template of maps of the same shape stored as ``dtype``: the header's
+        ``datatype`` and ``bitpix`` are all that ``set_data_dtype`` changes, and nibabel's
+        checks and its writing of an unscaled map do not depend on them."""
+        import nibabel as nib
+
+        size = nib.Nifti1Header.sizeof_hdr
+        header = nib.Nifti1Header(self.head[:size], check=False)  # its byte order guessed
+        header.set_data_dtype(dtype)
+        return NiftiTemplate(
+            header.binaryblock + self.head[size:], np.dtype(header.get_data_dtype())
+        )
+
     def render(self, name: str, data: np.ndarray) -> bytes:
         """The ``.nii`` bytes of map ``name`` with values ``data`` (of the template's shape)."""
         descrip = _descrip(name).ljust(_DESCRIP_LEN, b"\0")
@@ -654,7 +667,13 @@ class OutputWriter:
         kind of map of the run, not one per map)."""
         key = (data.dtype.str, data.shape)
         if key not in self._templates:
-            self._templates[key] = NiftiTemplate.build(self.reference, name, data)
+            # another dtype's template of this shape differs in the dtype fields only
+            like = [t for (_d, shape), t in self._templates.items() if shape == data.shape and t]
+            self._templates[key] = (
+                like[0].with_dtype(data.dtype)
+                if like
+                else NiftiTemplate.build(self.reference, name, data)
+            )
         template = self._templates[key]
         if template is None:  # a header the template cannot reproduce: nibabel itself
             return map_image(self.reference, name, data).to_bytes()
