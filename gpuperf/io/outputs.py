@@ -160,7 +160,14 @@ def _start_time(pid: int) -> str | None:
 
 def owner_record() -> dict[str, Any]:
     """Who owns a hidden file: host, pid and (on Linux) the process start time."""
-    return {"Host": socket.gethostname(), "Pid": os.getpid(), "Start": _start_time(os.getpid())}
+    pid = os.getpid()
+    return {"Host": socket.gethostname(), "Pid": pid, "Start": _own_start_time(pid)}
+
+
+@functools.lru_cache(maxsize=4)
+def _own_start_time(pid: int) -> str | None:
+    """This process's start time (keyed by pid: a forked child reads its own)."""
+    return _start_time(pid)
 
 
 def owner_alive(owner: Mapping[str, Any]) -> bool:
@@ -537,6 +544,7 @@ class OutputWriter:
         self._leftovers: set[str] | None = None  # names of this run's own interrupted set
         self._foreign: dict[str, Any] | None = None  # journal of an interrupted other run
         self._resolved_dir: Path | None = None  # out_dir.resolve(), once it exists
+        self._input_names: set[str] = set()  # names of the inputs inside _resolved_dir
         #: (dtype, shape) -> the NIfTI template of such maps (None: nibabel writes each one)
         self._templates: dict[tuple[str, tuple[int, ...]], NiftiTemplate | None] = {}
         check_prefix(prefix)
@@ -606,7 +614,7 @@ class OutputWriter:
         # one lstat answers "a link?", "a folder?" and "there?" (pathlib asks each apart)
         st = _lstat(final)
         is_link = st is not None and stat.S_ISLNK(st.st_mode)
-        if self._resolved(final, is_link) in self._inputs:
+        if self._is_input(final, is_link):
             raise GpuperfError(f"{final}: refusing to write over an input of this run")
         if st is not None and stat.S_ISDIR(st.st_mode):
             raise GpuperfError(f"{final}: a folder is in the way of this output")
@@ -620,16 +628,20 @@ class OutputWriter:
                 f"{final}: output exists{why}; pass --overwrite (overwrite=True) to replace it"
             )
 
-    def _resolved(self, final: Path, is_link: bool) -> Path:
-        """``final.resolve()`` for a file of the output folder: the folder is resolved once
-        (a resolve walks every component, dozens of ``lstat`` calls per output), the name
-        only when it is a symbolic link (``is_link``: ``final`` is one)."""
-        if final.parent != self.out_dir:
-            return final.resolve()
+    def _is_input(self, final: Path, is_link: bool) -> bool:
+        """Whether ``final`` (a symbolic link when ``is_link``) resolves to an input of the run.
+
+        For a file of the output folder the folder is resolved once (a resolve walks every
+        component, dozens of ``lstat`` calls per output) and compared with the folders of the
+        inputs; the name itself is resolved only when it is a symbolic link."""
+        if not self._inputs:
+            return False
+        if is_link or final.parent != self.out_dir:
+            return final.resolve() in self._inputs
         if self._resolved_dir is None:
             self._resolved_dir = self.out_dir.resolve()
-        target = self._resolved_dir / final.name
-        return target.resolve() if is_link else target
+            self._input_names = {p.name for p in self._inputs if p.parent == self._resolved_dir}
+        return final.name in self._input_names
 
     # -- names -------------------------------------------------------------------------------
     def path_for(self, name: str, ext: str = ".nii.gz") -> Path:
@@ -769,11 +781,11 @@ class OutputWriter:
         if elapsed_s is not None:
             prov["ElapsedSeconds"] = round(float(elapsed_s), 4)
         prov_text = _dump(prov)  # once: every sidecar ends with the same block
-        for final, sidecar in self._sidecars.items():
-            tmp = self._stage(final)
-            tmp.write_text(merged_json(sidecar, prov, prov_text) + "\n", encoding="utf-8")
         for _tmp, final in self._pending:  # re-check: something may have appeared meanwhile
             self._check_target(final)
+        for final, sidecar in self._sidecars.items():  # checked as they are staged
+            tmp = self._stage(final)
+            tmp.write_text(merged_json(sidecar, prov, prov_text) + "\n", encoding="utf-8")
         staged = {final.name for _t, final in self._pending}
         later = sorted(self._expected - staged)
         own_old = sorted((self._leftovers or set()) - staged - set(later))
@@ -839,7 +851,11 @@ class OutputWriter:
 
     def _cleanup(self) -> None:
         if self._tmp is not None:
-            shutil.rmtree(self._tmp, ignore_errors=True)
+            try:  # after a commit only the owner file is left: two calls, not a tree walk
+                (self._tmp / OWNER_FILE).unlink()
+                self._tmp.rmdir()
+            except OSError:
+                shutil.rmtree(self._tmp, ignore_errors=True)
             self._tmp = None
 
     def __enter__(self) -> OutputWriter:
