@@ -545,8 +545,9 @@ class OutputWriter:
         self._foreign: dict[str, Any] | None = None  # journal of an interrupted other run
         self._resolved_dir: Path | None = None  # out_dir.resolve(), once it exists
         self._input_names: set[str] = set()  # names of the inputs inside _resolved_dir
-        #: (dtype, shape) -> the NIfTI template of such maps (None: nibabel writes each one)
-        self._templates: dict[tuple[str, tuple[int, ...]], NiftiTemplate | None] = {}
+        #: (reference, dtype, shape) -> the NIfTI template of such maps (None: nibabel writes
+        #: each one)
+        self._templates: dict[tuple[int, str, tuple[int, ...]], NiftiTemplate | None] = {}
         check_prefix(prefix)
 
     # -- the output folder -------------------------------------------------------------------
@@ -677,10 +678,10 @@ class OutputWriter:
         """The ``.nii`` bytes of map ``name``: those of :func:`map_image`, from a template per
         dtype and shape (:class:`NiftiTemplate`: nibabel builds and checks one header per
         kind of map of the run, not one per map)."""
-        key = (data.dtype.str, data.shape)
+        key = (id(self.reference), data.dtype.str, data.shape)
         if key not in self._templates:
             # another dtype's template of this shape differs in the dtype fields only
-            like = [t for (_d, shape), t in self._templates.items() if shape == data.shape and t]
+            like = [t for k, t in self._templates.items() if t and k[::2] == key[::2]]
             self._templates[key] = (
                 like[0].with_dtype(data.dtype)
                 if like
