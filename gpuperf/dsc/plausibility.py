@@ -60,8 +60,10 @@ def brain_median_curve(prepared: Any) -> np.ndarray:
         return np.zeros(0)
     pick = usable[np.linspace(0, usable.size - 1, min(usable.size, SAMPLE_VOXELS)).astype(int)]
     backend = prepared.backend
-    rows = np.asarray(backend.to_host(prepared.dr2s[backend.asarray(pick)]))
-    return column_median(rows)
+    dr2s = prepared.dr2s
+    # pick ascends: every row when it has as many (no gathered copy of the block then)
+    rows = dr2s if pick.size == dr2s.shape[0] else dr2s[backend.asarray(pick)]
+    return column_median(np.asarray(backend.to_host(rows)))
 
 
 def column_median(rows: np.ndarray) -> np.ndarray:
@@ -81,7 +83,8 @@ def column_median(rows: np.ndarray) -> np.ndarray:
         return _nanmedian64(x)
     n = x.shape[0]
     k = n // 2
-    part = np.partition(np.ascontiguousarray(x.T), k, axis=1)
+    part = np.array(x.T, order="C")  # frames as rows (a copy: partitioned in place)
+    part.partition(k, axis=1)
     upper = part[:, k].astype(np.float64)
     zero = upper == 0
     if n % 2:
