@@ -223,6 +223,18 @@ _POOLS: dict[tuple[int, int], Any] = {}
 _POOLS_LOCK = threading.Lock()
 
 
+def _forget_pools() -> None:
+    """In a forked child: the parent's worker threads do not exist there (nor may its lock
+    be free)."""
+    global _POOLS_LOCK
+    _POOLS_LOCK = threading.Lock()
+    _POOLS.clear()
+
+
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_forget_pools)
+
+
 def _worker_pool(n: int) -> Any:
     """``n`` worker threads with single-threaded BLAS (:func:`_openblas_local_threads`), kept
     for the process: starting and joining threads for every call cost milliseconds, as much
