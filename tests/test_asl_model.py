@@ -196,3 +196,20 @@ def test_t1_blood_from_field_strength():
         t1_blood_for_field(7.0)
     with pytest.raises(InputError, match="MagneticFieldStrength"):
         t1_blood_for_field(None)
+
+
+@pytest.mark.parametrize("lt", ["PCASL", "PASL"])
+def test_with_samples_is_the_model_built_at_those_samples(lt):
+    """with_samples (the QC curves' fine PLD grid) is the model a constructor call gives at
+    those samples with the method fixed: same sample times, constants, kinetic model, method."""
+
+    model = ASLModel(lt, [0.5, 1.0, 1.5, 2.0], 1.8 if lt == "PCASL" else 0.7, alpha=0.8)
+    pld = np.linspace(0.0, 2.2, 100)
+    tau = np.full(pld.size, 1.8 if lt == "PCASL" else 0.7)
+    built = ASLModel(lt, pld, tau, options=model.options.replace(model=model.method))
+    fine = model.with_samples(pld, tau)
+    assert fine.method == built.method == model.method
+    assert fine.sample_times().tobytes() == built.sample_times().tobytes()
+    assert fine.consts().tobytes() == built.consts().tobytes()
+    assert fine.kinetic_model is built.kinetic_model
+    assert model.pld_s.size == 4  # the original is unchanged

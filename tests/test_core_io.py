@@ -339,3 +339,94 @@ def test_readonly_load_is_the_same_image(tmp_path, kind):
     stored = nib.load(str(path)).get_data_dtype()  # each case stores what it says
     assert stored.kind == np.dtype(dtype).kind and stored.itemsize == np.dtype(dtype).itemsize
     assert (stored.byteorder == ">") == (kind == "float32-big-endian")
+
+
+def _reference_images(tmp_path):
+    """Reference images whose headers differ in everything a map's header inherits."""
+    rng = np.random.default_rng(5)
+    aff = np.array([[-2.0, 0.1, 0, 90], [0.05, 2.2, 0, -120], [0, 0, 3.5, -60], [0, 0, 0, 1]])
+    plain = nib.Nifti1Image(rng.random((5, 4, 3, 6)).astype(np.float32), aff)
+    scaled = nib.Nifti1Image((rng.random((5, 4, 3)) * 900).astype(np.int16), np.eye(4))
+    scaled.header.set_slope_inter(0.5, -3.0)
+    scaled.header.set_xyzt_units("mm", "sec")
+    scaled.header.set_qform(aff, code=1)
+    scaled.header.set_sform(np.diag([1.0, 1.0, 1.0, 1.0]), code=2)
+    scaled.header.set_intent("t test", (12.0,))
+    scaled.header["descrip"] = b"scanner text"
+    big = nib.Nifti1Image(rng.random((5, 4, 3, 2)).astype(">f4"), aff)
+    big.header.set_dim_info(0, 1, 2)
+    ext = nib.Nifti1Image(rng.random((5, 4, 3)).astype(np.float64), aff)
+    ext.header.extensions.append(nib.nifti1.Nifti1Extension("comment", b"a comment  "))
+    v2 = nib.Nifti2Image(rng.random((5, 4, 3, 3)).astype(np.float32), aff)
+    paths = []
+    for name, img in {
+        "plain.nii.gz": plain,
+        "scaled.nii.gz": scaled,
+        "big.nii": big,
+        "ext.nii.gz": ext,
+        "v2.nii": v2,
+    }.items():
+        nib.save(img, str(tmp_path / name))
+        paths.append(tmp_path / name)
+    return paths
+
+
+def test_map_files_are_the_files_nibabel_writes(tmp_path):
+    """The maps' NIfTI templates (one nibabel header per dtype and shape, the values and the
+    name filled in) give byte for byte the file nibabel writes for each map: any reference
+    header (scaled, big-endian, extensions, NIfTI-2, intents, codes), any dtype, any values."""
+    import gzip
+
+    from gpuperf.io.outputs import map_image
+
+    rng = np.random.default_rng(6)
+    special = np.array([np.nan, np.inf, -np.inf, -0.0, 0.0, 1e-42, -3.5], dtype=np.float32)
+    payload_nan = np.array([0x7FC00123], dtype=np.uint32).view(np.float32)
+    for k, path in enumerate(_reference_images(tmp_path)):
+        ref = load_image(path)
+        maps = {
+            "cbf": rng.standard_normal(ref.shape3d).astype(np.float32),
+            "cbv": rng.standard_normal(ref.shape3d).astype(np.float32),
+            "status": rng.integers(-5, 1 << 20, ref.shape3d).astype(np.int32),
+            "aifmask": rng.integers(0, 2, ref.shape3d).astype(np.uint8),
+            "curves": rng.standard_normal(ref.shape3d + (2,)).astype(np.float32),
+        }
+        maps["cbv"].reshape(-1)[: special.size] = special
+        maps["cbv"].reshape(-1)[-1] = payload_nan[0]
+        for order in (list(maps), list(reversed(maps))):  # built from each dtype, derived
+            out = tmp_path / f"o{k}_{order[0]}"
+            with OutputWriter(out, "p", reference=ref) as w:
+                for name in order:
+                    w.add_map(name, maps[name], units="1", description="d", dtype=maps[name].dtype)
+                w.commit()
+            # every kind of map went through a template (the comparison is not vacuous)
+            assert len(w._templates) == 4 and all(t is not None for t in w._templates.values())
+            for name, data in maps.items():
+                ours = gzip.decompress((out / f"p_{name}.nii.gz").read_bytes())
+                assert ours == map_image(ref, name, data).to_bytes(), (path.name, name)
+
+
+def test_sidecars_splice_the_provenance_block_as_one_dump():
+    """merged_json(a, b, dump(b)) is json.dumps(jsonable({**a, **b}), indent=2), text and
+    key order, for common keys, empty parts, nested values, non-string keys and NaN."""
+    from gpuperf.io.outputs import merged_json
+    from gpuperf.provenance import jsonable
+
+    prov = {
+        "SoftwareName": "gpuperf",
+        "ElapsedSeconds": 1.5,
+        "Parameters": {"Thresholds": [0.1, 0.2], "Mu": None, "Nested": {"a": [1, {"b": 2}]}},
+        "Sources": ["/x/é.nii.gz"],
+    }
+    firsts = [
+        {"Units": "ml/100g/min", "Description": "Cerebral blood flow"},
+        {"Units": "1", "Flags": {"1": "NONFINITE_INPUT"}, "Value": float("nan")},
+        {"Units": "1", "ElapsedSeconds": 9.0},  # a common key: the second's value, first place
+        {1: "one", "1.0": 2.0, (2, 3): "tuple"},
+        {},
+    ]
+    for second in (prov, {}, {"Only": 1}):
+        text = json.dumps(jsonable(second), indent=2)
+        for first in firsts:
+            want = json.dumps(jsonable({**first, **second}), indent=2)
+            assert merged_json(first, second, text) == want, (first, second)

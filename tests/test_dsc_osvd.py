@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -201,3 +203,36 @@ def test_cupy_kernel_with_several_plans():
         *(getattr(got, f)[back] for f in ("rmax", "tmax_index", "set_index", "oi", "passed"))
     )
     _compare(twin, kern, 1e-5)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork (POSIX)")
+def test_worker_threads_are_kept_and_a_forked_child_gets_its_own():
+    """select_numpy's worker threads outlive a call (no thread start per call), give the same
+    results call after call, and a forked child (which has none of them) selects too."""
+    import time
+
+    rng = np.random.default_rng(4)
+    aif = 10 * np.exp(-(((np.arange(40) - 8.0) / 3) ** 2))
+    plan = osvd.make_plan(aif, 1.5)
+    coef = rng.standard_normal((300, plan.weights.shape[1])).astype(np.float32)
+    first = osvd.select_numpy(coef, plan)
+    pools = dict(osvd._POOLS)
+    again = osvd.select_numpy(coef, plan)
+    assert osvd._POOLS == pools and pools  # the same pool, not a new one
+    for f in ("rmax", "tmax_index", "set_index", "oi", "passed"):
+        assert np.array_equal(getattr(first, f), getattr(again, f))
+    pid = os.fork()
+    if pid == 0:  # the child: exit 0 when its selection matches, 3 otherwise
+        res = osvd.select_numpy(coef, plan)
+        os._exit(0 if np.array_equal(res.rmax, first.rmax) else 3)
+    deadline = time.monotonic() + 60
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        if time.monotonic() > deadline:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            pytest.fail("select_numpy hung in a forked child")
+        time.sleep(0.05)
+    assert os.waitstatus_to_exitcode(status) == 0

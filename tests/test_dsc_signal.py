@@ -90,3 +90,27 @@ def test_fortran_and_c_ordered_input_give_the_same_maps():
     np.testing.assert_array_equal(a.status, b.status)
     np.testing.assert_array_equal(a.aif_voxels, b.aif_voxels)
     assert ph["artery"].reshape(-1)[a.aif_voxels].all()  # C-order flat indices
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 7, 10, 11, 1000, 1001])
+def test_brain_median_curve_is_nanmedian_bit_for_bit(n):
+    """column_median (one partition per frame) is np.nanmedian of the float64 rows, bit for
+    bit: odd and even counts, ties, infinities, signed zeros in the middle, float32 and
+    float64 blocks, and a NaN (nanmedian's own path)."""
+    from gpuperf.dsc.plausibility import column_median
+
+    rng = np.random.default_rng(n)
+    for dtype in (np.float32, np.float64):
+        x = (rng.standard_normal((n, 9)) * rng.uniform(0.1, 100)).astype(dtype)
+        if n > 3:
+            x[rng.integers(0, n, 3), 1] = x[0, 1]  # ties
+            x[:2, 2] = [np.inf, -np.inf]
+        if n > 5:
+            x[: n // 2 + 1, 3] = -0.0  # dR2* of a frame equal to S0: -0.0
+            x[:2, 3] = 0.0
+            x[:, 4] = 0.0
+        want = np.nanmedian(x.astype(np.float64), axis=0)
+        got = column_median(x)
+        assert got.dtype == want.dtype and got.tobytes() == want.tobytes()
+        x[0, 5] = np.nan
+        assert column_median(x).tobytes() == np.nanmedian(x.astype(np.float64), 0).tobytes()

@@ -18,6 +18,7 @@ grid. Methods:
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -182,6 +183,15 @@ class ASLModel:
         self.device = device
         self.dtype = np.dtype(dtype)
         self.memory_budget = memory_budget
+
+    def with_samples(self, pld_s: Any, tau_s: Any) -> ASLModel:
+        """This model (method, constants, options) at other sample timings, e.g. a fine PLD
+        grid to draw its curves on: a copy with ``pld_s`` and ``tau_s`` replaced (the method
+        stays the one resolved for this model's samples)."""
+        other = copy.copy(self)
+        other.pld_s = np.atleast_1d(np.asarray(pld_s, dtype=np.float64))
+        other.tau_s = np.broadcast_to(np.asarray(tau_s, dtype=np.float64), other.pld_s.shape).copy()
+        return other
 
     # ------------------------------------------------------------------------------------------
     @property

@@ -730,12 +730,7 @@ def _qc_curves(
     measured = (deltam[picks] / m0v[:, None])[:, order]
     fine_pld = np.linspace(0.0, float(model.pld_s.max()) * 1.1, 100)
     fine_tau = np.full(fine_pld.size, float(np.median(model.tau_s)))
-    fine = ASLModel(
-        model.labeling_type,
-        fine_pld,
-        fine_tau,
-        options=model.options.replace(model=model.method),
-    )
+    fine = model.with_samples(fine_pld, fine_tau)
     cols = [fit.cbf[picks], fit.att[picks]]
     if model.arterial:
         cols += [np.nan_to_num(fit.abv[picks]), np.nan_to_num(fit.abat[picks], nan=99.0)]

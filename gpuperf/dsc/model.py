@@ -152,13 +152,16 @@ class DSCModel:
         values = {**{k: v for k, v in given.items() if v is not None}, **option_values}
         opts = resolve_options(options, values, "DSCModel")
         te, tr = check_te_tr(opts.te_s, opts.tr_s)
+        if not _same_floats((opts.te_s, opts.tr_s), (te, tr)):
+            opts = opts.replace(te_s=te, tr_s=tr)
         #: The options (validated; te_s and tr_s set).
-        self.options: DSCOptions = opts.replace(te_s=te, tr_s=tr)
+        self.options: DSCOptions = opts
         self.deconvolution = self.options.deconvolution
         self.leakage_correction = self.options.leakage_correction
         self.device = device
         self.dtype = np.dtype(dtype)
         self.memory_budget = memory_budget
+        self._plan_memo: tuple[tuple, Any] | None = None  # the last AIF's plan (_plan)
 
     def __getattr__(self, name: str) -> Any:
         # model.method, model.kh, model.tr_s ...: the options, read-only (threshold: the one
@@ -288,10 +291,13 @@ class DSCModel:
         if opts.baseline is not None:
             n_base = int(opts.baseline)
         else:
-            good = np.isfinite(block).all(axis=1) & (block > 0).all(axis=1)
+            # a row of positive values (no NaN) is finite iff its maximum is: one pass less
+            # than isfinite(block).all(1), and the maximum is baseline_frames' too
+            top = block.max(axis=1)
+            good = (block > 0).all(axis=1) & np.isfinite(top)
             if not good.any():
                 raise GpuperfError("no voxel in the mask has a finite, positive signal")
-            n_base = baseline_frames(block, good)
+            n_base = baseline_frames(block, good, top)
         if n_base >= n_t - 2:
             raise InputError(None, "baseline", f"{n_base} baseline frames leave too few of {n_t}")
         dr2s, flags = signal_to_dr2s(backend.asarray(block), opts.te_s, n_base, backend.xp)
@@ -488,13 +494,24 @@ class DSCModel:
         sub.thr = xp.full(v, np.nan if thr is None else thr, dtype=self.dtype)
         sub.oi = xp.full(v, np.nan, dtype=self.dtype)
         sub.residue = xp.empty((v, n), dtype=self.dtype) if return_residue else None
-        sub.plan = self.deconvolution.plan(aif, dt, opts, self.dtype, xp)
+        sub.plan = self._plan(aif, xp)
         per_voxel = self.deconvolution.memory_per_voxel(n, self.dtype.itemsize)
         # >= 256 voxels a chunk: results are then bitwise independent of the chunk size
         sub.chunks = chunk_slices(
             v, per_voxel, self.memory_budget, backend, min_voxels=MIN_CHUNK_VOXELS
         )
         return sub
+
+    def _plan(self, aif: np.ndarray, xp: Any) -> Any:
+        """The method's plan for ``aif`` (what depends on the AIF only), kept for the same AIF
+        again: the QC curves of a run (:meth:`fit_concentration` of a few of its voxels with
+        its AIF) need not redo the fit's. A plan is read, never written, by the methods."""
+        a = np.asarray(aif)
+        key = (a.dtype.str, a.shape, a.tobytes(), id(xp))
+        if self._plan_memo is None or self._plan_memo[0] != key:
+            opts = self.options
+            self._plan_memo = (key, self.deconvolution.plan(aif, opts.tr_s, opts, self.dtype, xp))
+        return self._plan_memo[1]
 
     def _end(self, backend: Backend, sub: Subject) -> DSCFit:
         """Per subject, after the deconvolution: CBF, MTT, Tmax, status, host maps."""
@@ -540,6 +557,12 @@ class DSCModel:
             info={"osvd_sets": None if plan_sets is None else plan_sets.tolist()},
             maps={k: out(v) for k, v in sub.maps.items()},
         )
+
+
+def _same_floats(values: tuple, floats: tuple) -> bool:
+    """Whether ``values`` are already these floats (type included: an int 1 would be written
+    as 1, not 1.0, in the sidecars)."""
+    return all(type(v) is float and v == f for v, f in zip(values, floats, strict=True))
 
 
 #: Float maps of a fit, scattered back onto the input grid and written in this order (leakage

@@ -25,6 +25,8 @@ the index of its plan; :func:`select_numpy_multi` is the twin of such a launch.
 from __future__ import annotations
 
 import functools
+import os
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -187,8 +189,6 @@ def select_numpy(
     workers : int, optional
         Worker threads (default: up to 2), each with single-threaded BLAS.
     """
-    from concurrent.futures import ThreadPoolExecutor
-
     dtype = coef.dtype
     v = coef.shape[0]
     rows = plan.set_rows
@@ -213,17 +213,48 @@ def select_numpy(
         _select_block(coef[sl], ops, plan, dtype.type(oi_limit), [o[sl] for o in out])
 
     n_workers = min(2, len(slices)) if workers is None else max(1, workers)
-    set_local = _openblas_local_threads()
-
-    def init_worker() -> None:
-        if set_local is not None:
-            set_local(1)
-
     # even one worker runs off the main thread, so its BLAS setting stays local to it
-    with ThreadPoolExecutor(n_workers, initializer=init_worker) as ex:
-        list(ex.map(one_block, slices))
+    list(_worker_pool(n_workers).map(one_block, slices))
     set_index, oi, passed, rmax, tmax_index = out
     return OSVDResult(rmax, tmax_index, set_index, oi, passed)
+
+
+_POOLS: dict[tuple[int, int], Any] = {}
+_POOLS_LOCK = threading.Lock()
+
+
+def _forget_pools() -> None:
+    """In a forked child: the parent's worker threads do not exist there (nor may its lock
+    be free)."""
+    global _POOLS_LOCK
+    _POOLS_LOCK = threading.Lock()
+    _POOLS.clear()
+
+
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_forget_pools)
+
+
+def _worker_pool(n: int) -> Any:
+    """``n`` worker threads with single-threaded BLAS (:func:`_openblas_local_threads`), kept
+    for the process: starting and joining threads for every call cost milliseconds, as much
+    as the selection of the few voxels of a QC curve. One pool per process id and size (a
+    forked child has none of its parent's threads and makes its own)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    key = (os.getpid(), n)
+    with _POOLS_LOCK:
+        pool = _POOLS.get(key)
+        if pool is None:
+            set_local = _openblas_local_threads()
+
+            def init_worker() -> None:
+                if set_local is not None:
+                    set_local(1)
+
+            pool = ThreadPoolExecutor(n, thread_name_prefix="gpuperf-osvd", initializer=init_worker)
+            _POOLS[key] = pool
+    return pool
 
 
 @functools.lru_cache(maxsize=1)

@@ -181,7 +181,8 @@ def prepare_dsc(
     series_path = Path(series_path)
     out_dir = Path(out_dir)
     backend = get_backend(device)
-    img = load_image(series_path, ndim=(4,), role="DSC series")
+    # read-only: the series is only read (masks, dR2* into new arrays): no copy of its data
+    img = load_image(series_path, ndim=(4,), role="DSC series", readonly=True)
     meta = read_sidecar(series_path)
     sc = sidecar_path(series_path)
     te = opts.te_s if opts.te_s is not None else meta.get("EchoTime")

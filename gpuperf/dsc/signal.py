@@ -107,7 +107,9 @@ def detect_bolus_arrival(mean_signal: np.ndarray) -> int:
 EARLY_FRACTION = 0.05
 
 
-def baseline_frames(signal: np.ndarray, valid: np.ndarray | None = None) -> int:
+def baseline_frames(
+    signal: np.ndarray, valid: np.ndarray | None = None, top: np.ndarray | None = None
+) -> int:
     """Pre-bolus frames for a whole series from its (V, T) signal block.
 
     The arrival is detected (:func:`detect_bolus_arrival`) on the mean curve of the
@@ -115,14 +117,16 @@ def baseline_frames(signal: np.ndarray, valid: np.ndarray | None = None) -> int:
     tissue, where the bolus arrives first); one more frame is left out as a margin, since a
     single bolus frame in S0 biases every curve (the AIF most).
 
-    ``valid`` (V,) marks the voxels to use (finite, positive signal); default all.
+    ``valid`` (V,) marks the voxels to use (finite, positive signal); default all. ``top``
+    (V,): each voxel's maximum signal when the caller has it already.
 
     Returns
     -------
     int, >= 1
     """
     s = np.asarray(signal)
-    top = s.max(axis=1)  # the pre-bolus level, up to noise; cheaper than a median
+    if top is None:
+        top = s.max(axis=1)  # the pre-bolus level, up to noise; cheaper than a median
     drop = 1.0 - s.min(axis=1) / np.where(top > 0, top, 1.0)
     if valid is not None:
         drop = np.where(valid, drop, -np.inf)

@@ -33,6 +33,7 @@ import json
 import os
 import shutil
 import socket
+import stat
 import tempfile
 import weakref
 from collections.abc import Callable, Iterable, Mapping
@@ -71,6 +72,20 @@ _UMASK = _read_umask()
 
 def _pid_tag() -> str:
     return f"{PID_TAG}{os.getpid()}"
+
+
+#: lstat errors that mean "nothing there" (those ``Path.exists`` ignores).
+_ABSENT = (errno.ENOENT, errno.ENOTDIR, errno.EBADF, errno.ELOOP)
+
+
+def _lstat(path: Path) -> os.stat_result | None:
+    """``os.lstat(path)``, None when nothing is there (a dangling link is there)."""
+    try:
+        return os.lstat(path)
+    except OSError as exc:
+        if exc.errno in _ABSENT:
+            return None
+        raise
 
 
 def atomic_write_bytes(path: str | PathLike, data: bytes, tag: str = "") -> None:
@@ -145,7 +160,14 @@ def _start_time(pid: int) -> str | None:
 
 def owner_record() -> dict[str, Any]:
     """Who owns a hidden file: host, pid and (on Linux) the process start time."""
-    return {"Host": socket.gethostname(), "Pid": os.getpid(), "Start": _start_time(os.getpid())}
+    pid = os.getpid()
+    return {"Host": socket.gethostname(), "Pid": pid, "Start": _own_start_time(pid)}
+
+
+@functools.lru_cache(maxsize=4)
+def _own_start_time(pid: int) -> str | None:
+    """This process's start time (keyed by pid: a forked child reads its own)."""
+    return _start_time(pid)
 
 
 def owner_alive(owner: Mapping[str, Any]) -> bool:
@@ -246,11 +268,12 @@ def read_journal(path: str | PathLike) -> dict[str, Any] | None:
     return obj if isinstance(obj, dict) else None
 
 
-def _write_journal(fd: int, obj: Mapping[str, Any]) -> None:
+def _write_journal(fd: int, obj: Mapping[str, Any], sync: bool = True) -> None:
     data = (json.dumps(jsonable(dict(obj)), indent=2) + "\n").encode()
     os.ftruncate(fd, 0)
     os.pwrite(fd, data, 0)
-    os.fsync(fd)
+    if sync:
+        os.fsync(fd)
 
 
 def _close_journal(path: Path, remove: bool) -> None:
@@ -382,6 +405,94 @@ def _naming_out_dir(method: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def map_image(reference: LoadedImage, name: str, data: np.ndarray) -> Any:
+    """The NIfTI image of map ``name``: ``data`` (already of its output dtype) on the grid of
+    ``reference``, with its header (affine, units, orientation codes, extensions), the dtype
+    of ``data``, no scaling, ``descrip`` "gpuperf <name>" and, for a 3D map, no intent."""
+    import nibabel as nib
+
+    header = reference.header.copy()
+    header.set_data_dtype(data.dtype)
+    img = nib.Nifti1Image(data, reference.affine, header=header)
+    img.header.set_slope_inter(1.0, 0.0)
+    img.header["descrip"] = _descrip(name)
+    if data.ndim == 3:
+        img.header.set_intent("none")
+    return img
+
+
+def _descrip(name: str) -> bytes:
+    return f"gpuperf {name}".encode()[:79]
+
+
+#: Where the NIfTI-1 header keeps ``descrip`` (byte offset, length); the rest of a map's header
+#: depends on the reference, the dtype and the shape only.
+_DESCRIP_AT = 148
+_DESCRIP_LEN = 80
+
+
+class NiftiTemplate:
+    """The bytes before the voxels of the ``.nii`` files of maps of one dtype and shape.
+
+    nibabel's header work for a map (copying the reference header, checking and fixing it,
+    the qform/sform from the affine, the extensions, the offset of the data) depends on the
+    reference, the dtype and the shape, never on the values: :meth:`build` lets nibabel write
+    one such map, and :meth:`render` gives the bytes nibabel writes for any map of that kind
+    (its ``descrip`` in place, the values in Fortran order in the header's byte order).
+    ``tests/test_core_io.py`` compares the two byte for byte.
+    """
+
+    def __init__(self, head: bytes, dtype: np.dtype) -> None:
+        self.head = head
+        self.dtype = dtype
+
+    @classmethod
+    def build(cls, reference: LoadedImage, name: str, data: np.ndarray) -> NiftiTemplate | None:
+        """The template of maps like ``data`` (its dtype and shape) on ``reference``; None
+        when nibabel's file does not have the layout :meth:`render` assumes."""
+        import nibabel as nib
+
+        raw = map_image(reference, name, np.zeros(data.shape, dtype=data.dtype)).to_bytes()
+        written = nib.Nifti1Header(raw[: nib.Nifti1Header.sizeof_hdr])  # as in the file
+        dtype = np.dtype(written.get_data_dtype())
+        size = int(np.prod(data.shape, dtype=np.int64)) * dtype.itemsize
+        head = raw[: len(raw) - size]
+        ours = _descrip(name).ljust(_DESCRIP_LEN, b"\0")
+        if (
+            dtype.newbyteorder("=") != data.dtype.newbyteorder("=")
+            or len(head) != int(written["vox_offset"])
+            or head[_DESCRIP_AT : _DESCRIP_AT + _DESCRIP_LEN] != ours
+            or raw[len(head) :] != bytes(size)
+        ):
+            return None
+        return cls(head, dtype)
+
+    def with_dtype(self, dtype: Any) -> NiftiTemplate:
+        """The template of maps of the same shape stored as ``dtype``: the header's
+        ``datatype`` and ``bitpix`` are all that ``set_data_dtype`` changes, and nibabel's
+        checks and its writing of an unscaled map do not depend on them."""
+        import nibabel as nib
+
+        size = nib.Nifti1Header.sizeof_hdr
+        header = nib.Nifti1Header(self.head[:size], check=False)  # its byte order guessed
+        header.set_data_dtype(dtype)
+        return NiftiTemplate(
+            header.binaryblock + self.head[size:], np.dtype(header.get_data_dtype())
+        )
+
+    def render(self, name: str, data: np.ndarray) -> bytes:
+        """The ``.nii`` bytes of map ``name`` with values ``data`` (of the template's shape)."""
+        descrip = _descrip(name).ljust(_DESCRIP_LEN, b"\0")
+        return b"".join(
+            (
+                self.head[:_DESCRIP_AT],
+                descrip,
+                self.head[_DESCRIP_AT + _DESCRIP_LEN :],
+                np.asarray(data, dtype=self.dtype).tobytes(order="F"),
+            )
+        )
+
+
 class OutputWriter:
     """Collects a run's outputs and publishes them together.
 
@@ -433,6 +544,10 @@ class OutputWriter:
         self._leftovers: set[str] | None = None  # names of this run's own interrupted set
         self._foreign: dict[str, Any] | None = None  # journal of an interrupted other run
         self._resolved_dir: Path | None = None  # out_dir.resolve(), once it exists
+        self._input_names: set[str] = set()  # names of the inputs inside _resolved_dir
+        #: (reference, dtype, shape) -> the NIfTI template of such maps (None: nibabel writes
+        #: each one)
+        self._templates: dict[tuple[int, str, tuple[int, ...]], NiftiTemplate | None] = {}
         check_prefix(prefix)
 
     def __getstate__(self) -> dict[str, Any]:
@@ -448,6 +563,15 @@ class OutputWriter:
     def journal(self) -> Path:
         """This set's journal (see the module docstring)."""
         return journal_path(self.out_dir.resolve(), self.prefix)
+
+    @property
+    def is_staging_area(self) -> bool:
+        """Whether the output folder is itself a hidden temporary folder of gpuperf
+        (:data:`TMP_PREFIX`: a caller's staging area, e.g. the cohort runner's scratch folder,
+        published under the caller's own marker or removed whole when its process dies): its
+        journal is then not forced to disk (``fsync``), which only a power loss would need and
+        after which the folder is discarded anyway."""
+        return self.out_dir.name.startswith(TMP_PREFIX)
 
     def fingerprint(self) -> str:
         """What makes two runs "the same command": prefix, parameters and sources."""
@@ -496,11 +620,14 @@ class OutputWriter:
                 f"too long: output name {final.name[:40]}... has "
                 f"{len(final.name.encode('utf-8', 'surrogateescape'))} bytes (at most {NAME_MAX})",
             )
-        if self._resolved(final) in self._inputs:
+        # one lstat answers "a link?", "a folder?" and "there?" (pathlib asks each apart)
+        st = _lstat(final)
+        is_link = st is not None and stat.S_ISLNK(st.st_mode)
+        if self._is_input(final, is_link):
             raise GpuperfError(f"{final}: refusing to write over an input of this run")
-        if final.is_dir() and not final.is_symlink():
+        if st is not None and stat.S_ISDIR(st.st_mode):
             raise GpuperfError(f"{final}: a folder is in the way of this output")
-        if (final.exists() or final.is_symlink()) and not self.overwrite:
+        if st is not None and not self.overwrite:
             if final.name in (self._leftovers or ()):
                 return  # this command's own interrupted set: completed by this run
             why = ""
@@ -510,16 +637,20 @@ class OutputWriter:
                 f"{final}: output exists{why}; pass --overwrite (overwrite=True) to replace it"
             )
 
-    def _resolved(self, final: Path) -> Path:
-        """``final.resolve()`` for a file of the output folder: the folder is resolved once
-        (a resolve walks every component, dozens of ``lstat`` calls per output), the name
-        only when it is a symbolic link."""
-        if final.parent != self.out_dir:
-            return final.resolve()
+    def _is_input(self, final: Path, is_link: bool) -> bool:
+        """Whether ``final`` (a symbolic link when ``is_link``) resolves to an input of the run.
+
+        For a file of the output folder the folder is resolved once (a resolve walks every
+        component, dozens of ``lstat`` calls per output) and compared with the folders of the
+        inputs; the name itself is resolved only when it is a symbolic link."""
+        if not self._inputs:
+            return False
+        if is_link or final.parent != self.out_dir:
+            return final.resolve() in self._inputs
         if self._resolved_dir is None:
             self._resolved_dir = self.out_dir.resolve()
-        target = self._resolved_dir / final.name
-        return target.resolve() if target.is_symlink() else target
+            self._input_names = {p.name for p in self._inputs if p.parent == self._resolved_dir}
+        return final.name in self._input_names
 
     # -- names -------------------------------------------------------------------------------
     def path_for(self, name: str, ext: str = ".nii.gz") -> Path:
@@ -551,6 +682,24 @@ class OutputWriter:
         self._pending.append((tmp, final))
         return tmp
 
+    def _map_bytes(self, name: str, data: np.ndarray) -> bytes:
+        """The ``.nii`` bytes of map ``name``: those of :func:`map_image`, from a template per
+        dtype and shape (:class:`NiftiTemplate`: nibabel builds and checks one header per
+        kind of map of the run, not one per map)."""
+        key = (id(self.reference), data.dtype.str, data.shape)
+        if key not in self._templates:
+            # another dtype's template of this shape differs in the dtype fields only
+            like = [t for k, t in self._templates.items() if t and k[::2] == key[::2]]
+            self._templates[key] = (
+                like[0].with_dtype(data.dtype)
+                if like
+                else NiftiTemplate.build(self.reference, name, data)
+            )
+        template = self._templates[key]
+        if template is None:  # a header the template cannot reproduce: nibabel itself
+            return map_image(self.reference, name, data).to_bytes()
+        return template.render(name, data)
+
     @_naming_out_dir
     def add_map(
         self,
@@ -566,8 +715,6 @@ class OutputWriter:
         ``units`` and ``description`` default to the map's entry in :mod:`gpuperf.maps` (a map
         missing from the table needs both).
         """
-        import nibabel as nib
-
         if units is None or description is None:
             spec = maps.get(name)
             units = spec.units if units is None else units
@@ -579,17 +726,10 @@ class OutputWriter:
             raise ValueError(f"map {name!r} shape {data.shape} != grid {self.reference.shape3d}")
         final = self.path_for(name, ".nii.gz")
         tmp = self._stage(final)
-        header = self.reference.header.copy()
-        header.set_data_dtype(dtype)
-        img = nib.Nifti1Image(data, self.reference.affine, header=header)
-        img.header.set_slope_inter(1.0, 0.0)
-        img.header["descrip"] = f"gpuperf {name}".encode()[:79]
-        if data.ndim == 3:
-            img.header.set_intent("none")
         if tmp.name.endswith(".gz"):
-            tmp.write_bytes(gzip_bytes(img.to_bytes()))
+            tmp.write_bytes(gzip_bytes(self._map_bytes(name, data)))
         else:
-            img.to_filename(str(tmp))
+            map_image(self.reference, name, data).to_filename(str(tmp))
         sidecar = {"Units": units, "Description": description, **dict(extra or {})}
         self._sidecars[sidecar_path(final)] = sidecar
         return final
@@ -598,8 +738,8 @@ class OutputWriter:
     def add_json(self, name: str, obj: Mapping[str, Any], with_provenance: bool = False) -> Path:
         final = self.path_for(name, ".json")
         tmp = self._stage(final)
-        payload = {**dict(obj), **(self.provenance if with_provenance else {})}
-        tmp.write_text(json.dumps(jsonable(payload), indent=2) + "\n", encoding="utf-8")
+        prov = self.provenance if with_provenance else {}
+        tmp.write_text(merged_json(obj, prov, _dump(prov)) + "\n", encoding="utf-8")
         return final
 
     @_naming_out_dir
@@ -649,13 +789,12 @@ class OutputWriter:
         prov = dict(self.provenance)
         if elapsed_s is not None:
             prov["ElapsedSeconds"] = round(float(elapsed_s), 4)
-        for final, sidecar in self._sidecars.items():
-            tmp = self._stage(final)
-            tmp.write_text(
-                json.dumps(jsonable({**sidecar, **prov}), indent=2) + "\n", encoding="utf-8"
-            )
+        prov_text = _dump(prov)  # once: every sidecar ends with the same block
         for _tmp, final in self._pending:  # re-check: something may have appeared meanwhile
             self._check_target(final)
+        for final, sidecar in self._sidecars.items():  # checked as they are staged
+            tmp = self._stage(final)
+            tmp.write_text(merged_json(sidecar, prov, prov_text) + "\n", encoding="utf-8")
         staged = {final.name for _t, final in self._pending}
         later = sorted(self._expected - staged)
         own_old = sorted((self._leftovers or set()) - staged - set(later))
@@ -670,7 +809,7 @@ class OutputWriter:
             "Pending": files,
         }
         try:
-            _write_journal(fd, record)
+            _write_journal(fd, record, sync=not self.is_staging_area)
             _OPEN[jpath] = (fd, record)
             for name in later:  # written later by this run: an old copy must not survive it
                 if name in (self._leftovers or ()):
@@ -685,7 +824,7 @@ class OutputWriter:
                 (self.out_dir / name).unlink(missing_ok=True)
             record["Pending"] = later
             if later:
-                _write_journal(fd, record)
+                _write_journal(fd, record, sync=not self.is_staging_area)
             else:
                 _close_journal(jpath, remove=True)
         except BaseException:
@@ -721,7 +860,11 @@ class OutputWriter:
 
     def _cleanup(self) -> None:
         if self._tmp is not None:
-            shutil.rmtree(self._tmp, ignore_errors=True)
+            try:  # after a commit only the owner file is left: two calls, not a tree walk
+                (self._tmp / OWNER_FILE).unlink()
+                self._tmp.rmdir()
+            except OSError:
+                shutil.rmtree(self._tmp, ignore_errors=True)
             self._tmp = None
 
     def __enter__(self) -> OutputWriter:
@@ -730,6 +873,30 @@ class OutputWriter:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is not None or not self._committed:
             self.abort()
+
+
+def _dump(obj: Mapping[str, Any]) -> str:
+    return json.dumps(jsonable(obj), indent=2)
+
+
+def merged_json(first: Mapping[str, Any], second: Mapping[str, Any], second_text: str) -> str:
+    """``json.dumps(jsonable({**first, **second}), indent=2)``, given ``second_text``, the
+    dump of ``second``: the text of a sidecar whose provenance block (``second``) is dumped
+    once per run rather than once per file.
+
+    With ``indent`` the top-level members of an object are written one per line, each
+    independently of the others, so the dump of a merge of two objects without a common key
+    is the first dump's members, a comma, and the second's. With a common key (the second
+    one's value at the first one's place) the merge is dumped whole.
+    """
+    if not second:
+        return _dump(first)
+    if not first:
+        return second_text
+    head = jsonable(first)
+    if any(str(k) in head for k in second):
+        return _dump({**first, **second})
+    return json.dumps(head, indent=2)[:-2] + "," + second_text[1:]
 
 
 def _fmt(v: Any) -> str:
