@@ -17,7 +17,7 @@ import pytest
 from test_cohort_support import make_real_bids, published_files
 
 from gpuperf.cohort import reporting, run_participants
-from gpuperf.io import outputs
+from gpuperf.io import outputs, readahead
 
 #: Fields that hold wall-clock times or durations: they differ between any two runs.
 TIMED = ("ElapsedSeconds", "DateTime", "Finished")
@@ -53,6 +53,7 @@ def test_process_worker_equals_thread_file_for_file(cohort, tmp_path, monkeypatc
         runs[kind] = _run(cohort, tmp_path / kind, kind, monkeypatch, tmp_path / f"w-{kind}")
         assert not list((tmp_path / f"w-{kind}").iterdir()), "scratch left behind"
         assert not outputs._OPEN, "journals (file descriptors) left open in this process"
+        assert not readahead._READ_AHEAD, "inflated inputs left in memory"
     a, b = tmp_path / "thread", tmp_path / "process"
     fa = [p.relative_to(a) for p in published_files(a)]
     assert fa == [p.relative_to(b) for p in published_files(b)] and len(fa) > 20
@@ -187,3 +188,40 @@ def test_worker_kind():
     assert reporting.worker_kind(named, n) == ("process" if cores >= 2 else "thread")
     assert reporting.worker_kind(named, n - 1) == "thread"
     assert reporting.worker_kind(given, n) == "thread"  # a callable may not pickle
+
+
+def test_staged_series_are_read_from_memory_and_freed(tmp_path, monkeypatch):
+    """Staging inflates a ``.nii.gz`` into memory and links the file: the pipeline's
+    ``load_image`` of the link takes the bytes (no inflated copy on disk, no second read), and
+    the bytes of a job that never reads its series (it fails, or a pipeline reads otherwise) are
+    freed when the job closes."""
+    from test_cohort_support import fake_pipeline, make_bids
+
+    from gpuperf.cohort.bids import find_jobs
+    from gpuperf.cohort.jobs import stage_inputs
+    from gpuperf.io.nifti import load_image
+
+    root = make_bids(tmp_path / "bids", subjects=("01", "02"))
+    job = find_jobs(root, modality=["dsc"])[0]
+    staged = stage_inputs(job, tmp_path / "w")
+    assert staged.series.is_symlink() and staged.series.name.endswith(".nii.gz")
+    assert staged.series.resolve() == job.series.resolve()
+    reads = []
+    monkeypatch.setattr("gpuperf.io.nifti.gunzip_bytes", lambda raw: reads.append(1) or b"unused")
+    img = load_image(staged.series)  # from memory: nothing inflated here
+    assert reads == []
+    monkeypatch.undo()
+    np.testing.assert_array_equal(img.data, load_image(job.series).data)
+    staged.cleanup()
+    assert not readahead._READ_AHEAD and not staged.folder.exists()
+    again = stage_inputs(job, tmp_path / "w")  # never read: freed by cleanup
+    assert readahead._READ_AHEAD
+    again.cleanup()
+    assert not readahead._READ_AHEAD
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[dsc]\nfail_subject = "02"\n')
+    run = run_participants(
+        root, tmp_path / "out", pipelines={"dsc": fake_pipeline}, config=cfg, prefetch=2
+    )
+    assert [r.status for r in run.results] == ["done", "failed"]
+    assert not readahead._READ_AHEAD

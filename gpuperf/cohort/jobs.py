@@ -12,9 +12,10 @@ Life of a job (:func:`run_job`):
    (pipeline, options, gpuperf version).
 2. **skip** if the done-marker holds the same fingerprint and every output it lists is present
    with its recorded size (:func:`is_complete`).
-3. **stage** (:func:`stage_inputs`): decompress the gzipped images into a scratch folder and
-   write the *merged* (inherited) sidecar next to them, so that the pipeline, which reads the
-   sidecar beside its input, sees the BIDS inheritance principle applied. Decompression is the
+3. **stage** (:func:`stage_inputs`): link the images into a scratch folder and write the
+   *merged* (inherited) sidecar next to them, so that the pipeline, which reads the sidecar
+   beside its input, sees the BIDS inheritance principle applied; the gzipped images are
+   inflated now, into memory, for the pipeline's read of the link to take. Inflating is the
    slow part of reading, which is why the runner does it ahead in a thread pool.
 4. **compute** into a hidden temporary folder inside the final folder.
 5. **publish**: rewrite the staged paths in the sidecars' ``Sources`` back to the original
@@ -50,7 +51,7 @@ from gpuperf._version import __version__
 from gpuperf.cohort.bids import Job, inherited_sidecars, merged_sidecar, strip_nifti
 from gpuperf.errors import GpuperfError, OutputExistsError
 from gpuperf.io.outputs import TMP_PREFIX, atomic_write_bytes, discard_journals
-from gpuperf.io.readahead import gunzip_bytes
+from gpuperf.io.readahead import drop_read_ahead, gunzip_bytes, provide_read_ahead
 from gpuperf.io.stages import REPORT_OUTPUTS
 from gpuperf.progress import Reporter
 from gpuperf.provenance import jsonable
@@ -210,7 +211,8 @@ def is_complete(job: Job, out_dir: str | PathLike, fp: str) -> bool:
 # -- staging -----------------------------------------------------------------------------------
 @dataclass
 class Staged:
-    """Inputs of a job made ready to read: uncompressed images and merged sidecars.
+    """Inputs of a job made ready to read: linked images (gzipped ones inflated in memory)
+    and merged sidecars.
 
     Attributes
     ----------
@@ -221,56 +223,62 @@ class Staged:
     renames : dict of str to str
         Staged path -> original path, to restore provenance in the output sidecars.
     seconds : float
+    inflated : list of Path
+        Staged links whose inflated bytes wait in memory for the pipeline's read.
     """
 
     folder: Path | None
     series: Path
     renames: dict[str, str]
     seconds: float
+    inflated: list[Path] = field(default_factory=list)
 
     def cleanup(self) -> None:
+        for p in self.inflated:  # not read (the job failed or was skipped): free the memory
+            drop_read_ahead(p)
         if self.folder is not None:
             shutil.rmtree(self.folder, ignore_errors=True)
 
 
-def _gunzip(src: Path, dst: Path) -> None:
-    """Decompress ``src`` into ``dst`` with :func:`gpuperf.io.nifti.gunzip_bytes` (ISA-L when
-    installed; both it and zlib release the GIL, so prefetch threads overlap the compute)."""
-    dst.write_bytes(gunzip_bytes(src.read_bytes()))
-
-
-def _stage_image(src: Path, folder: Path, renames: dict[str, str]) -> Path:
+def _stage_image(src: Path, folder: Path, renames: dict[str, str], inflated: list[Path]) -> Path:
+    """A link to ``src`` in the staging folder; a ``.nii.gz`` is also inflated now, into memory
+    (:func:`gpuperf.io.readahead.provide_read_ahead`: the pipeline's ``load_image`` of the link
+    takes the bytes; ISA-L and zlib release the GIL, so prefetch threads overlap the compute)."""
+    dst = folder / src.name
     if src.name.endswith(".nii.gz"):
-        dst = folder / (strip_nifti(src.name) + ".nii")
         try:
-            _gunzip(src, dst)
+            data = gunzip_bytes(src.read_bytes())
         except (OSError, EOFError, zlib.error) as exc:
             from gpuperf.errors import InputError
 
             raise InputError(src, "format", f"cannot decompress: {exc}") from exc
+        os.symlink(src.resolve(), dst)
+        provide_read_ahead(dst, data)
+        inflated.append(dst)
     else:
-        dst = folder / src.name
         os.symlink(src.resolve(), dst)
     renames[str(dst)] = str(src)
     return dst
 
 
 def stage_inputs(job: Job, work_dir: str | PathLike | None = None) -> Staged:
-    """Decompress the job's series (and M0 scan) and write their merged sidecars.
+    """Link the job's series (and M0 scan) into a scratch folder, inflate the gzipped ones
+    into memory (:func:`_stage_image`) and write their merged sidecars.
 
     Parameters
     ----------
     work_dir : path-like, optional
-        Scratch space (default: the system temporary folder). Needs room for the uncompressed
-        series of the subjects being prefetched.
+        Scratch space (default: the system temporary folder): links and sidecars only; the
+        inflated series of the subjects being prefetched are held in memory.
     """
     t0 = time.perf_counter()
     if work_dir is not None:
         Path(work_dir).mkdir(parents=True, exist_ok=True)
     folder = Path(tempfile.mkdtemp(prefix=f"gpuperf-stage-{job.job_id}-", dir=work_dir))
     renames: dict[str, str] = {}
+    inflated: list[Path] = []
     try:
-        series = _stage_image(job.series, folder, renames)
+        series = _stage_image(job.series, folder, renames, inflated)
         meta = merged_sidecar(job.series, job.bids_root)
         sc = folder / (strip_nifti(job.series.name) + ".json")
         sc.write_text(json.dumps(meta, indent=2), encoding="utf-8")
@@ -281,17 +289,19 @@ def stage_inputs(job: Job, work_dir: str | PathLike | None = None) -> Staged:
             renames[str(folder / src.name)] = str(src)
         if "m0scan" in job.companions:
             m0 = job.companions["m0scan"]
-            _stage_image(m0, folder, renames)
+            _stage_image(m0, folder, renames, inflated)
             m0meta = merged_sidecar(m0, job.bids_root)
             if m0meta:
                 m0sc = folder / (strip_nifti(m0.name) + ".json")
                 m0sc.write_text(json.dumps(m0meta, indent=2), encoding="utf-8")
                 renames[str(m0sc)] = str(m0.with_name(m0sc.name))
     except BaseException:
+        for p in inflated:
+            drop_read_ahead(p)
         shutil.rmtree(folder, ignore_errors=True)
         raise
     renames[str(folder)] = str(job.series.parent)
-    return Staged(folder, series, renames, time.perf_counter() - t0)
+    return Staged(folder, series, renames, time.perf_counter() - t0, inflated)
 
 
 def _field_sources(job: Job, exc: BaseException, staged: Staged) -> dict[str, str]:

@@ -91,7 +91,7 @@ class CohortOptions(Options):
     )
     work_dir: Path | None = option(
         None,
-        "Scratch folder for decompressed inputs (default: system tmp)",
+        "Scratch folder for staged inputs (default: system tmp)",
         flag="--work-dir",
     )
     report: bool | None = option(

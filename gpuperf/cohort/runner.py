@@ -497,7 +497,7 @@ def run_participants(
         Subjects staged (decompressed) ahead of the one computing (``workers=1``); 0 turns
         read-ahead off.
     work_dir : path-like, optional
-        Where this run's scratch folder for decompressed inputs (``gpuperf-run-*``, removed at
+        Where this run's scratch folder for staged inputs (``gpuperf-run-*``, removed at
         the end) is made; default: the system temporary folder. On Dask, each worker's own
         temporary folder (or ``work_dir`` if it exists there).
     batch_voxels : int, optional

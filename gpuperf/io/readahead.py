@@ -96,6 +96,35 @@ def start_reading(path: str | PathLike, role: str) -> Path:
     return p
 
 
+class _Ready:
+    """Bytes inflated already (:func:`provide_read_ahead`)."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+
+    def result(self) -> bytes:
+        return self._data
+
+
+def provide_read_ahead(path: str | PathLike, data: bytes) -> None:
+    """Hand the inflated bytes of the ``.nii.gz`` at ``path`` to its next
+    :func:`gpuperf.io.nifti.load_image` (a cohort's read-ahead thread inflates the next
+    subjects' series while the current one computes, and keeps them in memory rather than
+    writing an inflated copy to read again). Keyed as :func:`read_ahead`: the file, through
+    any symbolic link, unchanged."""
+    key = _file_key(Path(path))
+    if key is not None:
+        _READ_AHEAD[key] = _Ready(data)
+
+
+def drop_read_ahead(path: str | PathLike) -> None:
+    """Forget the bytes read ahead for ``path``, if nobody took them (a job that failed before
+    reading its series)."""
+    key = _file_key(Path(path))
+    if key is not None:
+        _READ_AHEAD.pop(key, None)
+
+
 def take_read_ahead(path: Path) -> bytes | None:
     """The inflated bytes of ``path`` from :func:`read_ahead` if the file is unchanged since
     (None otherwise: the caller reads the file)."""
