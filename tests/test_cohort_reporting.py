@@ -225,3 +225,44 @@ def test_staged_series_are_read_from_memory_and_freed(tmp_path, monkeypatch):
     )
     assert [r.status for r in run.results] == ["done", "failed"]
     assert not readahead._READ_AHEAD
+
+
+@pytest.mark.parametrize("modality", ["dsc", "asl"])
+def test_computed_run_written_after_pickling_equals_written_here(cohort, tmp_path, modality):
+    """What the worker process does with a computed subject (``jobs.Computed``): the prepared
+    run pickled (the backend by name, the writer's reference without voxels) and its maps
+    written from the copy are the maps and sidecars written from the original, byte for byte
+    (sidecars but for their timings)."""
+    import pickle
+
+    from gpuperf.cohort.bids import find_jobs
+    from gpuperf.cohort.jobs import DEFAULT_PIPELINES, JobSettings, open_job, resolve_pipeline
+    from gpuperf.io.nifti import ImageGrid
+
+    job = find_jobs(cohort["bids"], modality=[modality])[0]
+    fn = resolve_pipeline(DEFAULT_PIPELINES[modality])
+    written = {}
+    for kind in ("here", "pickled"):
+        oj = open_job(job, JobSettings(tmp_path / kind, {"device": "cpu"}, fn, work_dir=tmp_path))
+        args, kwargs = oj.call_args()
+        prepared = fn.prepare(*args, **kwargs)
+        fn.compute([prepared])
+        if kind == "pickled":
+            prepared = pickle.loads(pickle.dumps(prepared, protocol=pickle.HIGHEST_PROTOCOL))
+            assert isinstance(prepared.writer.reference, ImageGrid)  # no input voxels inside
+        fn.write(prepared)
+        written[kind] = {}
+        for p in oj.tmp_out.iterdir():
+            if p.is_file() and p.suffix != ".npz":
+                data = p.read_bytes()
+                for folder, token in ((oj.staged.folder, b"STAGED"), (oj.tmp_out, b"OUT")):
+                    data = data.replace(str(folder).encode(), token)
+                written[kind][p.name] = data
+        oj.close()
+    a, b = written["here"], written["pickled"]
+    assert a.keys() == b.keys() and any(k.endswith(".nii.gz") for k in a)
+    for name in a:
+        if name.endswith(".json"):
+            assert _untimed(json.loads(a[name])) == _untimed(json.loads(b[name])), name
+        else:
+            assert a[name] == b[name], name
