@@ -76,9 +76,11 @@ class JobResult:
     status : {'done', 'skipped', 'failed'}
     stage_s, compute_s, publish_s : float
         Seconds spent decompressing/staging inputs, in the pipeline, and publishing outputs.
-    fit_s, report_s : float
-        Of ``compute_s``, the seconds in the fit (the pipeline's ``fit_s``/``fit_seconds``);
-        seconds drawing the QC report (0 without one).
+    fit_s, kernel_s, report_s : float
+        Of ``compute_s``, the seconds in the fit (the pipeline's ``fit_s``/``fit_seconds``) and
+        in the model's per-voxel stages, the fit included (``kernel_s``: DSC adds the
+        conversion to dR2*, the bolus arrival and the AIF selection; else the fit); seconds
+        drawing the QC report (0 without one).
     outputs : list of str
         Output files, relative to the output folder.
     error_type, error : str or None
@@ -99,6 +101,7 @@ class JobResult:
     compute_s: float = 0.0
     publish_s: float = 0.0
     fit_s: float = 0.0
+    kernel_s: float = 0.0
     report_s: float = 0.0
     outputs: list[str] = field(default_factory=list)
     error_type: str | None = None
@@ -588,6 +591,7 @@ def finish_job(oj: OpenJob, res: Any) -> JobResult:
         oj.reporter.log(f"published {len(outputs)} files (report {report_s:.2f} s)")
         summary = dict(getattr(res, "summary", {}) or {})
         fit_s = summary.get("fit_s", summary.get("fit_seconds", 0.0))
+        kernel_s = summary.get("kernel_s", fit_s)
         return _result(
             oj.job,
             "done",
@@ -595,6 +599,7 @@ def finish_job(oj: OpenJob, res: Any) -> JobResult:
             compute_s=oj.compute_s,
             publish_s=publish_s,
             fit_s=float(fit_s) if isinstance(fit_s, (int, float)) else 0.0,
+            kernel_s=float(kernel_s) if isinstance(kernel_s, (int, float)) else 0.0,
             report_s=report_s,
             outputs=outputs,
             log=str(oj.log_path),

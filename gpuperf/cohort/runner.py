@@ -72,6 +72,7 @@ JOB_COLUMNS = (
     "compute_s",
     "publish_s",
     "fit_s",
+    "kernel_s",
     "report_s",
     "n_outputs",
     "error",

@@ -64,6 +64,10 @@ class PreparedRun:
         ``time.perf_counter()`` when the run started.
     fit_s : float
         Seconds of the fit (of the whole batch when computed with other subjects).
+    model_s : float
+        Seconds of the model's per-voxel stages before the fit, in ``prepare`` (DSC: the
+        conversion to dR2*, the bolus arrival and the AIF selection); with :attr:`fit_s`, the
+        run's kernel time (what runs as kernels on a GPU).
     batch_size : int
         Subjects computed in that one call.
     """
@@ -74,6 +78,7 @@ class PreparedRun:
     reporter: Any = None
     t_start: float = 0.0
     fit_s: float = 0.0
+    model_s: float = 0.0
     batch_size: int = 1
 
     @property
