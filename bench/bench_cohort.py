@@ -319,6 +319,14 @@ def _copy_cohort(src_root, dst_root, n):
     return dst_root
 
 
+def _grid(root) -> tuple[int, ...]:
+    """The voxel grid of a cohort's first series."""
+    import nibabel as nib
+
+    first = sorted(root.glob("sub-*/perf/*_dsc.nii*")) + sorted(root.glob("sub-*/perf/*_asl.nii*"))
+    return tuple(int(n) for n in nib.load(first[0]).shape[:3])
+
+
 def _read_only(root) -> float:
     """Seconds to only read a cohort's inputs: every NIfTI file of every subject inflated and
     converted as the pipelines read it (:func:`gpuperf.io.nifti.load_image`) with its JSON
@@ -334,11 +342,49 @@ def _read_only(root) -> float:
     return time.perf_counter() - t0
 
 
+#: Whole-brain-sized subjects of the default-run benchmark (fewer of them: about 1 s each).
+BRAIN_SHAPE, BRAIN_SUBJECTS = (64, 64, 24), 20
+
+
+@pytest.fixture(scope="module")
+def brain_roots(tmp_path_factory):
+    """One-subject BIDS roots of a DSC (60 frames) and a multi-PLD pCASL subject of
+    :data:`BRAIN_SHAPE` voxels, for :func:`_copy_cohort`."""
+    from gpuperf.asl.simulate import write_phantom as asl_phantom
+    from gpuperf.dsc.simulate import write_phantom as dsc_phantom
+
+    tmp = tmp_path_factory.mktemp("brain")
+    roots = {}
+    for modality in ("dsc", "asl"):
+        root = tmp / modality
+        perf = root / "sub-001" / "perf"
+        perf.mkdir(parents=True)
+        (root / "dataset_description.json").write_text('{"Name": "bench", "BIDSVersion": "1.9.0"}')
+        if modality == "dsc":
+            ph = dsc_phantom(tmp / "pd", shape=BRAIN_SHAPE, n_frames=60, noise_sd=0.02, prefix="p")
+            files = {"series": "dsc.nii.gz", "sidecar": "dsc.json"}
+        else:
+            ph = asl_phantom(tmp / "pa", "pcasl", shape=BRAIN_SHAPE, repeats=1, noise_sd=2.0)
+            files = {"asl": "asl.nii.gz", "m0": "m0scan.nii.gz", "asl_json": "asl.json",
+                     "aslcontext": "aslcontext.tsv", "m0_json": "m0scan.json"}  # fmt: skip
+        for key, name in files.items():
+            if ph.get(key):
+                shutil.copyfile(ph[key], perf / f"sub-001_{name}")
+        roots[modality] = root
+    return roots
+
+
+@pytest.mark.parametrize("size", ["small", "brain"])
 @pytest.mark.parametrize("modality", ["dsc", "asl"])
-def test_cohort_default_run(benchmark, backend, cohort, asl_cohort, modality, tmp_path):
+def test_cohort_default_run(
+    benchmark, backend, cohort, asl_cohort, brain_roots, modality, size, tmp_path
+):
     """``gpuperf run ... participant`` as users run it: reports on (maps written and reports
     drawn by a worker process while the next subject computes, :mod:`gpuperf.cohort.reporting`),
-    two subjects read ahead. ``wall_s`` is the whole call (the cohort page and logs/*.tsv included).
+    two subjects read ahead. ``small``: 100 subjects of the cohort fixtures (DSC 48 x 48 x 8 or
+    64 x 64 x 24 with ``--bench-size brain``; ASL 16 x 16 x 4 or 32 x 32 x 8); ``brain``:
+    :data:`BRAIN_SUBJECTS` subjects of :data:`BRAIN_SHAPE` voxels (DSC 60 frames, ASL 7 PLDs).
+    ``wall_s`` is the whole call (the cohort page and logs/*.tsv included).
     ``extra_info``: subjects per hour; the sums over subjects of staging (decompression
     into the work folder + merged sidecars, in the read-ahead threads), pipeline time, of which
     the fit, report and publish seconds (logs/jobs.tsv); ``read_s``: the time to only read the
@@ -349,13 +395,16 @@ def test_cohort_default_run(benchmark, backend, cohort, asl_cohort, modality, tm
     same with the fit alone as the kernel (what this row reported before);
     ``not_kernel_over_stage`` the same over the staging sum (staging runs beside the compute,
     in the read-ahead threads)."""
-    src = cohort[0] if modality == "dsc" else asl_cohort[0]
-    root = _copy_cohort(src, tmp_path / "bids", DEFAULT_SUBJECTS)
+    if size == "brain":
+        src, n_subjects = brain_roots[modality], BRAIN_SUBJECTS
+    else:
+        src = cohort[0] if modality == "dsc" else asl_cohort[0]
+        n_subjects = DEFAULT_SUBJECTS
+    root = _copy_cohort(src, tmp_path / "bids", n_subjects)
     read_s = _read_only(root)
     device = "gpu" if backend.name == "cupy" else "cpu"
     runs = []
     setup = _fresh_outputs(tmp_path)
-
     walls = []
 
     def run(out):
@@ -375,13 +424,14 @@ def test_cohort_default_run(benchmark, backend, cohort, asl_cohort, modality, tm
         benchmark,
         stage="cohort.default",
         method="osvd" if modality == "dsc" else "buxton_pcasl",
-        voxels=DEFAULT_SUBJECTS,
+        voxels=n_subjects,
         backend=backend,
-        variant=modality,
-        note=f"{DEFAULT_SUBJECTS} {modality.upper()} subjects, reports on (background), "
-        "prefetch 2; voxels = subjects",
-        subjects=DEFAULT_SUBJECTS,
-        subjects_per_hour=round(3600 * DEFAULT_SUBJECTS / wall, 1),
+        variant=f"{modality}, {size}",
+        note=f"{n_subjects} {modality.upper()} subjects of "
+        f"{'x'.join(map(str, _grid(root)))} voxels, reports on (worker process), prefetch 2; "
+        "voxels = subjects",
+        subjects=n_subjects,
+        subjects_per_hour=round(3600 * n_subjects / wall, 1),
         wall_s=round(wall, 3),
         **{f"sum_{k}": round(v, 3) for k, v in sums.items()},
         read_s=round(read_s, 3),

@@ -165,12 +165,24 @@ class ReportProcess:
 
 def serve(stdin: BinaryIO, stdout: BinaryIO) -> None:
     """The worker's loop (:class:`ReportProcess`): finish each open job it is sent, answer
-    its result; returns at the end of its input."""
-    while True:
-        head = stdin.read(8)
-        if len(head) < 8:
-            return
-        oj, res = pickle.loads(stdin.read(struct.unpack("<Q", head)[0]))
+    its result; returns at the end of its input. A thread takes the jobs off the pipe as they
+    come, so the sender never waits on a full pipe while a report is drawn."""
+    import queue
+    import threading
+
+    inbox: queue.Queue[bytes | None] = queue.Queue()
+
+    def take() -> None:
+        while True:
+            head = stdin.read(8)
+            if len(head) < 8:
+                inbox.put(None)
+                return
+            inbox.put(stdin.read(struct.unpack("<Q", head)[0]))
+
+    threading.Thread(target=take, name="gpuperf-report-inbox", daemon=True).start()
+    while (blob := inbox.get()) is not None:
+        oj, res = pickle.loads(blob)
         try:
             result = finish_job(oj, res)
         finally:
