@@ -266,3 +266,15 @@ def test_computed_run_written_after_pickling_equals_written_here(cohort, tmp_pat
             assert _untimed(json.loads(a[name])) == _untimed(json.loads(b[name])), name
         else:
             assert a[name] == b[name], name
+
+
+def test_a_job_that_does_not_pickle_is_refused_not_sent():
+    """The caller finishes such a job itself (``run_overlapped`` falls back to its thread); the
+    worker stays up for the next."""
+    proc = reporting.ReportProcess()
+    try:
+        with pytest.raises(reporting.WorkerGone, match="cannot send"):
+            proc.submit(lambda: 0, None)  # type: ignore[arg-type]
+        assert proc.alive
+    finally:
+        proc.shutdown()

@@ -91,24 +91,32 @@ class ReportProcess:
     copy removes the scratch folders once the result is back.
     """
 
-    #: Arguments of the Python interpreter that runs the worker.
-    COMMAND: tuple[str, ...] = ("-m", "gpuperf.cohort.reporting")
+    #: Arguments of the Python interpreter that runs the worker (None: :meth:`command`).
+    COMMAND: tuple[str, ...] | None = None
+
+    @staticmethod
+    def command() -> tuple[str, ...]:
+        """``python -m gpuperf.cohort.reporting`` with this gpuperf importable: its folder is
+        appended to the worker's ``sys.path`` (last: it shadows nothing), as when the caller
+        imported gpuperf from a checkout or a path it added itself."""
+        import gpuperf
+
+        root = str(Path(gpuperf.__file__).resolve().parent.parent)
+        launch = (
+            f"import runpy, sys; sys.path.append({root!r}); "
+            "runpy.run_module('gpuperf.cohort.reporting', run_name='__main__', alter_sys=True)"
+        )
+        return ("-c", launch)
 
     def __init__(self) -> None:
         import subprocess
         import sys
         import threading
 
-        import gpuperf
-
-        env = dict(os.environ)
-        root = str(Path(gpuperf.__file__).resolve().parent.parent)  # importable as here
-        env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
         self._proc = subprocess.Popen(
-            [sys.executable, *self.COMMAND],
+            [sys.executable, *(self.COMMAND or self.command())],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
-            env=env,
         )
         self._pending: deque[Future[JobResult]] = deque()
         self._lock = threading.Lock()
@@ -118,9 +126,13 @@ class ReportProcess:
         self._reader.start()
 
     def submit(self, oj: OpenJob, res: Any) -> Future[JobResult]:
-        """Send one open job to the worker; raises :class:`WorkerGone` if it has exited."""
+        """Send one open job to the worker; raises :class:`WorkerGone` if it has exited or the
+        job does not pickle (then the caller finishes the job itself)."""
         fut: Future[JobResult] = Future()
-        data = pickle.dumps((oj, res), protocol=pickle.HIGHEST_PROTOCOL)
+        try:
+            data = pickle.dumps((oj, res), protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception as exc:  # e.g. a pipeline's result that does not pickle: not sent
+            raise WorkerGone(f"cannot send this job to the report worker process: {exc}") from exc
         with self._lock:
             if not self.alive:
                 raise WorkerGone("the report worker process has exited")
@@ -236,7 +248,7 @@ def run_overlapped(
 
     def submit(oj: OpenJob, res: Any) -> tuple[OpenJob, Future[JobResult], bool]:
         if proc is not None and proc.alive:
-            with contextlib.suppress(WorkerGone):  # gone: the thread takes over
+            with contextlib.suppress(WorkerGone):  # gone, or not sendable: the thread takes it
                 return oj, proc.submit(oj, res), True
         return oj, thread.submit(_finish, oj, res), False
 
