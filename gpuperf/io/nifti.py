@@ -213,10 +213,11 @@ def _open_nifti(path: Path) -> tuple[Any, bytes | None]:
     raw = take_read_ahead(path)
     if raw is None:
         raw = gunzip_bytes(path.read_bytes())
-    img = nib.Nifti1Image.from_bytes(raw)
-    if int(img.header["sizeof_hdr"]) != 348:  # NIfTI-2 inside the gzip
-        img = nib.Nifti2Image.from_bytes(raw)
-    return img, raw
+    # the header size (first 4 bytes, either byte order) tells NIfTI-2 (540) from NIfTI-1
+    # (348): parsing a NIfTI-2 header as NIfTI-1 raises before its size could be checked
+    nifti2 = 540 in (int.from_bytes(raw[:4], "little"), int.from_bytes(raw[:4], "big"))
+    cls = nib.Nifti2Image if nifti2 else nib.Nifti1Image
+    return cls.from_bytes(raw), raw
 
 
 def check_same_grid(a: LoadedImage, b: LoadedImage) -> None:
