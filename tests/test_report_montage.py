@@ -19,17 +19,26 @@ from gpuperf.report import figures, raster
 from gpuperf.report.display import display_range
 
 
+def _reference_ras(values, selected, affine, zooms_mm):
+    """``values`` (float64) and ``selected`` (bool) reoriented to RAS+ with nibabel, and the
+    voxel sizes in RAS order: the reorientation the report first did per image."""
+    ornt = nio.io_orientation(affine)
+    out = (
+        nio.apply_orientation(np.asarray(values, dtype=np.float64), ornt),
+        nio.apply_orientation(np.asarray(selected).astype(bool), ornt),
+    )
+    zooms = [1.0, 1.0, 1.0]
+    for axis_in, (axis_out, _flip) in enumerate(ornt):
+        zooms[int(axis_out)] = float(zooms_mm[axis_in])
+    return out, zooms
+
+
 def _reference_montage(data, mask, affine, zooms_mm, name, units, max_slices=12, ncols=6,
                        panel_px=raster.PANEL_PX):  # fmt: skip
     """(RGB image, info) of a montage drawn slice by slice, as the report first drew it."""
     if mask is None:
         mask = np.isfinite(data)
-    ornt = nio.io_orientation(affine)
-    d = nio.apply_orientation(np.asarray(data, dtype=np.float64), ornt)
-    m = nio.apply_orientation(mask.astype(bool), ornt)
-    zooms = [1.0, 1.0, 1.0]
-    for axis_in, (axis_out, _flip) in enumerate(ornt):
-        zooms[int(axis_out)] = float(zooms_mm[axis_in])
+    (d, m), zooms = _reference_ras(data, mask, affine, zooms_mm)
     inside = d[m]
     finite = inside[np.isfinite(inside)]
     vmin, vmax, fixed, spec = display_range(name, units, inside)
@@ -211,12 +220,7 @@ def test_palette_shares_equal_colours_only_to_fit_and_refuses_more_than_256():
 
 def _reference_voxels_on_slice(background, chosen, affine, zooms_mm):
     """The AIF voxels' figure as an RGB image, drawn as the report first drew it."""
-    ornt = nio.io_orientation(affine)
-    b = nio.apply_orientation(np.asarray(background, dtype=np.float64), ornt)
-    c = nio.apply_orientation(chosen.astype(bool), ornt)
-    zooms = [1.0, 1.0, 1.0]
-    for axis_in, (axis_out, _flip) in enumerate(ornt):
-        zooms[int(axis_out)] = float(zooms_mm[axis_in])
+    (b, c), zooms = _reference_ras(background, chosen, affine, zooms_mm)
     k = int(np.argmax(c.reshape(-1, c.shape[2]).sum(axis=0)))
     sl = b[:, ::-1, k].T
     fin = sl[np.isfinite(sl)]

@@ -248,6 +248,8 @@ def _stage_image(src: Path, folder: Path, renames: dict[str, str], inflated: lis
     (:func:`gpuperf.io.readahead.provide_read_ahead`: the pipeline's ``load_image`` of the link
     takes the bytes; ISA-L and zlib release the GIL, so prefetch threads overlap the compute)."""
     dst = folder / src.name
+    os.symlink(src.resolve(), dst)
+    renames[str(dst)] = str(src)
     if src.name.endswith(".nii.gz"):
         try:
             data = gunzip_bytes(src.read_bytes())
@@ -255,12 +257,8 @@ def _stage_image(src: Path, folder: Path, renames: dict[str, str], inflated: lis
             from gpuperf.errors import InputError
 
             raise InputError(src, "format", f"cannot decompress: {exc}") from exc
-        os.symlink(src.resolve(), dst)
         provide_read_ahead(dst, data)
         inflated.append(dst)
-    else:
-        os.symlink(src.resolve(), dst)
-    renames[str(dst)] = str(src)
     return dst
 
 
@@ -643,9 +641,8 @@ def compute_job(oj: OpenJob, *, write: bool = True) -> Any:
         prepared = oj.fn.prepare(*args, **kwargs)
         oj.fn.compute([prepared])
         backend = getattr(prepared, "backend", None)
-        res = Computed(prepared) if backend is not None and not backend.is_gpu else None
-        if res is None:
-            res = oj.fn.write(prepared)
+        on_host = backend is not None and not backend.is_gpu
+        res = Computed(prepared) if on_host else oj.fn.write(prepared)
     oj.compute_s = time.perf_counter() - t0
     if not isinstance(res, Computed):
         oj.reporter.log(f"pipeline finished in {oj.compute_s:.3f} s")

@@ -556,6 +556,7 @@ class OutputWriter:
         state = dict(vars(self))
         if isinstance(self.reference, LoadedImage):
             state["reference"] = self.reference.grid()
+        state["_templates"] = {}  # a cache keyed by the reference's id: rebuilt where used
         return state
 
     # -- the output folder -------------------------------------------------------------------
