@@ -37,6 +37,10 @@ class InputError(GpuperfError):
         where = f"{self.path}: " if self.path else ""
         super().__init__(f"{where}{field}: {message}")
 
+    def __reduce__(self) -> tuple[type, tuple[str | None, str, str]]:
+        # picklable (a subject's error crosses from the cohort's worker process)
+        return type(self), (self.path, self.field, self.message)
+
 
 class GPUUnavailableError(GpuperfError):
     """``device='gpu'`` was asked for but no usable CUDA device/CuPy is present."""

@@ -89,14 +89,91 @@ def test_process_worker_equals_thread_file_for_file(cohort, tmp_path, monkeypatc
     assert "outputs unreadable" not in page(b) and page(b).count("data:image/png") == 6
 
 
+def test_subjects_prepared_by_the_worker_equal_a_thread_run(cohort, tmp_path, monkeypatch):
+    """The report worker prepares every ASL subject (this process never claims one first): the
+    published files equal those of a thread run as in the test above, ``prepared_aside`` says
+    so, and DSC subjects (their ``prepare`` runs the model's per-voxel stages) never leave."""
+    ref = _run(cohort, tmp_path / "thread", "thread", monkeypatch, tmp_path / "w-t")
+    monkeypatch.setattr(reporting, "claim_prepare", lambda oj: False)  # here only
+    run = _run(cohort, tmp_path / "aside", "process", monkeypatch, tmp_path / "w-a")
+    aside = {r.job_id: r.prepared_aside for r in run.results}
+    assert aside == {r.job_id: r.modality == "asl" for r in run.results}, aside
+    assert all(r.prepare_s > 0 and r.write_s > 0 for r in run.results)
+    assert all(r.prepare_s + r.write_s < r.compute_s for r in run.results)
+    assert not list((tmp_path / "w-a").iterdir()) and not readahead._READ_AHEAD
+    a, b = tmp_path / "thread", tmp_path / "aside"
+    fa = [p.relative_to(a) for p in published_files(a)]
+    assert fa == [p.relative_to(b) for p in published_files(b)]
+    for rel in fa:
+        x, y = a / rel, b / rel
+        if rel.name.endswith(".nii.gz"):
+            np.testing.assert_array_equal(
+                np.asarray(nib.load(x).dataobj), np.asarray(nib.load(y).dataobj), str(rel)
+            )
+        elif rel.suffix == ".json":
+            assert _untimed(json.loads(x.read_text())) == _untimed(json.loads(y.read_text()))
+    assert [r.status for r in run.results] == [r.status for r in ref.results]
+    tsv = (b / "logs" / "jobs.tsv").read_text().splitlines()
+    assert "prepare_s" in tsv[0].split("\t") and "write_s" in tsv[0].split("\t")
+
+
+def test_a_subject_the_worker_fails_to_prepare_fails_as_here(cohort, tmp_path, monkeypatch):
+    """A bad input found by the worker's ``prepare``: that subject fails with the message a
+    thread run gives (naming the user's file and field, not a scratch copy); the others are
+    done."""
+    import shutil
+
+    bids = tmp_path / "bids"
+    shutil.copytree(cohort["bids"], bids, symlinks=True)
+    sidecar = next(bids.glob("sub-02/perf/*_asl.json"))
+    meta = json.loads(sidecar.read_text())
+    meta["PostLabelingDelay"] = "soon"
+    sidecar.write_text(json.dumps(meta))
+    errors = {}
+    for kind in ("thread", "process"):
+        monkeypatch.setattr(reporting, "PROCESS_MIN_JOBS", 1 if kind == "process" else 10**6)
+        if kind == "process":
+            monkeypatch.setattr(reporting, "claim_prepare", lambda oj: False)
+        run = run_participants(bids, tmp_path / kind, device="cpu", work_dir=tmp_path / "w")
+        assert [r.job_id for r in run.failed] == ["sub-02_asl"], [r.error for r in run.failed]
+        errors[kind] = (run.failed[0].error_type, run.failed[0].error)
+        assert run.count("done") == len(run.results) - 1
+    assert errors["process"] == errors["thread"]
+    assert str(sidecar) in errors["process"][1] and "PostLabelingDelay" in errors["process"][1]
+
+
+def test_worker_death_while_preparing_leaves_the_run_whole(cohort, tmp_path, monkeypatch):
+    """A worker that dies on its first request to prepare, while this process waits for that
+    subject (it never claims one first here): this process prepares and reports every subject
+    itself; nothing fails."""
+    monkeypatch.setattr(
+        reporting.ReportProcess,
+        "COMMAND",
+        ("-c", "import struct, sys; b = sys.stdin.buffer; b.read(8); sys.exit(3)"),
+    )
+    monkeypatch.setattr(reporting, "PROCESS_MIN_JOBS", 1)
+    monkeypatch.setattr(reporting, "claim_prepare", lambda oj: False)
+    run = run_participants(cohort["bids"], tmp_path / "o", device="cpu", work_dir=tmp_path / "w")
+    assert run.exit_code == 0 and run.count("done") == 6, [r.error for r in run.failed]
+    assert not any(r.prepared_aside for r in run.results)
+    assert len(list((tmp_path / "o").glob("sub-*/perf/*_report.html"))) == 6
+
+
 def test_cohort_page_reads_no_map_after_a_process_run(cohort, tmp_path, monkeypatch):
-    """The page's numbers and thumbnails come from the report worker (``precompute_row``):
-    with every map read refused in this process, the page still has all of them, equal to a
-    page that reads the maps itself."""
+    """The page's numbers and thumbnails come from whoever drew each report (``precompute_row``:
+    the worker process, or this process's report thread for a last subject while the worker is
+    busy): with every map read refused in the main thread, the page still has all of them,
+    equal to a page that reads the maps itself."""
+    import threading
+
     import gpuperf.report.cohort as page
 
+    load_run = page.load_run
+
     def refuse(*a, **k):
-        raise AssertionError("the cohort page read a map again")
+        if threading.current_thread() is threading.main_thread():
+            raise AssertionError("the cohort page read a map again")
+        return load_run(*a, **k)
 
     monkeypatch.setattr(page, "load_run", refuse)
     _run(cohort, tmp_path / "p", "process", monkeypatch, tmp_path / "w")
@@ -126,15 +203,19 @@ def run_participants_results(out):
 
 
 def test_worker_death_fails_only_what_it_held_and_a_rerun_completes(cohort, tmp_path, monkeypatch):
-    """A worker that dies after reading its first job: what it held fails (no done-marker, named
-    error), the thread finishes the others, and the same command again completes the run."""
+    """A worker that dies on the first job it is sent to finish (it never answers the
+    requests to prepare before it: this process prepares those subjects itself): what it held
+    fails (no done-marker, named error), the thread finishes the others, and the same command
+    again completes the run."""
     monkeypatch.setattr(
         reporting.ReportProcess,
         "COMMAND",
         (
             "-c",
-            "import struct, sys; b = sys.stdin.buffer; "
-            "b.read(struct.unpack('<Q', b.read(8))[0]); sys.exit(3)",
+            "import pickle, struct, sys; b = sys.stdin.buffer\n"
+            "while pickle.loads(b.read(struct.unpack('<Q', b.read(8))[0]))[0] != 'finish':\n"
+            "    pass\n"
+            "sys.exit(3)",
         ),
     )
     monkeypatch.setattr(reporting, "PROCESS_MIN_JOBS", 1)

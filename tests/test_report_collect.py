@@ -107,3 +107,58 @@ def test_load_nifti_falls_back_for_other_files(tmp_path):
     broken.write_bytes(b"not a gzip stream")
     with pytest.raises(Exception):  # noqa: B017 - whatever nibabel's own reader raises
         collect._load_nifti(broken)
+
+
+def test_maps_written_for_a_report_are_read_back_from_memory(tmp_path, monkeypatch):
+    """A writer that expects a report keeps each map's ``.nii`` bytes: the report's reader
+    takes them instead of inflating the file (equal to what nibabel reads), through the
+    publishing rename; a writer without a report keeps nothing; a file written again at the
+    same path is read from disk; a kept entry whose gzip trailer does not match the file (a
+    reused inode within the clock's resolution) is not used; ``forget_written`` empties it."""
+    from gpuperf.io import outputs, readahead
+    from gpuperf.io.nifti import load_image
+
+    ref_path = tmp_path / "ref.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((7, 6, 5), np.float32), _affine()), ref_path)
+    reference = load_image(ref_path)
+    rng = np.random.default_rng(3)
+    readahead.forget_written()
+    inflated = []
+    gunzip = readahead.gunzip_bytes
+    monkeypatch.setattr(readahead, "gunzip_bytes", lambda raw: inflated.append(1) or gunzip(raw))
+
+    def write(folder, report, values):
+        w = outputs.OutputWriter(tmp_path / folder, "sub-01", reference=reference, overwrite=True)
+        w.keep_for_report = report
+        w.add_map("cbf", values)
+        w.commit()
+        return tmp_path / folder / "sub-01_cbf.nii.gz"
+
+    cbf = rng.normal(50, 10, (7, 6, 5)).astype(np.float32)
+    kept = write("a", True, cbf)
+    assert readahead._WRITTEN and readahead.recall_written(kept) is not None
+    data, affine, _ = collect._load_nifti(kept)
+    assert not inflated  # from memory, after the rename that published it
+    np.testing.assert_array_equal(data, np.asarray(nib.load(kept).get_fdata(dtype=np.float32)))
+    np.testing.assert_array_equal(affine, nib.load(kept).affine)
+
+    readahead.forget_written()
+    plain = write("b", False, cbf)
+    assert not readahead._WRITTEN and readahead.recall_written(plain) is None
+
+    kept = write("c", True, cbf)
+    kept.unlink()  # written again (another run, no report): not the kept bytes
+    again = write("c", False, cbf + 1)
+    np.testing.assert_array_equal(collect._load_nifti(again)[0], cbf + 1)
+    assert inflated
+
+    readahead.forget_written()
+    kept = write("d", True, cbf)
+    other = write("e", False, cbf * 2)
+    monkeypatch.setattr(readahead, "_identity", lambda path: ("same", 1, 2, 3))
+    readahead.remember_written(kept, b"stale", kept.read_bytes()[-8:])
+    assert readahead.recall_written(kept) == b"stale"  # the identity and the trailer match
+    assert readahead.recall_written(other) is None  # the identity alone is not enough
+    np.testing.assert_array_equal(collect._load_nifti(other)[0], cbf * 2)
+    readahead.forget_written()
+    assert not readahead._WRITTEN

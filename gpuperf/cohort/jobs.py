@@ -51,7 +51,12 @@ from gpuperf._version import __version__
 from gpuperf.cohort.bids import Job, inherited_sidecars, merged_sidecar, strip_nifti
 from gpuperf.errors import GpuperfError, OutputExistsError
 from gpuperf.io.outputs import TMP_PREFIX, atomic_write_bytes, discard_journals
-from gpuperf.io.readahead import drop_read_ahead, gunzip_bytes, provide_read_ahead
+from gpuperf.io.readahead import (
+    drop_read_ahead,
+    forget_written,
+    gunzip_bytes,
+    provide_read_ahead,
+)
 from gpuperf.io.stages import REPORT_OUTPUTS
 from gpuperf.progress import Reporter
 from gpuperf.provenance import jsonable
@@ -76,6 +81,13 @@ class JobResult:
     status : {'done', 'skipped', 'failed'}
     stage_s, compute_s, publish_s : float
         Seconds spent decompressing/staging inputs, in the pipeline, and publishing outputs.
+    prepare_s, write_s : float
+        Of ``compute_s``, the seconds of a staged pipeline's ``prepare`` (reading and checking
+        the inputs) and ``write`` (the maps) stages (0 for a pipeline without stages).
+    prepared_aside : bool
+        Whether the cohort's report worker process prepared the subject while the computing
+        process computed the one before (:mod:`gpuperf.cohort.reporting`): ``prepare_s``
+        then overlapped another subject's compute.
     fit_s, kernel_s, report_s : float
         Of ``compute_s``, the seconds in the fit (the pipeline's ``fit_s``/``fit_seconds``) and
         in the model's per-voxel stages, the fit included (``kernel_s``: DSC adds the
@@ -103,6 +115,9 @@ class JobResult:
     fit_s: float = 0.0
     kernel_s: float = 0.0
     report_s: float = 0.0
+    prepare_s: float = 0.0
+    write_s: float = 0.0
+    prepared_aside: bool = False
     outputs: list[str] = field(default_factory=list)
     error_type: str | None = None
     error: str | None = None
@@ -243,14 +258,17 @@ class Staged:
             shutil.rmtree(self.folder, ignore_errors=True)
 
 
-def _stage_image(src: Path, folder: Path, renames: dict[str, str], inflated: list[Path]) -> Path:
+def _stage_image(
+    src: Path, folder: Path, renames: dict[str, str], inflated: list[Path] | None
+) -> Path:
     """A link to ``src`` in the staging folder; a ``.nii.gz`` is also inflated now, into memory
     (:func:`gpuperf.io.readahead.provide_read_ahead`: the pipeline's ``load_image`` of the link
-    takes the bytes; ISA-L and zlib release the GIL, so prefetch threads overlap the compute)."""
+    takes the bytes; ISA-L and zlib release the GIL, so prefetch threads overlap the compute),
+    unless ``inflated`` is None (then the reader of the link inflates it)."""
     dst = folder / src.name
     os.symlink(src.resolve(), dst)
     renames[str(dst)] = str(src)
-    if src.name.endswith(".nii.gz"):
+    if inflated is not None and src.name.endswith(".nii.gz"):
         try:
             data = gunzip_bytes(src.read_bytes())
         except (OSError, EOFError, zlib.error) as exc:
@@ -262,7 +280,9 @@ def _stage_image(src: Path, folder: Path, renames: dict[str, str], inflated: lis
     return dst
 
 
-def stage_inputs(job: Job, work_dir: str | PathLike | None = None) -> Staged:
+def stage_inputs(
+    job: Job, work_dir: str | PathLike | None = None, *, inflate: bool = True
+) -> Staged:
     """Link the job's series (and M0 scan) into a scratch folder, inflate the gzipped ones
     into memory (:func:`_stage_image`) and write their merged sidecars.
 
@@ -271,6 +291,10 @@ def stage_inputs(job: Job, work_dir: str | PathLike | None = None) -> Staged:
     work_dir : path-like, optional
         Scratch space (default: the system temporary folder): links and sidecars only; the
         inflated series of the subjects being prefetched are held in memory.
+    inflate : bool
+        Inflate gzipped images now, in this process (default). False when another process
+        may read them (the cohort's report worker prepares subjects too): its own read of the
+        link inflates the file, and this process's copy would be wasted.
     """
     t0 = time.perf_counter()
     if work_dir is not None:
@@ -278,8 +302,9 @@ def stage_inputs(job: Job, work_dir: str | PathLike | None = None) -> Staged:
     folder = Path(tempfile.mkdtemp(prefix=f"gpuperf-stage-{job.job_id}-", dir=work_dir))
     renames: dict[str, str] = {}
     inflated: list[Path] = []
+    keep = inflated if inflate else None
     try:
-        series = _stage_image(job.series, folder, renames, inflated)
+        series = _stage_image(job.series, folder, renames, keep)
         meta = merged_sidecar(job.series, job.bids_root)
         sc = folder / (strip_nifti(job.series.name) + ".json")
         sc.write_text(json.dumps(meta, indent=2), encoding="utf-8")
@@ -290,7 +315,7 @@ def stage_inputs(job: Job, work_dir: str | PathLike | None = None) -> Staged:
             renames[str(folder / src.name)] = str(src)
         if "m0scan" in job.companions:
             m0 = job.companions["m0scan"]
-            _stage_image(m0, folder, renames, inflated)
+            _stage_image(m0, folder, renames, keep)
             m0meta = merged_sidecar(m0, job.bids_root)
             if m0meta:
                 m0sc = folder / (strip_nifti(m0.name) + ".json")
@@ -458,6 +483,9 @@ class OpenJob:
     tmp_out: Path
     stage_s: float = 0.0
     compute_s: float = 0.0
+    prepare_s: float = 0.0
+    write_s: float = 0.0
+    prepared_aside: bool = False
 
     @property
     def options(self) -> Mapping[str, Any]:
@@ -581,7 +609,10 @@ def finish_job(oj: OpenJob, res: Any) -> JobResult:
     try:
         res = write_computed(oj, res)
         t_report = time.perf_counter()
-        cohort_row = _write_report(oj, res)
+        try:
+            cohort_row = _write_report(oj, res)
+        finally:
+            forget_written()  # the maps kept in memory for the report
         report_s = time.perf_counter() - t_report
         t0 = time.perf_counter()
         outputs = _publish(oj, res)
@@ -599,6 +630,9 @@ def finish_job(oj: OpenJob, res: Any) -> JobResult:
             fit_s=float(fit_s) if isinstance(fit_s, (int, float)) else 0.0,
             kernel_s=float(kernel_s) if isinstance(kernel_s, (int, float)) else 0.0,
             report_s=report_s,
+            prepare_s=oj.prepare_s,
+            write_s=oj.write_s,
+            prepared_aside=oj.prepared_aside,
             outputs=outputs,
             log=str(oj.log_path),
             summary=jsonable(summary, strict=True),
@@ -624,26 +658,64 @@ class Computed:
     prepared: Any
 
 
-def compute_job(oj: OpenJob, *, write: bool = True) -> Any:
+#: A hidden file in a job's scratch folder: whichever process creates it first (the computing
+#: process or the cohort's report worker, :func:`claim_prepare`) prepares the subject.
+PREPARE_CLAIM = ".prepare-claim"
+
+
+def claim_prepare(oj: OpenJob) -> bool:
+    """Claim the ``prepare`` stage of an open job for this process: True for the first caller
+    of any process, False after (an exclusive create in the job's scratch folder), and False
+    once the job is closed (its scratch folder removed)."""
+    try:
+        fd = os.open(oj.tmp_out / PREPARE_CLAIM, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    except (FileExistsError, FileNotFoundError):
+        return False
+    os.close(fd)
+    return True
+
+
+def prepare_job(oj: OpenJob) -> Any:
+    """The ``prepare`` stage of a staged pipeline (:func:`has_stages`) on the job's staged
+    inputs: read and check everything, nothing computed yet (timed into ``prepare_s``)."""
+    args, kwargs = oj.call_args()
+    t0 = time.perf_counter()
+    prepared = oj.fn.prepare(*args, **kwargs)
+    oj.prepare_s = time.perf_counter() - t0
+    return prepared
+
+
+def compute_job(oj: OpenJob, *, write: bool = True, prepared: Any = None) -> Any:
     """Step 4: call the pipeline on the staged inputs into the scratch folder (timed, logged);
     returns what the pipeline returns.
 
     With ``write=False`` a staged pipeline (:func:`has_stages`) on the NumPy backend stops
     before writing its maps and returns them :class:`Computed`; :func:`finish_job` writes
     them (its time is added to ``compute_s`` there). A GPU run writes here: its results are
-    on the device, and a second process should not open the device.
+    on the device, and a second process should not open the device. ``prepared``: the
+    subject's ``prepare`` stage done already (:func:`prepare_job`, perhaps in another process);
+    its ``prepare_s`` counts into ``compute_s``.
     """
-    args, kwargs = oj.call_args()
     t0 = time.perf_counter()
-    if write or not has_stages(oj.fn):
+    ahead = 0.0
+    if prepared is None and (write or not has_stages(oj.fn)):
+        args, kwargs = oj.call_args()
         res = oj.fn(*args, **kwargs)
     else:
-        prepared = oj.fn.prepare(*args, **kwargs)
+        if prepared is None:
+            prepared = prepare_job(oj)
+        else:
+            ahead = oj.prepare_s
         oj.fn.compute([prepared])
         backend = getattr(prepared, "backend", None)
         on_host = backend is not None and not backend.is_gpu
-        res = Computed(prepared) if on_host else oj.fn.write(prepared)
-    oj.compute_s = time.perf_counter() - t0
+        if on_host and not write:
+            res = Computed(prepared)
+        else:
+            t_write = time.perf_counter()
+            res = oj.fn.write(prepared)
+            oj.write_s = time.perf_counter() - t_write
+    oj.compute_s = ahead + time.perf_counter() - t0
     if not isinstance(res, Computed):
         oj.reporter.log(f"pipeline finished in {oj.compute_s:.3f} s")
     return res
@@ -656,7 +728,8 @@ def write_computed(oj: OpenJob, res: Any) -> Any:
         return res
     t0 = time.perf_counter()
     res = oj.fn.write(res.prepared)
-    oj.compute_s += time.perf_counter() - t0
+    oj.write_s = time.perf_counter() - t0
+    oj.compute_s += oj.write_s
     oj.reporter.log(f"pipeline finished in {oj.compute_s:.3f} s")
     return res
 

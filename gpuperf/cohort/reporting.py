@@ -29,25 +29,33 @@ killed while a report is drawn leaves that subject incomplete, and the next run 
 from __future__ import annotations
 
 import contextlib
+import functools
+import io
+import itertools
 import os
 import pickle
 import struct
 from collections import deque
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from gpuperf.cohort.bids import Job
 from gpuperf.cohort.jobs import (
+    Computed,
     JobResult,
     JobSettings,
     OpenJob,
     Staged,
+    claim_prepare,
     compute_job,
     fail_job,
     finish_job,
+    has_stages,
     open_job,
+    prepare_job,
     wants_report,
     write_computed,
 )
@@ -78,17 +86,55 @@ class WorkerGone(GpuperfError):
     """The report worker process exited before returning a job's result."""
 
 
-class ReportProcess:
-    """One worker process that finishes open jobs (:func:`gpuperf.cohort.jobs.finish_job`) in
-    the order they are submitted.
+class _Pickler(pickle.Pickler):
+    """Pickles ``obj`` with one object (a job's log reporter) left out by reference: the
+    receiving end puts its own in its place (:class:`_Unpickler`), so no second handle on the
+    log is opened there."""
 
-    It is ``python -m gpuperf.cohort.reporting``, fed length-prefixed pickles of
-    ``(OpenJob, result)`` on its standard input and answering ``JobResult`` pickles on its
-    standard output; a thread here resolves the futures. Not :mod:`multiprocessing`: its
-    ``spawn`` imports the caller's main script again in the child, which fails (or runs the
-    script twice) for a script without an ``if __name__ == "__main__"`` guard. The open job's
-    log file is reopened in the worker (in append mode; lines stay whole), and the caller's
-    copy removes the scratch folders once the result is back.
+    def __init__(self, file: BinaryIO, keep: Any) -> None:
+        super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
+        self._keep = keep
+
+    def persistent_id(self, obj: Any) -> str | None:  # noqa: D102
+        return "reporter" if obj is self._keep and obj is not None else None
+
+
+class _Unpickler(pickle.Unpickler):
+    def __init__(self, file: BinaryIO, keep: Any) -> None:
+        super().__init__(file)
+        self._keep = keep
+
+    def persistent_load(self, pid: Any) -> Any:  # noqa: D102
+        if pid != "reporter":  # pragma: no cover - only the sender's own ids come here
+            raise pickle.UnpicklingError(f"unknown persistent id {pid!r}")
+        return self._keep
+
+
+def _dumps(obj: Any, keep: Any = None) -> bytes:
+    buf = io.BytesIO()
+    _Pickler(buf, keep).dump(obj)
+    return buf.getvalue()
+
+
+def _loads(data: bytes, keep: Any = None) -> Any:
+    return _Unpickler(io.BytesIO(data), keep).load()
+
+
+class ReportProcess:
+    """One worker process that prepares subjects ahead and finishes open jobs
+    (:func:`gpuperf.cohort.jobs.finish_job`), in the order they are submitted.
+
+    It is ``python -m gpuperf.cohort.reporting``, fed length-prefixed pickles of requests on
+    its standard input and answering length-prefixed pickles on its standard output; a thread
+    here resolves the futures. Not :mod:`multiprocessing`: its ``spawn`` imports the caller's
+    main script again in the child, which fails (or runs the script twice) for a script
+    without an ``if __name__ == "__main__"`` guard. The open job's log file is reopened in the
+    worker (in append mode; lines stay whole), and the caller's copy removes the scratch folders
+    once the result is back. The worker never opens a GPU (``GPUPERF_DISABLE_GPU`` is set in its
+    environment): it is sent only subjects computed on the CPU to prepare.
+
+    Requests: ``("prepare", token, oj)`` (:meth:`prepare`) and ``("finish", token, oj, res,
+    changes)`` (:meth:`submit`).
     """
 
     #: Arguments of the Python interpreter that runs the worker (None: :meth:`command`).
@@ -117,26 +163,29 @@ class ReportProcess:
             [sys.executable, *(self.COMMAND or self.command())],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
+            env={**os.environ, "GPUPERF_DISABLE_GPU": "1"},
         )
-        self._pending: deque[Future[JobResult]] = deque()
+        for pipe in (self._proc.stdin, self._proc.stdout):  # a subject's maps in one write
+            _widen(pipe)
+        # each request's future, with how to read its answer
+        self._pending: deque[tuple[Future[Any], Callable[[bytes], Any]]] = deque()
         self._lock = threading.Lock()
         self.alive = True
+        self._tokens = itertools.count()
         self._reader = threading.Thread(target=self._read, name="gpuperf-report-reader")
         self._reader.daemon = True
         self._reader.start()
 
-    def submit(self, oj: OpenJob, res: Any) -> Future[JobResult]:
-        """Send one open job to the worker; raises :class:`WorkerGone` if it has exited or the
-        job does not pickle (then the caller finishes the job itself)."""
-        fut: Future[JobResult] = Future()
+    def _send(self, request: tuple[Any, ...], decode: Callable[[bytes], Any]) -> Future[Any]:
+        fut: Future[Any] = Future()
         try:
-            data = pickle.dumps((oj, res), protocol=pickle.HIGHEST_PROTOCOL)
+            data = pickle.dumps(request, protocol=pickle.HIGHEST_PROTOCOL)
         except Exception as exc:  # e.g. a pipeline's result that does not pickle: not sent
             raise WorkerGone(f"cannot send this job to the report worker process: {exc}") from exc
         with self._lock:
             if not self.alive:
                 raise WorkerGone("the report worker process has exited")
-            self._pending.append(fut)
+            self._pending.append((fut, decode))
         try:
             assert self._proc.stdin is not None
             self._proc.stdin.write(struct.pack("<Q", len(data)) + data)
@@ -144,6 +193,40 @@ class ReportProcess:
         except OSError as exc:  # a broken pipe: the reader fails what is pending
             raise WorkerGone(f"the report worker process has exited ({exc})") from exc
         return fut
+
+    def prepare(self, oj: OpenJob) -> Ahead:
+        """Ask the worker to prepare an open job's subject
+        (:func:`gpuperf.cohort.jobs.prepare_job`) when it gets to it, unless this process has
+        claimed it by then (:func:`gpuperf.cohort.jobs.claim_prepare`): see :meth:`Ahead.take`.
+        Raises :class:`WorkerGone` if the worker has exited."""
+        token = next(self._tokens)
+        fut = self._send(("prepare", token, oj), functools.partial(_loads, keep=oj.reporter))
+        return Ahead(token, fut)
+
+    def submit(
+        self, oj: OpenJob, res: Any, ahead: Ahead | None = None, changes: dict | None = None
+    ) -> Future[JobResult]:
+        """Send one open job to the worker to finish; raises :class:`WorkerGone` if it has
+        exited or the job does not pickle (then the caller finishes the job itself).
+
+        ``ahead``: the job was sent to :meth:`prepare` (the worker frees what it kept of it);
+        ``changes``: when the worker prepared it, what the compute stage set on the prepared
+        subject (:meth:`Ahead.changes`), sent instead of the whole subject (``res`` is then
+        None)."""
+        token = None if ahead is None else ahead.token
+        return self._send(("finish", token, oj, res, changes), pickle.loads)
+
+    def forget(self, ahead: Ahead) -> None:
+        """Tell the worker to drop what it kept of a subject it prepared and will not finish
+        (it failed here, or this process finishes it); no answer."""
+        with contextlib.suppress(OSError, ValueError):
+            data = pickle.dumps(("forget", ahead.token), protocol=pickle.HIGHEST_PROTOCOL)
+            assert self._proc.stdin is not None
+            with self._lock:
+                if not self.alive:
+                    return
+            self._proc.stdin.write(struct.pack("<Q", len(data)) + data)
+            self._proc.stdin.flush()
 
     def _read(self) -> None:
         out = self._proc.stdout
@@ -154,16 +237,16 @@ class ReportProcess:
                 break
             payload = out.read(struct.unpack("<Q", head)[0])
             with self._lock:
-                fut = self._pending.popleft()
+                fut, decode = self._pending.popleft()
             try:
-                fut.set_result(pickle.loads(payload))
+                fut.set_result(decode(payload))
             except Exception as exc:  # pragma: no cover - a truncated answer
                 fut.set_exception(exc)
         code = self._proc.wait()
         with self._lock:
             self.alive = False
             pending, self._pending = list(self._pending), deque()
-        for fut in pending:
+        for fut, _decode in pending:
             fut.set_exception(WorkerGone(f"the report worker process exited (code {code})"))
 
     def shutdown(self) -> None:
@@ -175,10 +258,82 @@ class ReportProcess:
         self._reader.join()
 
 
+def _widen(pipe: Any) -> None:
+    """Grow a pipe's buffer to 1 MiB (Linux; the default 64 KiB makes a writer wait for the
+    reader at every 64 KiB, and the reader's thread shares its process's interpreter lock
+    with a report being drawn)."""
+    import fcntl
+
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        fcntl.fcntl(pipe.fileno(), getattr(fcntl, "F_SETPIPE_SZ", 1031), 1 << 20)
+
+
+class Ahead:
+    """A subject sent to the worker to prepare (:meth:`ReportProcess.prepare`)."""
+
+    def __init__(self, token: int, fut: Future[Any]) -> None:
+        self.token = token
+        self._fut = fut
+        self._before: dict[str, Any] | None = None
+
+    def take(self, oj: OpenJob) -> Any:
+        """The prepared subject when the worker prepared it (waiting for it if the worker has
+        claimed it), else None: the caller has claimed it now and prepares it itself (also when
+        the worker died holding it). A failure of the worker's prepare is raised here, as the
+        caller's own would be. The worker's ``prepare_s`` is set on ``oj``."""
+        if claim_prepare(oj):
+            return None
+        try:
+            answer = self._fut.result()
+        except WorkerGone:
+            return None
+        if answer[0] == "error":
+            raise answer[1]
+        if answer[0] != "prepared":  # it did not pickle there: prepared here
+            return None
+        _kind, prepared, oj.prepare_s = answer
+        oj.prepared_aside = True
+        with contextlib.suppress(TypeError):  # no __dict__: the whole subject is sent back
+            self._before = dict(vars(prepared))
+        return prepared
+
+    def changes(self, prepared: Any) -> dict[str, Any] | None:
+        """What the compute stage set on a subject :meth:`take` returned: its attributes that
+        are not the very objects received (None: unknown, send the whole subject). The
+        compute stages set their results as attributes and change no input in place (a
+        batch is computed again subject by subject on failure)."""
+        if self._before is None:
+            return None
+        return {k: v for k, v in vars(prepared).items() if self._before.get(k, _MISSING) is not v}
+
+
+_MISSING = object()
+
+
+def _prepare_answer(oj: OpenJob) -> tuple[Any, ...]:
+    """The worker's answer to a prepare request: ``("skipped",)`` when the caller claimed the
+    subject first, ``("prepared", prepared, seconds)``, or ``("error", exception)``."""
+    import traceback
+
+    if not claim_prepare(oj):
+        return ("skipped",)
+    try:
+        prepared = prepare_job(oj)
+    except Exception as exc:
+        oj.reporter.log(f"prepare failed in the report worker process:\n{traceback.format_exc()}")
+        try:  # the caller raises it as its own: it must come back whole
+            pickle.loads(pickle.dumps(exc))
+        except Exception:
+            text = str(exc) if isinstance(exc, GpuperfError) else f"{type(exc).__name__}: {exc}"
+            exc = GpuperfError(text)
+        return ("error", exc)
+    return ("prepared", prepared, oj.prepare_s)
+
+
 def serve(stdin: BinaryIO, stdout: BinaryIO) -> None:
-    """The worker's loop (:class:`ReportProcess`): finish each open job it is sent, answer
-    its result; returns at the end of its input. A thread takes the jobs off the pipe as they
-    come, so the sender never waits on a full pipe while a report is drawn."""
+    """The worker's loop (:class:`ReportProcess`): answer each request it is sent, in order;
+    returns at the end of its input. A thread takes the requests off the pipe as they come,
+    so the sender never waits on a full pipe while a report is drawn."""
     import queue
     import threading
 
@@ -192,16 +347,65 @@ def serve(stdin: BinaryIO, stdout: BinaryIO) -> None:
                 return
             inbox.put(stdin.read(struct.unpack("<Q", head)[0]))
 
+    def answer(data: bytes) -> None:
+        stdout.write(struct.pack("<Q", len(data)) + data)
+        stdout.flush()
+
     threading.Thread(target=take, name="gpuperf-report-inbox", daemon=True).start()
+    kept: dict[int, tuple[OpenJob, Any]] = {}  # prepared here, by token, until finished
     while (blob := inbox.get()) is not None:
-        oj, res = pickle.loads(blob)
+        request = pickle.loads(blob)
+        if request[0] == "forget":
+            mine = kept.pop(request[1], None)
+            if mine is not None:
+                mine[0].reporter.close()
+            continue
+        if request[0] == "prepare":
+            _kind, token, oj = request
+            reply = _prepare_answer(oj)
+            try:
+                data = _dumps(reply, keep=oj.reporter)
+            except Exception:  # a prepared subject that does not pickle: the caller prepares it
+                reply, data = ("skipped",), _dumps(("skipped",))
+            if reply[0] == "prepared":
+                kept[token] = (oj, reply[1])
+            else:
+                oj.reporter.close()
+            answer(data)
+            continue
+        _kind, token, oj, res, changes = request
+        mine = kept.pop(token, None) if token is not None else None
         try:
+            if changes is not None and mine is not None:
+                prepared = mine[1]
+                prepared.__dict__.update(changes)
+                res = Computed(prepared)
             result = finish_job(oj, res)
         finally:
             oj.reporter.close()  # the caller's copy removes the scratch folders
-        data = pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL)
-        stdout.write(struct.pack("<Q", len(data)) + data)
-        stdout.flush()
+            if mine is not None:
+                mine[0].reporter.close()
+        answer(pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL))
+
+
+def prepares_aside(fn: Any, options: Mapping[str, Any]) -> bool:
+    """Whether the report worker process may prepare the subjects of a pipeline with these
+    options: a staged pipeline (:func:`gpuperf.cohort.jobs.has_stages`) whose ``prepare``
+    only reads and checks the inputs (no ``kernels_in_prepare``, which stay with the compute:
+    DSC's), computed on the CPU (the worker opens no GPU), with a report (the worker exists for
+    those)."""
+    if not has_stages(fn) or getattr(fn, "kernels_in_prepare", True):
+        return False
+    if not wants_report(options):
+        return False
+    device = options.get("device", "auto")
+    if device == "cpu":
+        return True
+    if device != "auto":
+        return False
+    from gpuperf.backend import gpu_status
+
+    return not gpu_status()[0]
 
 
 def run_overlapped(
@@ -212,7 +416,8 @@ def run_overlapped(
 ) -> Iterator[JobResult]:
     """:func:`gpuperf.cohort.jobs.run_job` of each job, with the report and publish step of a
     subject (:func:`~gpuperf.cohort.jobs.finish_job`) in a background worker while the next
-    subject computes.
+    subject computes; a worker process also prepares the next subject (reads and checks its
+    inputs) while this one computes, when it is free first.
 
     Parameters
     ----------
@@ -233,11 +438,38 @@ def run_overlapped(
     """
     thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gpuperf-report")
     proc = ReportProcess() if worker == "process" else None  # starts now: imports overlap
-    # (open job, its future, whether the worker process holds it)
-    waiting: deque[tuple[OpenJob, Future[JobResult], bool]] = deque()
+    jobs = iter(staged_jobs)
+    # every job opened, in job order: a result, or a job to compute or waiting for its report
+    order: deque[_Entry] = deque()
+    todo: deque[_Entry] = deque()  # opened, not computed yet (the next one prepared aside)
+    lookahead = 2 if proc is not None else 1
+    exhausted = False  # every job opened
 
-    def result(oj: OpenJob, fut: Future[JobResult], remote: bool) -> JobResult:
-        if not remote:
+    def open_more() -> None:
+        nonlocal exhausted
+        for job, staged in jobs:
+            oj = open_job(job, settings[job.modality], staged)
+            entry = _Entry(result=oj) if isinstance(oj, JobResult) else _Entry(oj=oj)
+            order.append(entry)
+            if entry.oj is not None:
+                todo.append(entry)
+                if (
+                    proc is not None
+                    and proc.alive
+                    and prepares_aside(entry.oj.fn, entry.oj.options)
+                ):
+                    with contextlib.suppress(WorkerGone):
+                        entry.ahead = proc.prepare(entry.oj)
+                if len(todo) >= lookahead:
+                    return
+        exhausted = True
+
+    def finished(entry: _Entry) -> JobResult:
+        if entry.result is not None:
+            return entry.result
+        oj, fut = entry.oj, entry.fut
+        assert oj is not None and fut is not None
+        if not entry.remote:
             return fut.result()  # _finish closed the job
         try:
             return fut.result()
@@ -246,54 +478,104 @@ def run_overlapped(
         finally:
             oj.close()  # the scratch folders (the worker published what it kept)
 
-    def submit(oj: OpenJob, res: Any) -> tuple[OpenJob, Future[JobResult], bool]:
+    def submit(entry: _Entry, res: Any, prepared: Any, busy: bool) -> None:
+        oj = entry.oj
+        assert oj is not None
+        if busy and exhausted and not todo:  # the last subject, while the worker is busy: this
+            entry.fut = thread.submit(_finish, oj, res)  # process has nothing else to do
+            forget(entry)
+            return
         if proc is not None and proc.alive:
+            changes = None
+            if entry.ahead is not None and prepared is not None and isinstance(res, Computed):
+                changes = entry.ahead.changes(prepared)
             with contextlib.suppress(WorkerGone):  # gone, or not sendable: the thread takes it
-                return oj, proc.submit(oj, res), True
-        return oj, thread.submit(_finish, oj, res), False
+                entry.fut = proc.submit(
+                    oj, None if changes is not None else res, entry.ahead, changes
+                )
+                entry.remote = True
+                return
+        entry.fut = thread.submit(_finish, oj, res)
 
-    def drain(keep: int = 0) -> Iterator[JobResult]:
-        while len(waiting) > keep:
-            yield result(*waiting.popleft())
+    def forget(entry: _Entry) -> None:
+        if proc is not None and entry.ahead is not None and entry.oj is not None:
+            if entry.oj.prepared_aside:  # the worker keeps it
+                proc.forget(entry.ahead)
+
+    def drain(waiting_max: int) -> Iterator[JobResult]:
+        """Results from the front of the job order: those that are there, and the oldest
+        reports until at most ``waiting_max`` wait."""
+        while order and order[0] is not (todo[0] if todo else None):
+            front = order[0]
+            waiting = sum(e.fut is not None for e in order)
+            if front.result is None and front.fut is not None and waiting <= waiting_max:
+                if not front.fut.done():
+                    return
+            order.popleft()
+            front.result = finished(front)
+            yield front.result
 
     try:
-        for job, staged in staged_jobs:
-            oj = open_job(job, settings[job.modality], staged)
-            if isinstance(oj, JobResult):  # skipped, or failed before the pipeline
-                yield from drain()  # keep job order
-                yield oj
-                continue
+        while True:
+            open_more()
+            if not todo:
+                break
+            entry = todo.popleft()
+            oj = entry.oj
+            assert oj is not None
             remote = proc is not None and proc.alive and wants_report(oj.options)
+            prepared = None
             try:
-                res = compute_job(oj, write=not remote)
-                if remote and any(r and not f.done() for _oj, f, r in waiting):
+                if entry.ahead is not None:
+                    prepared = entry.ahead.take(oj)
+                if prepared is None and remote and has_stages(oj.fn):
+                    prepared = prepare_job(oj)
+                res = compute_job(oj, write=not remote, prepared=prepared)
+                busy = any(e.remote and not e.fut.done() for e in order if e.fut)
+                if remote and busy:
                     res = write_computed(oj, res)  # the worker is still busy: write here
             except Exception as exc:
-                failed = fail_job(oj, exc)
+                entry.result = fail_job(oj, exc)
                 oj.close()
-                yield from drain()
-                yield failed
+                forget(entry)
+                yield from drain(0)
                 continue
             except BaseException:  # an interrupt: remove this job's scratch, as run_job does
                 oj.close()
                 raise
             if not wants_report(oj.options):  # nothing slow left: publish here
-                yield from drain()
-                yield _finish(oj, res)
+                yield from drain(0)
+                entry.result = _finish(oj, res)
+                yield from drain(0)
                 continue
-            waiting.append(submit(oj, res))
+            submit(entry, res, prepared, remote and busy)
             yield from drain(depth)
-        yield from drain()
+        yield from drain(0)
     finally:
         thread.shutdown(wait=True, cancel_futures=True)
         if proc is not None:
             proc.shutdown()
-        for oj, _fut, _remote in waiting:  # interrupted: what never came back leaves no scratch
-            oj.close()  # (again, for a thread that finished it: closing twice is harmless)
+        for entry in order:  # interrupted: what never came back leaves no scratch
+            if entry.oj is not None and entry.result is None:
+                entry.oj.close()  # (again, for a thread that finished it: harmless)
+
+
+@dataclass
+class _Entry:
+    """One opened job of :func:`run_overlapped`: its result, or the open job with its
+    prepare request (``ahead``) and, once computed, the future of its report."""
+
+    oj: OpenJob | None = None
+    result: JobResult | None = None
+    ahead: Ahead | None = None
+    fut: Future[JobResult] | None = None
+    remote: bool = False
 
 
 __all__ = [
     "PROCESS_MIN_JOBS",
+    "Ahead",
+    "prepares_aside",
     "ReportProcess",
     "WorkerGone",
     "run_overlapped",
@@ -314,3 +596,8 @@ if __name__ == "__main__":  # the worker process of ReportProcess
     _answers = os.fdopen(os.dup(1), "wb")  # the protocol's channel; prints go to stderr
     os.dup2(2, 1)
     serve(sys.stdin.buffer, _answers)
+    # every answer is sent and every file it wrote is closed (the logs; maps and reports are
+    # published by rename): skip the interpreter's teardown (~0.2 s the caller would wait)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)

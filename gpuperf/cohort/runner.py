@@ -70,6 +70,8 @@ JOB_COLUMNS = (
     "status",
     "stage_s",
     "compute_s",
+    "prepare_s",
+    "write_s",
     "publish_s",
     "fit_s",
     "kernel_s",
@@ -164,24 +166,33 @@ def _local_results(
             todo.append(job)
     if not todo:
         return
-    staged = _staged_ahead(todo, settings.prefetch, settings.work_dir)
-    if settings.batch_voxels and settings.batch_voxels > 1:
-        yield from run_batched(staged, tasks, settings.batch_voxels)
-    elif any(wants_report(tasks[j.modality].options) for j in todo):
-        from gpuperf.cohort.reporting import run_overlapped, worker_kind
+    batched = bool(settings.batch_voxels and settings.batch_voxels > 1)
+    if not batched and any(wants_report(tasks[j.modality].options) for j in todo):
+        from gpuperf.cohort.reporting import prepares_aside, run_overlapped, worker_kind
 
-        # reports overlap the next compute, in a worker process when there are enough subjects
-        yield from run_overlapped(staged, tasks, worker=worker_kind(tasks, len(todo)))
+        # reports overlap the next compute, in a worker process when there are enough subjects;
+        # that process also prepares subjects: it reads the gzipped series itself
+        kind = worker_kind(tasks, len(todo))
+        aside = kind == "process" and all(
+            prepares_aside(resolve_pipeline(t.pipeline), t.options) for t in tasks.values()
+        )
+        staged = _staged_ahead(todo, settings.prefetch, settings.work_dir, inflate=not aside)
+        yield from run_overlapped(staged, tasks, worker=kind)
+        return
+    staged = _staged_ahead(todo, settings.prefetch, settings.work_dir)
+    if batched:
+        yield from run_batched(staged, tasks, settings.batch_voxels)
     else:
         for job, inputs in staged:
             yield run_job(job, tasks[job.modality], inputs)
 
 
 def _staged_ahead(
-    todo: list[Job], prefetch: int, work_dir: str | PathLike | None
+    todo: list[Job], prefetch: int, work_dir: str | PathLike | None, inflate: bool = True
 ) -> Iterator[tuple[Job, Staged | None]]:
     """Each job with its inputs staged by a thread pool ``prefetch`` jobs ahead (None when
-    ``prefetch <= 0`` or staging failed: the job then stages, and reports, itself)."""
+    ``prefetch <= 0`` or staging failed: the job then stages, and reports, itself); ``inflate``
+    as for :func:`gpuperf.cohort.jobs.stage_inputs`."""
     if prefetch <= 0:  # no read-ahead: each job stages its own inputs (for comparisons)
         for job in todo:
             yield job, None
@@ -191,7 +202,7 @@ def _staged_ahead(
 
     def submit(i: int) -> None:
         if i < len(todo):
-            pending[i] = pool.submit(stage_inputs, todo[i], work_dir)
+            pending[i] = pool.submit(stage_inputs, todo[i], work_dir, inflate=inflate)
 
     try:
         for i in range(prefetch + 1):

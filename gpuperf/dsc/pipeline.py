@@ -453,6 +453,7 @@ run_dsc = staged_pipeline(
     compute_dsc_batch,
     write_dsc,
     name="run_dsc",
+    kernels_in_prepare=True,  # the conversion to dR2*, the bolus arrival, the AIF selection
     doc="""Run the DSC pipeline on a 4D NIfTI series and write the maps.
 
     Parameters

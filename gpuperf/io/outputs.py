@@ -46,6 +46,7 @@ import numpy as np
 from gpuperf import maps
 from gpuperf.errors import GpuperfError, InputError, OutputExistsError
 from gpuperf.io.nifti import LoadedImage, sidecar_path
+from gpuperf.io.readahead import remember_written
 from gpuperf.provenance import jsonable
 
 #: Prefix of every temporary file and folder gpuperf writes next to its outputs.
@@ -540,6 +541,9 @@ class OutputWriter:
         self._committed = False
         #: QC extras staged so far (:func:`gpuperf.io.qc.stage_extra` merges into it).
         self.qc_extra: dict[str, Any] = {}
+        #: Keep the uncompressed bytes of the maps written, for the run's report to read back
+        #: (:func:`gpuperf.io.readahead.remember_written`; set when a report is expected).
+        self.keep_for_report = False
         self._expected: set[str] = set()  # final names declared with expect()
         self._leftovers: set[str] | None = None  # names of this run's own interrupted set
         self._foreign: dict[str, Any] | None = None  # journal of an interrupted other run
@@ -728,7 +732,11 @@ class OutputWriter:
         final = self.path_for(name, ".nii.gz")
         tmp = self._stage(final)
         if tmp.name.endswith(".gz"):
-            tmp.write_bytes(gzip_bytes(self._map_bytes(name, data)))
+            raw = self._map_bytes(name, data)
+            packed = gzip_bytes(raw)
+            tmp.write_bytes(packed)
+            if self.keep_for_report:  # the run's report reads it back: no inflate then
+                remember_written(tmp, raw, packed[-8:])
         else:
             map_image(self.reference, name, data).to_filename(str(tmp))
         sidecar = {"Units": units, "Description": description, **dict(extra or {})}

@@ -10,6 +10,7 @@ standard library and :mod:`gpuperf.errors`.
 
 from __future__ import annotations
 
+import os
 import threading
 from os import PathLike
 from pathlib import Path
@@ -133,3 +134,68 @@ def take_read_ahead(path: Path) -> bytes | None:
     key = _file_key(path)
     job = _READ_AHEAD.pop(key, None) if key is not None else None
     return None if job is None else job.result()
+
+
+# -- maps this process wrote, for its own report -------------------------------------------------
+#: Most bytes of written maps kept (:func:`remember_written`), oldest dropped first.
+WRITTEN_CAP = 256 * 2**20
+
+#: The ``.nii`` bytes of ``.nii.gz`` files this process wrote, by the written file's identity,
+#: with the last 8 bytes of the file (the gzip trailer: CRC-32 and size of the ``.nii`` bytes).
+_WRITTEN: dict[tuple[int, int, int, int], tuple[bytes, bytes]] = {}
+_WRITTEN_LOCK = threading.Lock()  # a cohort's report thread forgets while the next subject writes
+
+
+def _identity(path: Path) -> tuple[int, int, int, int] | None:
+    # the file itself, through a rename (publishing a map renames it): device, inode, size and
+    # modification time; a file written again or replaced has another
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def remember_written(path: str | PathLike, raw: bytes, trailer: bytes) -> None:
+    """Keep the uncompressed bytes ``raw`` of the ``.nii.gz`` this process has just written at
+    ``path`` (``trailer``: the file's last 8 bytes), for :func:`recall_written`: the run's QC
+    report reads every map it wrote back, and inflating them cost a DSC report about a third
+    of its time. At most :data:`WRITTEN_CAP` bytes are kept; :func:`forget_written` drops
+    them once the report is drawn."""
+    key = _identity(Path(path))
+    if key is None or len(raw) > WRITTEN_CAP or len(trailer) != 8:
+        return
+    with _WRITTEN_LOCK:
+        _WRITTEN[key] = (trailer, raw)
+        total = sum(len(v[1]) for v in _WRITTEN.values())
+        while total > WRITTEN_CAP:
+            total -= len(_WRITTEN.pop(next(iter(_WRITTEN)))[1])
+
+
+def recall_written(path: str | PathLike) -> bytes | None:
+    """The uncompressed bytes of ``path`` if this process wrote that very file, unchanged (see
+    :func:`remember_written`), else None: the caller reads the file. The file's identity
+    (device, inode, size, modification time) finds it, and its gzip trailer must match: a file
+    written in its place within the clock's resolution, on a reused inode, is not taken for
+    it."""
+    if not _WRITTEN:
+        return None
+    path = Path(path)
+    key = _identity(path)
+    with _WRITTEN_LOCK:
+        kept = None if key is None else _WRITTEN.get(key)
+    if kept is None:
+        return None
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(-8, os.SEEK_END)
+            tail = fh.read(8)
+    except OSError:
+        return None
+    return kept[1] if tail == kept[0] else None
+
+
+def forget_written() -> None:
+    """Drop every written map kept (a cohort's worker, once a subject's report is drawn)."""
+    with _WRITTEN_LOCK:
+        _WRITTEN.clear()

@@ -104,6 +104,7 @@ def staged_pipeline(
     *,
     name: str,
     doc: str,
+    kernels_in_prepare: bool = False,
 ) -> Callable[P, R]:
     """``run(*args, **kwargs)`` = ``write(p)`` after ``compute([p])``, ``p = prepare(...)``.
 
@@ -115,6 +116,11 @@ def staged_pipeline(
         ``typing.get_type_hints``: the cohort configuration's checks) see ``prepare``'s.
     name, doc : str
         ``run``'s name (in ``prepare``'s module) and docstring.
+    kernels_in_prepare : bool
+        Whether ``prepare`` runs per-voxel model stages too (a kernel on the GPU), not only
+        reading and checking the inputs. The cohort runner prepares the next subject in its
+        report worker process, beside the current subject's compute, only when it does not
+        (``run.kernels_in_prepare``): the kernels belong to the computing process.
 
     Returns
     -------
@@ -138,6 +144,7 @@ def staged_pipeline(
     run.prepare = prepare  # type: ignore[attr-defined]
     run.compute = compute  # type: ignore[attr-defined]
     run.write = write  # type: ignore[attr-defined]
+    run.kernels_in_prepare = kernels_in_prepare  # type: ignore[attr-defined]
     return run
 
 
@@ -177,7 +184,12 @@ def run_and_publish(
         **kwargs,
     )
     if publish is not None:
-        publish(result)
+        from gpuperf.io.readahead import forget_written
+
+        try:
+            publish(result)
+        finally:
+            forget_written()  # the maps kept in memory for the page
     return result
 
 
@@ -192,6 +204,7 @@ def expect_extra(writer: OutputWriter, extra_outputs: Iterable[str]) -> None:
         if not stem or not dot:
             raise GpuperfError(f"extra output {name!r}: expected a name with an extension")
         writer.expect([stem], ext="." + ext)
+        writer.keep_for_report = True  # the caller's page reads the maps back
 
 
 def batch_groups(prepared: Iterable[B]) -> list[list[B]]:
