@@ -45,16 +45,9 @@ def _run(ds, out, kind, monkeypatch, work):
     return run
 
 
-def test_process_worker_equals_thread_file_for_file(cohort, tmp_path, monkeypatch):
-    """Maps bit for bit, sidecars and done-markers equal but for their times, the same reports
-    and cohort page (timestamps aside), logs of whole lines, no scratch left behind."""
-    runs = {}
-    for kind in ("thread", "process"):
-        runs[kind] = _run(cohort, tmp_path / kind, kind, monkeypatch, tmp_path / f"w-{kind}")
-        assert not list((tmp_path / f"w-{kind}").iterdir()), "scratch left behind"
-        assert not outputs._OPEN, "journals (file descriptors) left open in this process"
-        assert not readahead._READ_AHEAD, "inflated inputs left in memory"
-    a, b = tmp_path / "thread", tmp_path / "process"
+def _same_files(a: Path, b: Path) -> int:
+    """The same files published in ``a`` and ``b``: maps bit for bit, sidecars equal but for
+    their times; returns the number of reports (each bigger than 10 kB in both)."""
     fa = [p.relative_to(a) for p in published_files(a)]
     assert fa == [p.relative_to(b) for p in published_files(b)] and len(fa) > 20
     n_reports = 0
@@ -69,7 +62,20 @@ def test_process_worker_equals_thread_file_for_file(cohort, tmp_path, monkeypatc
         elif rel.suffix == ".html":
             n_reports += 1
             assert x.stat().st_size > 10_000 and y.stat().st_size > 10_000
-    assert n_reports == 6
+    return n_reports
+
+
+def test_process_worker_equals_thread_file_for_file(cohort, tmp_path, monkeypatch):
+    """Maps bit for bit, sidecars and done-markers equal but for their times, the same reports
+    and cohort page (timestamps aside), logs of whole lines, no scratch left behind."""
+    runs = {}
+    for kind in ("thread", "process"):
+        runs[kind] = _run(cohort, tmp_path / kind, kind, monkeypatch, tmp_path / f"w-{kind}")
+        assert not list((tmp_path / f"w-{kind}").iterdir()), "scratch left behind"
+        assert not outputs._OPEN, "journals (file descriptors) left open in this process"
+        assert not readahead._READ_AHEAD, "inflated inputs left in memory"
+    a, b = tmp_path / "thread", tmp_path / "process"
+    assert _same_files(a, b) == 6
     markers = sorted(p.relative_to(b) for p in b.glob("sub-*/**/.gpuperf-done_*.json"))
     assert markers == sorted(p.relative_to(a) for p in a.glob("sub-*/**/.gpuperf-done_*.json"))
     assert len(markers) == 6
@@ -90,30 +96,21 @@ def test_process_worker_equals_thread_file_for_file(cohort, tmp_path, monkeypatc
 
 
 def test_subjects_prepared_by_the_worker_equal_a_thread_run(cohort, tmp_path, monkeypatch):
-    """The report worker prepares every ASL subject (this process never claims one first): the
-    published files equal those of a thread run as in the test above, ``prepared_aside`` says
-    so, and DSC subjects (their ``prepare`` runs the model's per-voxel stages) never leave."""
+    """The report worker loads every subject (this process never claims one first; it runs
+    DSC's model stages, ``run.finish_load``, itself): the published files equal those of a
+    thread run as in the test above, ``prepared_aside`` says so, and only what the compute
+    made crosses back."""
     ref = _run(cohort, tmp_path / "thread", "thread", monkeypatch, tmp_path / "w-t")
     monkeypatch.setattr(reporting, "claim_prepare", lambda oj: False)  # here only
     run = _run(cohort, tmp_path / "aside", "process", monkeypatch, tmp_path / "w-a")
     aside = {r.job_id: r.prepared_aside for r in run.results}
-    assert aside == {r.job_id: r.modality == "asl" for r in run.results}, aside
+    assert all(aside.values()) and len(aside) == 6, aside
     assert all(r.prepare_s > 0 and r.write_s > 0 for r in run.results)
     assert all(r.prepare_s + r.write_s < r.compute_s for r in run.results)
     assert not list((tmp_path / "w-a").iterdir()) and not readahead._READ_AHEAD
-    a, b = tmp_path / "thread", tmp_path / "aside"
-    fa = [p.relative_to(a) for p in published_files(a)]
-    assert fa == [p.relative_to(b) for p in published_files(b)]
-    for rel in fa:
-        x, y = a / rel, b / rel
-        if rel.name.endswith(".nii.gz"):
-            np.testing.assert_array_equal(
-                np.asarray(nib.load(x).dataobj), np.asarray(nib.load(y).dataobj), str(rel)
-            )
-        elif rel.suffix == ".json":
-            assert _untimed(json.loads(x.read_text())) == _untimed(json.loads(y.read_text()))
+    assert _same_files(tmp_path / "thread", tmp_path / "aside") == 6
     assert [r.status for r in run.results] == [r.status for r in ref.results]
-    tsv = (b / "logs" / "jobs.tsv").read_text().splitlines()
+    tsv = (tmp_path / "aside" / "logs" / "jobs.tsv").read_text().splitlines()
     assert "prepare_s" in tsv[0].split("\t") and "write_s" in tsv[0].split("\t")
 
 
@@ -359,3 +356,23 @@ def test_a_job_that_does_not_pickle_is_refused_not_sent():
         assert proc.alive
     finally:
         proc.shutdown()
+
+
+def test_a_loaded_subject_goes_back_by_reference():
+    """What the worker loaded crosses back to it by reference (it keeps its own copy): only
+    what the computing process made is pickled, and the worker's copy takes its place."""
+    import pickle
+    from types import SimpleNamespace
+
+    from gpuperf.cohort.jobs import Computed
+
+    worker_side = SimpleNamespace(series=np.arange(10**6, dtype=np.float64), name="sub-01")
+    loaded = pickle.loads(pickle.dumps(worker_side))  # as the computing process receives it
+    kept = reporting._kept_objects(loaded)
+    assert set(kept) == {"loaded.series"}  # a string is not worth a reference
+    loaded.fit = np.full(1000, 2.0)  # the compute sets its results
+    body = reporting._dumps(Computed(loaded), kept)
+    assert len(body) < 20_000 < len(pickle.dumps(Computed(loaded)))
+    back = reporting._loads(body, reporting._kept_objects(worker_side)).prepared
+    assert back.series is worker_side.series and back.name == "sub-01"
+    np.testing.assert_array_equal(back.fit, loaded.fit)

@@ -685,6 +685,17 @@ def prepare_job(oj: OpenJob) -> Any:
     return prepared
 
 
+def load_job(oj: OpenJob) -> Any:
+    """The first part of a staged pipeline's ``prepare`` (``run.load``: reading and checking
+    the inputs, :func:`gpuperf.io.stages.staged_pipeline`) on the job's staged inputs, timed
+    into ``prepare_s``; ``run.finish_load`` of its result is the prepared subject."""
+    args, kwargs = oj.call_args()
+    t0 = time.perf_counter()
+    loaded = oj.fn.load(*args, **kwargs)
+    oj.prepare_s = time.perf_counter() - t0
+    return loaded
+
+
 def compute_job(oj: OpenJob, *, write: bool = True, prepared: Any = None) -> Any:
     """Step 4: call the pipeline on the staged inputs into the scratch folder (timed, logged);
     returns what the pipeline returns.

@@ -35,6 +35,7 @@ import itertools
 import os
 import pickle
 import struct
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -44,7 +45,6 @@ from typing import Any, BinaryIO
 
 from gpuperf.cohort.bids import Job
 from gpuperf.cohort.jobs import (
-    Computed,
     JobResult,
     JobSettings,
     OpenJob,
@@ -54,6 +54,7 @@ from gpuperf.cohort.jobs import (
     fail_job,
     finish_job,
     has_stages,
+    load_job,
     open_job,
     prepare_job,
     wants_report,
@@ -87,37 +88,54 @@ class WorkerGone(GpuperfError):
 
 
 class _Pickler(pickle.Pickler):
-    """Pickles ``obj`` with one object (a job's log reporter) left out by reference: the
-    receiving end puts its own in its place (:class:`_Unpickler`), so no second handle on the
-    log is opened there."""
+    """Pickles with some objects left out by reference (``ids``: ``id(obj)`` -> a name): the
+    receiving end has its own copies and puts them in their place (:class:`_Unpickler`). A
+    job's log reporter (no second handle on the log), and what the worker loaded and kept
+    (only what the computing process made goes back)."""
 
-    def __init__(self, file: BinaryIO, keep: Any) -> None:
+    def __init__(self, file: BinaryIO, ids: Mapping[int, str]) -> None:
         super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
-        self._keep = keep
+        self._ids = ids
 
     def persistent_id(self, obj: Any) -> str | None:  # noqa: D102
-        return "reporter" if obj is self._keep and obj is not None else None
+        return self._ids.get(id(obj)) if self._ids else None
 
 
 class _Unpickler(pickle.Unpickler):
-    def __init__(self, file: BinaryIO, keep: Any) -> None:
+    def __init__(self, file: BinaryIO, objects: Mapping[str, Any]) -> None:
         super().__init__(file)
-        self._keep = keep
+        self._objects = objects
 
     def persistent_load(self, pid: Any) -> Any:  # noqa: D102
-        if pid != "reporter":  # pragma: no cover - only the sender's own ids come here
-            raise pickle.UnpicklingError(f"unknown persistent id {pid!r}")
-        return self._keep
+        try:
+            return self._objects[pid]
+        except KeyError:  # pragma: no cover - only the sender's own names come here
+            raise pickle.UnpicklingError(f"unknown persistent id {pid!r}") from None
 
 
-def _dumps(obj: Any, keep: Any = None) -> bytes:
+def _dumps(obj: Any, by_name: Mapping[str, Any] | None = None) -> bytes:
+    """Pickle ``obj`` with the objects of ``by_name`` left out by name."""
     buf = io.BytesIO()
-    _Pickler(buf, keep).dump(obj)
+    _Pickler(buf, {id(v): k for k, v in (by_name or {}).items()}).dump(obj)
     return buf.getvalue()
 
 
-def _loads(data: bytes, keep: Any = None) -> Any:
-    return _Unpickler(io.BytesIO(data), keep).load()
+def _loads(data: bytes, by_name: Mapping[str, Any] | None = None) -> Any:
+    return _Unpickler(io.BytesIO(data), by_name or {}).load()
+
+
+#: Attribute values too small to be worth sending by reference.
+_PLAIN = (type(None), bool, int, float, complex, str, bytes)
+
+
+def _kept_objects(loaded: Any) -> dict[str, Any]:
+    """The attributes of a subject the worker loaded (:meth:`ReportProcess.prepare`), by
+    name: both ends hold them, so they cross back by reference."""
+    try:
+        attrs = vars(loaded)
+    except TypeError:  # no __dict__: the whole subject goes back
+        return {}
+    return {f"loaded.{k}": v for k, v in attrs.items() if not isinstance(v, _PLAIN)}
 
 
 class ReportProcess:
@@ -133,8 +151,8 @@ class ReportProcess:
     once the result is back. The worker never opens a GPU (``GPUPERF_DISABLE_GPU`` is set in its
     environment): it is sent only subjects computed on the CPU to prepare.
 
-    Requests: ``("prepare", token, oj)`` (:meth:`prepare`) and ``("finish", token, oj, res,
-    changes)`` (:meth:`submit`).
+    Requests: ``("prepare", token, oj)`` (:meth:`prepare`), ``("finish", token, oj, body)``
+    (:meth:`submit`) and ``("forget", token)`` (:meth:`forget`).
     """
 
     #: Arguments of the Python interpreter that runs the worker (None: :meth:`command`).
@@ -200,21 +218,24 @@ class ReportProcess:
         claimed it by then (:func:`gpuperf.cohort.jobs.claim_prepare`): see :meth:`Ahead.take`.
         Raises :class:`WorkerGone` if the worker has exited."""
         token = next(self._tokens)
-        fut = self._send(("prepare", token, oj), functools.partial(_loads, keep=oj.reporter))
+        by_name = {"reporter": oj.reporter}
+        fut = self._send(("prepare", token, oj), functools.partial(_loads, by_name=by_name))
         return Ahead(token, fut)
 
-    def submit(
-        self, oj: OpenJob, res: Any, ahead: Ahead | None = None, changes: dict | None = None
-    ) -> Future[JobResult]:
+    def submit(self, oj: OpenJob, res: Any, ahead: Ahead | None = None) -> Future[JobResult]:
         """Send one open job to the worker to finish; raises :class:`WorkerGone` if it has
         exited or the job does not pickle (then the caller finishes the job itself).
 
         ``ahead``: the job was sent to :meth:`prepare` (the worker frees what it kept of it);
-        ``changes``: when the worker prepared it, what the compute stage set on the prepared
-        subject (:meth:`Ahead.changes`), sent instead of the whole subject (``res`` is then
-        None)."""
+        when the worker loaded the subject, what ``res`` shares with what it loaded crosses by
+        reference (:func:`_kept_objects`): the fit and what the model stages made go back,
+        not the inputs."""
         token = None if ahead is None else ahead.token
-        return self._send(("finish", token, oj, res, changes), pickle.loads)
+        try:
+            body = _dumps(res, ahead.kept if ahead is not None else None)
+        except Exception as exc:  # e.g. a pipeline's result that does not pickle: not sent
+            raise WorkerGone(f"cannot send this job to the report worker process: {exc}") from exc
+        return self._send(("finish", token, oj, body), pickle.loads)
 
     def forget(self, ahead: Ahead) -> None:
         """Tell the worker to drop what it kept of a subject it prepared and will not finish
@@ -274,13 +295,16 @@ class Ahead:
     def __init__(self, token: int, fut: Future[Any]) -> None:
         self.token = token
         self._fut = fut
-        self._before: dict[str, Any] | None = None
+        #: What the worker loaded and keeps (:func:`_kept_objects`), as :meth:`take` returned
+        #: it (before ``run.finish_load`` and the compute add to it).
+        self.kept: dict[str, Any] = {}
 
     def take(self, oj: OpenJob) -> Any:
-        """The prepared subject when the worker prepared it (waiting for it if the worker has
-        claimed it), else None: the caller has claimed it now and prepares it itself (also when
-        the worker died holding it). A failure of the worker's prepare is raised here, as the
-        caller's own would be. The worker's ``prepare_s`` is set on ``oj``."""
+        """The subject the worker loaded (``run.load``: the caller runs ``run.finish_load``),
+        waiting for it if the worker has claimed it, else None: the caller has claimed it now
+        and prepares it itself (also when the worker died holding it). A failure of the
+        worker's ``load`` is raised here, as the caller's own would be. The worker's
+        ``prepare_s`` is set on ``oj``."""
         if claim_prepare(oj):
             return None
         try:
@@ -291,34 +315,22 @@ class Ahead:
             raise answer[1]
         if answer[0] != "prepared":  # it did not pickle there: prepared here
             return None
-        _kind, prepared, oj.prepare_s = answer
+        _kind, loaded, oj.prepare_s = answer
         oj.prepared_aside = True
-        with contextlib.suppress(TypeError):  # no __dict__: the whole subject is sent back
-            self._before = dict(vars(prepared))
-        return prepared
-
-    def changes(self, prepared: Any) -> dict[str, Any] | None:
-        """What the compute stage set on a subject :meth:`take` returned: its attributes that
-        are not the very objects received (None: unknown, send the whole subject). The
-        compute stages set their results as attributes and change no input in place (a
-        batch is computed again subject by subject on failure)."""
-        if self._before is None:
-            return None
-        return {k: v for k, v in vars(prepared).items() if self._before.get(k, _MISSING) is not v}
-
-
-_MISSING = object()
+        self.kept = _kept_objects(loaded)
+        return loaded
 
 
 def _prepare_answer(oj: OpenJob) -> tuple[Any, ...]:
     """The worker's answer to a prepare request: ``("skipped",)`` when the caller claimed the
-    subject first, ``("prepared", prepared, seconds)``, or ``("error", exception)``."""
+    subject first, ``("prepared", loaded, seconds)`` (``run.load``), or ``("error",
+    exception)``."""
     import traceback
 
     if not claim_prepare(oj):
         return ("skipped",)
     try:
-        prepared = prepare_job(oj)
+        prepared = load_job(oj)
     except Exception as exc:
         oj.reporter.log(f"prepare failed in the report worker process:\n{traceback.format_exc()}")
         try:  # the caller raises it as its own: it must come back whole
@@ -364,7 +376,7 @@ def serve(stdin: BinaryIO, stdout: BinaryIO) -> None:
             _kind, token, oj = request
             reply = _prepare_answer(oj)
             try:
-                data = _dumps(reply, keep=oj.reporter)
+                data = _dumps(reply, {"reporter": oj.reporter})
             except Exception:  # a prepared subject that does not pickle: the caller prepares it
                 reply, data = ("skipped",), _dumps(("skipped",))
             if reply[0] == "prepared":
@@ -373,14 +385,15 @@ def serve(stdin: BinaryIO, stdout: BinaryIO) -> None:
                 oj.reporter.close()
             answer(data)
             continue
-        _kind, token, oj, res, changes = request
+        _kind, token, oj, body = request
         mine = kept.pop(token, None) if token is not None else None
         try:
-            if changes is not None and mine is not None:
-                prepared = mine[1]
-                prepared.__dict__.update(changes)
-                res = Computed(prepared)
-            result = finish_job(oj, res)
+            try:
+                res = _loads(body, _kept_objects(mine[1]) if mine is not None else {})
+            except Exception as exc:  # pragma: no cover - what the caller sent is whole
+                result = fail_job(oj, exc)
+            else:
+                result = finish_job(oj, res)
         finally:
             oj.reporter.close()  # the caller's copy removes the scratch folders
             if mine is not None:
@@ -389,12 +402,12 @@ def serve(stdin: BinaryIO, stdout: BinaryIO) -> None:
 
 
 def prepares_aside(fn: Any, options: Mapping[str, Any]) -> bool:
-    """Whether the report worker process may prepare the subjects of a pipeline with these
-    options: a staged pipeline (:func:`gpuperf.cohort.jobs.has_stages`) whose ``prepare``
-    only reads and checks the inputs (no ``kernels_in_prepare``, which stay with the compute:
-    DSC's), computed on the CPU (the worker opens no GPU), with a report (the worker exists for
-    those)."""
-    if not has_stages(fn) or getattr(fn, "kernels_in_prepare", True):
+    """Whether the report worker process may load the subjects of a pipeline with these
+    options (``run.load``; the computing process runs ``run.finish_load``, the model stages of
+    DSC, and the compute): a staged pipeline with these two parts
+    (:func:`gpuperf.io.stages.staged_pipeline`) computed on the CPU (the worker opens no GPU),
+    with a report (the worker exists for those)."""
+    if not has_stages(fn) or not all(callable(getattr(fn, a, None)) for a in _SPLIT):
         return False
     if not wants_report(options):
         return False
@@ -406,6 +419,10 @@ def prepares_aside(fn: Any, options: Mapping[str, Any]) -> bool:
     from gpuperf.backend import gpu_status
 
     return not gpu_status()[0]
+
+
+#: The two parts of a staged pipeline's ``prepare`` (:func:`gpuperf.io.stages.staged_pipeline`).
+_SPLIT = ("load", "finish_load")
 
 
 def run_overlapped(
@@ -478,7 +495,7 @@ def run_overlapped(
         finally:
             oj.close()  # the scratch folders (the worker published what it kept)
 
-    def submit(entry: _Entry, res: Any, prepared: Any, busy: bool) -> None:
+    def submit(entry: _Entry, res: Any, busy: bool) -> None:
         oj = entry.oj
         assert oj is not None
         if busy and exhausted and not todo:  # the last subject, while the worker is busy: this
@@ -486,13 +503,8 @@ def run_overlapped(
             forget(entry)
             return
         if proc is not None and proc.alive:
-            changes = None
-            if entry.ahead is not None and prepared is not None and isinstance(res, Computed):
-                changes = entry.ahead.changes(prepared)
             with contextlib.suppress(WorkerGone):  # gone, or not sendable: the thread takes it
-                entry.fut = proc.submit(
-                    oj, None if changes is not None else res, entry.ahead, changes
-                )
+                entry.fut = proc.submit(oj, res, entry.ahead)
                 entry.remote = True
                 return
         entry.fut = thread.submit(_finish, oj, res)
@@ -526,9 +538,12 @@ def run_overlapped(
             remote = proc is not None and proc.alive and wants_report(oj.options)
             prepared = None
             try:
-                if entry.ahead is not None:
-                    prepared = entry.ahead.take(oj)
-                if prepared is None and remote and has_stages(oj.fn):
+                loaded = entry.ahead.take(oj) if entry.ahead is not None else None
+                if loaded is not None:
+                    t_model = time.perf_counter()
+                    prepared = oj.fn.finish_load(loaded)  # the model stages: here
+                    oj.prepare_s += time.perf_counter() - t_model
+                elif remote and has_stages(oj.fn):
                     prepared = prepare_job(oj)
                 res = compute_job(oj, write=not remote, prepared=prepared)
                 busy = any(e.remote and not e.fut.done() for e in order if e.fut)
@@ -548,7 +563,7 @@ def run_overlapped(
                 entry.result = _finish(oj, res)
                 yield from drain(0)
                 continue
-            submit(entry, res, prepared, remote and busy)
+            submit(entry, res, remote and busy)
             yield from drain(depth)
         yield from drain(0)
     finally:

@@ -4,11 +4,13 @@ load (series, sidecar, masks, AIF) -> validate -> :class:`DSCModel` fit on the c
 -> :class:`gpuperf.io.outputs.OutputWriter` (atomic: nothing appears under a final name unless
 the whole run succeeded).
 
-The run is three stages, :func:`prepare_dsc` (everything before the per-voxel work),
+The run is three stages, :func:`prepare_dsc` (everything before the deconvolution),
 :func:`compute_dsc_batch` (the deconvolution, of several subjects at once when their settings
 allow) and :func:`write_dsc`; ``run_dsc`` is the three of them for one subject, and exposes
 them as ``run_dsc.prepare/.compute/.write`` for the cohort runner's batching
-(:mod:`gpuperf.cohort.batching`).
+(:mod:`gpuperf.cohort.batching`). ``prepare_dsc`` is :func:`load_dsc` (reading and checking,
+which a cohort's report worker process may run for the next subject: ``run_dsc.load``) then
+:func:`prepare_model` (the model's per-voxel stages: ``run_dsc.finish_load``).
 
 The pipeline does not write the HTML report (the report layer sits above it): it returns what
 the report needs (:class:`DSCRunResult`), and the caller (``gpuperf dsc``, the cohort runner)
@@ -19,6 +21,7 @@ QC extras the report reads (``<prefix>_qc.npz``, :mod:`gpuperf.io.qc`) are writt
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -99,6 +102,7 @@ class PreparedDSCRun(PreparedRun):
     qc: bool = False
     fit: DSCFit | None = None
     curves: dict | None = None  # a few voxels' curves for the QC report (``<prefix>_qc.npz``)
+    warnings: list[str] = field(default_factory=list)  # plausibility, for the QC report
     _n_voxels: int = field(init=False, repr=False)
     _key: tuple = field(init=False, repr=False)
 
@@ -149,7 +153,40 @@ class DSCRunResult:
     mask_path: str | PathLike | None = None
 
 
-def prepare_dsc(
+@dataclass
+class LoadedDSC:
+    """A DSC series read and checked by :func:`load_dsc`: everything of :func:`prepare_dsc`
+    but the model's per-voxel stages (:func:`prepare_model`). Picklable: a cohort's report
+    worker process loads the next subject while the computing process computes this one.
+
+    Attributes
+    ----------
+    signal : ndarray
+        The series (x, y, z, t).
+    aif : str or ndarray
+        ``"auto"``, an AIF mask or an AIF curve.
+    mask, ref_mask, slice_times : ndarray or None
+        The brain and reference masks given, each voxel's slice time (s).
+    """
+
+    series_path: Path
+    shape3d: tuple
+    backend: Any
+    model: DSCModel
+    writer: OutputWriter
+    aif_source: str
+    mask_path: str | PathLike | None
+    qc: bool
+    reporter: Any
+    t_start: float
+    signal: np.ndarray
+    aif: Any
+    mask: np.ndarray | None
+    ref_mask: np.ndarray | None
+    slice_times: np.ndarray | None
+
+
+def load_dsc(
     series_path: str | PathLike,
     out_dir: str | PathLike,
     *,
@@ -164,16 +201,16 @@ def prepare_dsc(
     reporter: Reporter | None = None,
     extra_outputs: Sequence[str] = (),
     **option_values: Any,
-) -> PreparedDSCRun:
-    """Load and validate a DSC series: everything of :func:`run_dsc` before the deconvolution
-    (masks, dR2*, bolus arrival, AIF selection, output checks).
+) -> LoadedDSC:
+    """Read and check a DSC series, its sidecar, masks and AIF, and the outputs: everything of
+    :func:`prepare_dsc` before the model's per-voxel stages (:func:`prepare_model`).
 
-    Parameters are those of :func:`run_dsc`; raises the same errors, before any voxel is
-    deconvolved (including :class:`~gpuperf.errors.OutputExistsError`).
+    Parameters are those of :func:`run_dsc`; raises the same errors (including
+    :class:`~gpuperf.errors.OutputExistsError`).
 
     Returns
     -------
-    PreparedDSCRun
+    LoadedDSC
     """
     t0 = time.perf_counter()
     opts = resolve_options(options, option_values, "prepare_dsc")
@@ -246,27 +283,76 @@ def prepare_dsc(
         f"DSC {opts.method} on {backend.device_name}: {series_path.name} "
         f"({img.shape3d} x {n_t} frames, TE {te} s, TR {tr} s)"
     )
-    with rep.status("preparing"), about_file(series_path):
-        t_model = time.perf_counter()
-        data = model.prepare(
-            img.data, aif=aif_arg, mask=mask, ref_mask=ref, slice_times_s=slice_times
-        )
-        model_s = time.perf_counter() - t_model
-        publish_warnings(check_dsc(data, series_path), rep, writer if qc else None)
-    return PreparedDSCRun(
+    return LoadedDSC(
         series_path=series_path,
         shape3d=img.shape3d,
         backend=backend,
         model=model,
-        data=data,
         writer=writer,
         aif_source=aif_source,
         mask_path=mask_path,
         qc=qc,
         reporter=reporter,
         t_start=t0,
-        model_s=model_s,
+        signal=img.data,
+        aif=aif_arg,
+        mask=mask,
+        ref_mask=ref,
+        slice_times=slice_times,
     )
+
+
+def prepare_model(loaded: LoadedDSC) -> PreparedDSCRun:
+    """The model's per-voxel stages of a loaded series (the conversion to dR2*, the bolus
+    arrival, the AIF selection: kernels on a GPU) and the plausibility checks (logged now,
+    shown in the QC report)."""
+    rep = ensure_reporter(loaded.reporter)
+    with rep.status("preparing"), about_file(loaded.series_path):
+        t_model = time.perf_counter()
+        data = loaded.model.prepare(
+            loaded.signal,
+            aif=loaded.aif,
+            mask=loaded.mask,
+            ref_mask=loaded.ref_mask,
+            slice_times_s=loaded.slice_times,
+        )
+        model_s = time.perf_counter() - t_model
+        warnings = check_dsc(data, loaded.series_path)
+        publish_warnings(warnings, rep)  # the report's copy is staged with the maps
+    return PreparedDSCRun(
+        series_path=loaded.series_path,
+        shape3d=loaded.shape3d,
+        backend=loaded.backend,
+        model=loaded.model,
+        data=data,
+        writer=loaded.writer,
+        aif_source=loaded.aif_source,
+        mask_path=loaded.mask_path,
+        qc=loaded.qc,
+        reporter=loaded.reporter,
+        t_start=loaded.t_start,
+        model_s=model_s,
+        warnings=list(warnings) if loaded.qc else [],
+    )
+
+
+@functools.wraps(load_dsc, assigned=("__module__", "__annotations__"))
+def prepare_dsc(*args: Any, **kwargs: Any) -> PreparedDSCRun:
+    """Load and validate a DSC series: everything of :func:`run_dsc` before the deconvolution
+    (masks, dR2*, bolus arrival, AIF selection, output checks): :func:`load_dsc`, then
+    :func:`prepare_model`.
+
+    Parameters are those of :func:`run_dsc`; raises the same errors, before any voxel is
+    deconvolved (including :class:`~gpuperf.errors.OutputExistsError`).
+
+    Returns
+    -------
+    PreparedDSCRun
+    """
+    return prepare_model(load_dsc(*args, **kwargs))
+
+
+prepare_dsc.__annotations__ = {**load_dsc.__annotations__, "return": PreparedDSCRun}
 
 
 def slice_time_map(
@@ -362,6 +448,8 @@ def write_dsc(prep: PreparedDSCRun) -> DSCRunResult:
     fit, writer, backend = prep.fit, prep.writer, prep.backend
     tr, n_t, out_dir = prep.model.tr_s, fit.aif.size, prep.out_dir
     with writer:
+        if prep.warnings:  # first: the extras' order of a run that staged them in prepare
+            stage_extra(writer, {"warnings": list(prep.warnings)})
         for name in MAP_NAMES:
             data = getattr(fit, name)
             if data is None:
@@ -453,7 +541,8 @@ run_dsc = staged_pipeline(
     compute_dsc_batch,
     write_dsc,
     name="run_dsc",
-    kernels_in_prepare=True,  # the conversion to dR2*, the bolus arrival, the AIF selection
+    load=load_dsc,  # the model's per-voxel stages are prepare_model, kept with the compute
+    finish_load=prepare_model,
     doc="""Run the DSC pipeline on a 4D NIfTI series and write the maps.
 
     Parameters

@@ -104,7 +104,8 @@ def staged_pipeline(
     *,
     name: str,
     doc: str,
-    kernels_in_prepare: bool = False,
+    load: Callable[P, Any] | None = None,
+    finish_load: Callable[[Any], Prep] | None = None,
 ) -> Callable[P, R]:
     """``run(*args, **kwargs)`` = ``write(p)`` after ``compute([p])``, ``p = prepare(...)``.
 
@@ -116,11 +117,16 @@ def staged_pipeline(
         ``typing.get_type_hints``: the cohort configuration's checks) see ``prepare``'s.
     name, doc : str
         ``run``'s name (in ``prepare``'s module) and docstring.
-    kernels_in_prepare : bool
-        Whether ``prepare`` runs per-voxel model stages too (a kernel on the GPU), not only
-        reading and checking the inputs. The cohort runner prepares the next subject in its
-        report worker process, beside the current subject's compute, only when it does not
-        (``run.kernels_in_prepare``): the kernels belong to the computing process.
+    load, finish_load : callable, optional
+        ``prepare`` in two parts when it runs per-voxel model stages too (kernels on a GPU):
+        ``load`` (``prepare``'s signature) reads and checks the inputs, ``finish_load(loaded)``
+        runs the model stages; ``prepare(...)`` must equal ``finish_load(load(...))``.
+        Default: ``prepare`` reads and checks only (``load = prepare``, ``finish_load`` returns
+        its argument). A cohort's report worker process runs ``run.load`` of the next subject
+        beside the current subject's compute; the computing process runs
+        ``run.finish_load`` (the kernels belong to it) and ``compute``. ``load``'s result, and
+        the prepared subject, must pickle, and ``finish_load`` and ``compute`` set attributes
+        rather than change what ``load`` returned in place (only the new objects go back).
 
     Returns
     -------
@@ -144,8 +150,14 @@ def staged_pipeline(
     run.prepare = prepare  # type: ignore[attr-defined]
     run.compute = compute  # type: ignore[attr-defined]
     run.write = write  # type: ignore[attr-defined]
-    run.kernels_in_prepare = kernels_in_prepare  # type: ignore[attr-defined]
+    run.load = load or prepare  # type: ignore[attr-defined]
+    run.finish_load = finish_load or _loaded  # type: ignore[attr-defined]
     return run
+
+
+def _loaded(prepared: Any) -> Any:
+    """``finish_load`` of a pipeline whose ``prepare`` only reads and checks."""
+    return prepared
 
 
 def run_and_publish(
