@@ -677,7 +677,7 @@ def claim_prepare(oj: OpenJob) -> bool:
 
 def prepare_job(oj: OpenJob) -> Any:
     """The ``prepare`` stage of a staged pipeline (:func:`has_stages`) on the job's staged
-    inputs: read and check everything, nothing computed yet (timed into ``prepare_s``)."""
+    inputs: everything before its ``compute`` (timed into ``prepare_s``)."""
     args, kwargs = oj.call_args()
     t0 = time.perf_counter()
     prepared = oj.fn.prepare(*args, **kwargs)
