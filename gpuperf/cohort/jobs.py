@@ -678,22 +678,22 @@ def claim_prepare(oj: OpenJob) -> bool:
 def prepare_job(oj: OpenJob) -> Any:
     """The ``prepare`` stage of a staged pipeline (:func:`has_stages`) on the job's staged
     inputs: everything before its ``compute`` (timed into ``prepare_s``)."""
-    args, kwargs = oj.call_args()
-    t0 = time.perf_counter()
-    prepared = oj.fn.prepare(*args, **kwargs)
-    oj.prepare_s = time.perf_counter() - t0
-    return prepared
+    return _timed_prepare(oj, oj.fn.prepare)
 
 
 def load_job(oj: OpenJob) -> Any:
     """The first part of a staged pipeline's ``prepare`` (``run.load``: reading and checking
     the inputs, :func:`gpuperf.io.stages.staged_pipeline`) on the job's staged inputs, timed
     into ``prepare_s``; ``run.finish_load`` of its result is the prepared subject."""
+    return _timed_prepare(oj, oj.fn.load)
+
+
+def _timed_prepare(oj: OpenJob, stage: Callable[..., Any]) -> Any:
     args, kwargs = oj.call_args()
     t0 = time.perf_counter()
-    loaded = oj.fn.load(*args, **kwargs)
+    out = stage(*args, **kwargs)
     oj.prepare_s = time.perf_counter() - t0
-    return loaded
+    return out
 
 
 def compute_job(oj: OpenJob, *, write: bool = True, prepared: Any = None) -> Any:
@@ -708,7 +708,7 @@ def compute_job(oj: OpenJob, *, write: bool = True, prepared: Any = None) -> Any
     its ``prepare_s`` counts into ``compute_s``.
     """
     t0 = time.perf_counter()
-    ahead = 0.0
+    earlier = 0.0  # seconds of a prepare stage done before this call
     if prepared is None and (write or not has_stages(oj.fn)):
         args, kwargs = oj.call_args()
         res = oj.fn(*args, **kwargs)
@@ -716,7 +716,7 @@ def compute_job(oj: OpenJob, *, write: bool = True, prepared: Any = None) -> Any
         if prepared is None:
             prepared = prepare_job(oj)
         else:
-            ahead = oj.prepare_s
+            earlier = oj.prepare_s
         oj.fn.compute([prepared])
         backend = getattr(prepared, "backend", None)
         on_host = backend is not None and not backend.is_gpu
@@ -726,7 +726,7 @@ def compute_job(oj: OpenJob, *, write: bool = True, prepared: Any = None) -> Any
             t_write = time.perf_counter()
             res = oj.fn.write(prepared)
             oj.write_s = time.perf_counter() - t_write
-    oj.compute_s = ahead + time.perf_counter() - t0
+    oj.compute_s = earlier + time.perf_counter() - t0
     if not isinstance(res, Computed):
         oj.reporter.log(f"pipeline finished in {oj.compute_s:.3f} s")
     return res

@@ -113,6 +113,20 @@ class _Unpickler(pickle.Unpickler):
             raise pickle.UnpicklingError(f"unknown persistent id {pid!r}") from None
 
 
+def _write_frame(stream: BinaryIO, data: bytes) -> None:
+    """One message of the protocol: its length (8 bytes, little-endian), then its bytes."""
+    stream.write(struct.pack("<Q", len(data)) + data)
+    stream.flush()
+
+
+def _read_frame(stream: BinaryIO) -> bytes | None:
+    """The next message :func:`_write_frame` wrote, None at the end of the stream."""
+    head = stream.read(8)
+    if len(head) < 8:
+        return None
+    return stream.read(struct.unpack("<Q", head)[0])
+
+
 def _dumps(obj: Any, by_name: Mapping[str, Any] | None = None) -> bytes:
     """Pickle ``obj`` with the objects of ``by_name`` left out by name."""
     buf = io.BytesIO()
@@ -194,7 +208,9 @@ class ReportProcess:
         self._reader.daemon = True
         self._reader.start()
 
-    def _send(self, request: tuple[Any, ...], decode: Callable[[bytes], Any]) -> Future[Any]:
+    def _send(self, request: tuple[Any, ...], decode: Callable[[bytes], Any] | None) -> Future[Any]:
+        """Send one request; its answer resolves the returned future through ``decode`` (None:
+        a request without an answer)."""
         fut: Future[Any] = Future()
         try:
             data = pickle.dumps(request, protocol=pickle.HIGHEST_PROTOCOL)
@@ -203,18 +219,18 @@ class ReportProcess:
         with self._lock:
             if not self.alive:
                 raise WorkerGone("the report worker process has exited")
-            self._pending.append((fut, decode))
+            if decode is not None:
+                self._pending.append((fut, decode))
         try:
             assert self._proc.stdin is not None
-            self._proc.stdin.write(struct.pack("<Q", len(data)) + data)
-            self._proc.stdin.flush()
-        except OSError as exc:  # a broken pipe: the reader fails what is pending
+            _write_frame(self._proc.stdin, data)
+        except (OSError, ValueError) as exc:  # a broken pipe: the reader fails what is pending
             raise WorkerGone(f"the report worker process has exited ({exc})") from exc
         return fut
 
     def prepare(self, oj: OpenJob) -> Ahead:
-        """Ask the worker to prepare an open job's subject
-        (:func:`gpuperf.cohort.jobs.prepare_job`) when it gets to it, unless this process has
+        """Ask the worker to load an open job's subject
+        (:func:`gpuperf.cohort.jobs.load_job`) when it gets to it, unless this process has
         claimed it by then (:func:`gpuperf.cohort.jobs.claim_prepare`): see :meth:`Ahead.take`.
         Raises :class:`WorkerGone` if the worker has exited."""
         token = next(self._tokens)
@@ -240,23 +256,13 @@ class ReportProcess:
     def forget(self, ahead: Ahead) -> None:
         """Tell the worker to drop what it kept of a subject it prepared and will not finish
         (it failed here, or this process finishes it); no answer."""
-        with contextlib.suppress(OSError, ValueError):
-            data = pickle.dumps(("forget", ahead.token), protocol=pickle.HIGHEST_PROTOCOL)
-            assert self._proc.stdin is not None
-            with self._lock:
-                if not self.alive:
-                    return
-            self._proc.stdin.write(struct.pack("<Q", len(data)) + data)
-            self._proc.stdin.flush()
+        with contextlib.suppress(WorkerGone):  # gone: nothing kept
+            self._send(("forget", ahead.token), None)
 
     def _read(self) -> None:
         out = self._proc.stdout
         assert out is not None
-        while True:
-            head = out.read(8)
-            if len(head) < 8:
-                break
-            payload = out.read(struct.unpack("<Q", head)[0])
+        while (payload := _read_frame(out)) is not None:
             with self._lock:
                 fut, decode = self._pending.popleft()
             try:
@@ -330,7 +336,7 @@ def _prepare_answer(oj: OpenJob) -> tuple[Any, ...]:
     if not claim_prepare(oj):
         return ("skipped",)
     try:
-        prepared = load_job(oj)
+        loaded = load_job(oj)
     except Exception as exc:
         oj.reporter.log(f"prepare failed in the report worker process:\n{traceback.format_exc()}")
         try:  # the caller raises it as its own: it must come back whole
@@ -339,7 +345,7 @@ def _prepare_answer(oj: OpenJob) -> tuple[Any, ...]:
             text = str(exc) if isinstance(exc, GpuperfError) else f"{type(exc).__name__}: {exc}"
             exc = GpuperfError(text)
         return ("error", exc)
-    return ("prepared", prepared, oj.prepare_s)
+    return ("prepared", loaded, oj.prepare_s)
 
 
 def serve(stdin: BinaryIO, stdout: BinaryIO) -> None:
@@ -353,15 +359,13 @@ def serve(stdin: BinaryIO, stdout: BinaryIO) -> None:
 
     def take() -> None:
         while True:
-            head = stdin.read(8)
-            if len(head) < 8:
-                inbox.put(None)
+            frame = _read_frame(stdin)
+            inbox.put(frame)
+            if frame is None:
                 return
-            inbox.put(stdin.read(struct.unpack("<Q", head)[0]))
 
     def answer(data: bytes) -> None:
-        stdout.write(struct.pack("<Q", len(data)) + data)
-        stdout.flush()
+        _write_frame(stdout, data)
 
     threading.Thread(target=take, name="gpuperf-report-inbox", daemon=True).start()
     kept: dict[int, tuple[OpenJob, Any]] = {}  # prepared here, by token, until finished
